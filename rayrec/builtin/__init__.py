@@ -1,0 +1,1 @@
+"""rayrec's own components, registered through the same hooks third-party plugins use."""

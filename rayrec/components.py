@@ -1,0 +1,185 @@
+"""Base classes for every pluggable component.
+
+A component is a small class with a ``name``, a nested pydantic ``Options`` model and one
+main method. Plugins subclass one of the bases below and hand the class to the ``register``
+callback of the matching hook (see :mod:`rayrec.hookspecs`). Built-in components use exactly
+the same route.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class NoOptions(BaseModel):
+    """Options model for components that take none; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component:
+    """Common shape of all components: a unique ``name`` and validated ``Options``."""
+
+    #: Unique name within its kind; this is what configs and the CLI refer to.
+    name: ClassVar[str] = ""
+    #: One line shown by ``rayrec plugins``.
+    description: ClassVar[str] = ""
+    #: Validated options; subclasses override with their own pydantic model.
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | dict[str, Any] | None = None) -> None:
+        if options is None:
+            options = {}
+        if isinstance(options, dict):
+            options = self.Options(**options)
+        elif not isinstance(options, self.Options):
+            options = self.Options(**options.model_dump())
+        self.options = options
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"
+
+
+class FeatureExtractor(Component):
+    """Turns raw item or user attributes into numeric features.
+
+    ``extract`` takes records (dicts of raw fields, e.g. ``title``, ``categories``) and returns
+    a float32 matrix of shape ``(len(records), dim)``. ``target`` says whether it applies to
+    items or users.
+    """
+
+    target: ClassVar[str] = "item"  # "item" or "user"
+
+    def extract(self, records: Sequence[dict[str, Any]]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Encoder(Component):
+    """A tower factory: ``build(...)`` returns a ``torch.nn.Module``.
+
+    ``kind`` is ``"user"`` for user towers and ``"item"`` for item towers; both are registered
+    through ``register_encoders``.
+    """
+
+    kind: ClassVar[str] = "user"
+
+    def build(self, **dims: Any):  # pragma: no cover - returns torch.nn.Module
+        raise NotImplementedError
+
+
+class UserEncoder(Encoder):
+    """User tower: maps the user's recent item sequence to a vector.
+
+    ``build(num_items=..., dim=..., max_len=..., user_feature_dim=...)`` returns a module whose
+    ``forward(item_vectors: (B, L, D), mask: (B, L) bool) -> (B, D)`` encodes the sequence
+    (left-padded, most recent item last). Because it only reads the current sequence, a new
+    event changes the user vector without retraining.
+    """
+
+    kind: ClassVar[str] = "user"
+
+
+class ItemEncoder(Encoder):
+    """Item tower: maps item ids, categorical features and content vectors to ``(N, D)``."""
+
+    kind: ClassVar[str] = "item"
+
+
+class Candidate(BaseModel):
+    """One scored item flowing through the scoring stage."""
+
+    item_id: str
+    score: float
+    explanation: list[str] = []
+
+
+class ScoringContext(BaseModel):
+    """What a scorer may look at besides the candidates."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    user_id: str | None = None
+    history: list[str] = []  # the user's recent item ids, oldest first
+    item_popularity: dict[str, float] = {}  # interactions per item in the training data
+    item_timestamps: dict[str, float] = {}  # last-seen time per item (unix seconds)
+    item_categories: dict[str, list[str]] = {}  # categories per item, where known
+    now: float | None = None
+
+
+class Scorer(Component):
+    """Re-scores candidates after retrieval (blend, boost, diversify).
+
+    ``score(candidates, context)`` returns the candidates (possibly re-ordered or re-scored);
+    the scoring stage sorts by the returned scores.
+    """
+
+    def score(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class CandidateSource(Component):
+    """Proposes item ids for a user beyond the embedding retrieval (e.g. popular, trending)."""
+
+    def candidates(self, context: ScoringContext, k: int) -> list[Candidate]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class FeedbackEvent(BaseModel):
+    """One user-item event as ingested online."""
+
+    user_id: str
+    item_id: str
+    event_type: str = "click"
+    timestamp: float | None = None
+    value: float | None = None
+    event_id: str | None = None
+
+
+class FeedbackHandler(Component):
+    """Called with each batch of accepted feedback events (after they are durable)."""
+
+    def handle(self, events: list[FeedbackEvent]) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class DataSource(Component):
+    """Loads a dataset from a path.
+
+    ``can_load(path)`` says whether this source understands ``path`` (a file or directory);
+    ``load(path)`` returns a :class:`rayrec.schema.Dataset`.
+    """
+
+    def can_load(self, path: str) -> bool:  # pragma: no cover
+        raise NotImplementedError
+
+    def load(self, path: str):  # pragma: no cover - returns rayrec.schema.Dataset
+        raise NotImplementedError
+
+
+#: The component kinds, keyed by the name used in errors, configs and ``rayrec plugins``.
+COMPONENT_KINDS: dict[str, type[Component]] = {
+    "feature_extractor": FeatureExtractor,
+    "encoder": Encoder,
+    "scorer": Scorer,
+    "candidate_source": CandidateSource,
+    "feedback_handler": FeedbackHandler,
+    "data_source": DataSource,
+}
+
+
+def options_schema(component: type[Component]) -> list[dict[str, Any]]:
+    """Option names, types, defaults and descriptions of a component, for listings."""
+    rows = []
+    for field_name, field in component.Options.model_fields.items():
+        rows.append(
+            {
+                "name": field_name,
+                "type": getattr(field.annotation, "__name__", str(field.annotation)),
+                "default": None if field.is_required() else field.default,
+                "description": field.description or "",
+            }
+        )
+    return rows
