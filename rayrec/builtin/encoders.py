@@ -1,0 +1,1 @@
+"""Built-in encoders (filled in by the data/model layers)."""

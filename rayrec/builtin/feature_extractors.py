@@ -1,0 +1,1 @@
+"""Built-in feature extractors (filled in by the data/model layers)."""
