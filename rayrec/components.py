@@ -159,6 +159,17 @@ class DataSource(Component):
         raise NotImplementedError
 
 
+class StateStore(Component):
+    """Durable online state: the feedback event log, per-user recent events, the item catalogue.
+
+    Selected by URL: the scheme (``sqlite:///path/state.db``) is the registered ``name``;
+    ``Options`` must accept a ``url`` field. The full interface (``append_events``,
+    ``user_state``, ``erase_user``, ``put_item`` ...) is documented in
+    :mod:`rayrec.state.base`; serving only talks to this interface, so a networked store
+    (Redis) plugs in without touching the serving code.
+    """
+
+
 #: The component kinds, keyed by the name used in errors, configs and ``rayrec plugins``.
 COMPONENT_KINDS: dict[str, type[Component]] = {
     "feature_extractor": FeatureExtractor,
@@ -167,6 +178,7 @@ COMPONENT_KINDS: dict[str, type[Component]] = {
     "candidate_source": CandidateSource,
     "feedback_handler": FeedbackHandler,
     "data_source": DataSource,
+    "state_store": StateStore,
 }
 
 

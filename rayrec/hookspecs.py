@@ -21,6 +21,7 @@ from rayrec.components import (
     FeedbackHandler,
     Scorer,
     ScoringContext,
+    StateStore,
 )
 
 hookspec = pluggy.HookspecMarker("rayrec")
@@ -55,6 +56,11 @@ def register_feedback_handlers(register: Callable[[type[FeedbackHandler]], None]
 @hookspec
 def register_data_sources(register: Callable[[type[DataSource]], None]) -> None:
     """Register data sources that load interactions, items and users from a path."""
+
+
+@hookspec
+def register_state_stores(register: Callable[[type[StateStore]], None]) -> None:
+    """Register state stores (event log, user state, item catalogue), selected by URL scheme."""
 
 
 @hookspec

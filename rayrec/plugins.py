@@ -9,7 +9,7 @@ Built-ins always load.
 
 from __future__ import annotations
 
-import importlib.metadata
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "rayrec.builtin.encoders",
     "rayrec.builtin.feature_extractors",
     "rayrec.builtin.scorers",
+    "rayrec.builtin.state_stores",
 )
 
 # hook name -> component kind it registers
@@ -39,6 +40,7 @@ _REGISTRATION_HOOKS = {
     "register_candidate_sources": "candidate_source",
     "register_feedback_handlers": "feedback_handler",
     "register_data_sources": "data_source",
+    "register_state_stores": "state_store",
 }
 
 pm = pluggy.PluginManager("rayrec")
@@ -54,9 +56,9 @@ def _load_entry_point_plugins() -> None:
         wanted = {name.strip() for name in selected.split(",") if name.strip()}
         if not wanted:
             return
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if entry_point.name in wanted and not pm.get_plugin(entry_point.name):
-                pm.register(entry_point.load(), name=entry_point.name)
+        for name in sorted(wanted):
+            # Loading by name through pluggy keeps the distribution info for `rayrec plugins`.
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
         return
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
 
@@ -80,6 +82,11 @@ def load_plugins() -> pluggy.PluginManager:
 def register_plugin(plugin: Any, name: str | None = None) -> str:
     """Register a plugin object or module at run time; returns its name in the manager."""
     load_plugins()
+    if pm.is_registered(plugin):
+        raise PluginError(
+            f"plugin {plugin!r} is already registered as {pm.get_name(plugin)!r} (installed plugins "
+            f"load through entry points; set {LOAD_PLUGINS_ENV}='' to load none of them)"
+        )
     registered_name = pm.register(plugin, name=name)
     try:
         pm.check_pending()

@@ -24,6 +24,10 @@ def register_rayrec_plugin() -> Iterator[Callable[..., str]]:
     registered: list[str] = []
 
     def register(plugin: Any, name: str | None = None) -> str:
+        plugins.load_plugins()
+        if plugins.pm.is_registered(plugin):
+            # Already loaded through its entry point: use it, and leave it registered afterwards.
+            return plugins.pm.get_name(plugin)
         plugin_name = plugins.register_plugin(plugin, name=name)
         registered.append(plugin_name)
         return plugin_name

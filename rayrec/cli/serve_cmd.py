@@ -1,0 +1,85 @@
+"""``rayrec serve``: start the serving graph on a local Ray (or the cluster in RAY_ADDRESS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import click
+
+
+@click.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Trained model directory.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for all).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="HTTP port.")
+@click.option(
+    "--state",
+    default="rayrec-state.db",
+    show_default=True,
+    help="State store: a SQLite file path, or a URL such as sqlite:///state.db.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="YAML file with more app arguments (replicas, scorers, event weights); flags win.",
+)
+@click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="Logical CPUs for a local Ray (default: all).")
+def serve(model_dir: str, host: str, port: int, state: str, config_path: str | None, num_cpus: int | None) -> None:
+    """Serve recommendations over HTTP until Ctrl-C.
+
+    Joins the Ray cluster in RAY_ADDRESS if set, else starts Ray locally. The API schema is
+    at http://HOST:PORT/openapi.json (interactive docs at /docs).
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from rayrec.errors import ConfigError
+    from rayrec.serving.config import AppArgs
+
+    extra = {}
+    if config_path:
+        with open(config_path) as handle:
+            extra = yaml.safe_load(handle) or {}
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{config_path}: expected a mapping of app arguments")
+        extra = extra.get("args", extra)  # also accept a serve.yaml application's args block
+    try:
+        args = AppArgs(**{**extra, "model_dir": model_dir, "state": state})
+    except ValidationError as exc:
+        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{config_path or 'arguments'}: {fields}") from None
+
+    import ray
+    from ray import serve as ray_serve
+
+    from rayrec.serving.app import build_app, resolve_args
+
+    args = resolve_args(args)  # a bad model directory fails before Ray starts
+    address = os.environ.get("RAY_ADDRESS")
+    click.echo(f"starting Ray {'at ' + address if address else 'locally'} ...", err=True)
+    ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
+    stop = threading.Event()
+    try:
+        ray_serve.start(
+            http_options={"host": host, "port": port},
+            logging_config={"enable_access_log": args.access_log},
+        )
+        ray_serve.run(build_app(args), name="rayrec", route_prefix="/")
+        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        click.echo(f"rayrec is serving model {args.model_dir} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
+        click.echo(f"API schema: http://{shown_host}:{port}/openapi.json")
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        except KeyboardInterrupt:
+            pass
+        click.echo("shutting down ...", err=True)
+    finally:
+        try:
+            ray_serve.shutdown()
+        finally:
+            ray.shutdown()
+    click.echo("stopped", err=True)

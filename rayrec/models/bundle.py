@@ -1,0 +1,44 @@
+"""A trained model directory, loaded without the training data.
+
+Layout of a model directory (written by training, read by ``rayrec recommend`` and serving)::
+
+    config.json            model config, component names and options, version, data summary
+    weights.pt             state dict of the two-tower model
+    user_vocab.json        user ids, index order
+    item_vocab.json        item ids, index order
+    item_embeddings.npy    (N, D) float32 item vectors from the item tower
+    item_popularity.npy    (N,) float32 training interaction counts
+    histories.npz          every training user's item sequence (for recommend/serving)
+    items.jsonl            item metadata (title, text, categories) where known
+    item_features.npz      content/categorical inputs of the item tower, where used
+    metrics.json           training curve and validation/test metrics
+    training_curve.png     loss and validation NDCG per epoch
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class RecommenderModel(Protocol):
+    """What serving and ``rayrec recommend`` need from a trained model."""
+
+    version: str
+    item_ids: list[str]  # index order of item_embeddings
+    item_embeddings: np.ndarray  # (N, D) float32
+    item_popularity: np.ndarray  # (N,) float32
+    max_history: int  # the user tower reads at most this many recent items
+
+    def training_history(self, user_id: str) -> list[str]:
+        """The user's training item ids, oldest first; [] for users not seen in training."""
+
+    def encode_histories(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """User vectors (B, D) from item-index sequences (oldest first, unknown ids dropped),
+        and per user an attribution weight per history position (len(history),) used for
+        explanations (which recent items contributed most)."""
+
+    def encode_items(self, records: Sequence[dict]) -> np.ndarray:
+        """(M, D) item vectors computed from content alone (title, text, categories) for items
+        not in the trained vocabulary: the cold-start path of ``PUT /items``."""

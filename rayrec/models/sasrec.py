@@ -1,0 +1,101 @@
+"""Causal self-attention sequence encoder (SASRec, Kang & McAuley 2018)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayrec.models.user_tower import UserTower, masked_softmax
+
+
+class _Block(nn.Module):
+    """Pre-norm transformer block with causal attention over left-padded sequences."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.attention_output = nn.Linear(dim, dim)
+        self.feedforward_norm = nn.LayerNorm(dim)
+        self.feedforward = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, want_weights: bool = False):
+        """x: (B, L, D); allowed: (B, 1, L, L) bool, True where query t may attend key s."""
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(self.attention_norm(x)).chunk(3, dim=-1)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        weights = None
+        if want_weights:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.num_heads)
+            weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+            attended = weights @ v
+        else:
+            attended = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=self.dropout.p if self.training else 0.0
+            )
+        attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        x = x + self.dropout(self.attention_output(attended))
+        x = x + self.dropout(self.feedforward(self.feedforward_norm(x)))
+        return x, weights
+
+
+class SASRecTower(UserTower):
+    """Stack of causal self-attention blocks with learned positional embeddings.
+
+    ``forward(item_vectors: (B, L, D), mask: (B, L)) -> (B, L, D)`` with L <= ``max_len``.
+    Positions are counted from the most recent item, so the last item always has the same
+    positional embedding however long the history is.
+    """
+
+    def __init__(self, dim: int, max_len: int = 200, num_blocks: int = 2, num_heads: int = 1,
+                 dropout: float = 0.2, **_: object) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.max_len = max_len
+        self.position_embedding = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
+        self.input_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(dim, num_heads, dropout) for _ in range(num_blocks))
+        self.final_norm = nn.LayerNorm(dim)
+        self.scale = math.sqrt(dim)
+
+    def _inputs(self, item_vectors: torch.Tensor, mask: torch.Tensor):
+        batch, length, _ = item_vectors.shape
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        # Distance from the end: the most recent item is position 0.
+        positions = torch.arange(length - 1, -1, -1, device=item_vectors.device)
+        x = item_vectors * self.scale + self.position_embedding(positions)
+        x = self.input_dropout(x) * mask.unsqueeze(-1).to(x.dtype)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        allowed = causal & mask[:, None, :]
+        # Every query may see itself, so fully padded rows never produce NaN.
+        allowed = allowed | torch.eye(length, dtype=torch.bool, device=x.device)
+        return x, allowed.unsqueeze(1)
+
+    def forward(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x, allowed = self._inputs(item_vectors, mask)
+        for block in self.blocks:
+            x, _ = block(x, allowed)
+        return self.final_norm(x)
+
+    def attribution(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last block's attention from the most recent position, averaged over heads: (B, L)."""
+        x, allowed = self._inputs(item_vectors, mask)
+        weights = None
+        for index, block in enumerate(self.blocks):
+            x, weights = block(x, allowed, want_weights=index == len(self.blocks) - 1)
+        last_query = weights[:, :, -1, :].mean(dim=1)  # (B, L)
+        return masked_softmax(torch.log(last_query.clamp_min(1e-12)), mask)

@@ -1,0 +1,57 @@
+"""The two-tower model: a user tower over the recent-item sequence and an item tower."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rayrec.models.item_tower import ItemTower
+from rayrec.models.user_tower import UserTower
+
+
+class TwoTowerModel(nn.Module):
+    """Scores items for users by the dot product (or cosine) of the two towers' vectors.
+
+    Sequences are (B, L) int64 item indices, left-padded with 0, most recent item last.
+    """
+
+    def __init__(self, item_tower: ItemTower, user_tower: UserTower, *, similarity: str = "dot",
+                 num_user_feature_values: int = 0) -> None:
+        super().__init__()
+        self.item_tower = item_tower
+        self.user_tower = user_tower
+        self.similarity = similarity
+        dim = item_tower.dim
+        if num_user_feature_values:
+            # User features (e.g. age bucket, occupation) as a bag of categorical values.
+            self.user_feature_embedding = nn.EmbeddingBag(num_user_feature_values + 1, dim, mode="mean", padding_idx=0)
+            self.user_feature_mix = nn.Linear(2 * dim, dim)
+        else:
+            self.user_feature_embedding = None
+
+    def _normalise(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(vectors, dim=-1) if self.similarity == "cosine" else vectors
+
+    def sequence_outputs(self, sequences: torch.Tensor, user_features: torch.Tensor | None = None) -> torch.Tensor:
+        """User vector after each position: (B, L) -> (B, L, D)."""
+        mask = sequences > 0
+        outputs = self.user_tower(self.item_tower(sequences), mask)
+        if self.user_feature_embedding is not None and user_features is not None:
+            features = self.user_feature_embedding(user_features)  # (B, D)
+            features = features.unsqueeze(1).expand_as(outputs)
+            outputs = outputs + self.user_feature_mix(torch.cat([outputs, features], dim=-1))
+        return self._normalise(outputs)
+
+    def user_vectors(self, sequences: torch.Tensor, user_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The user vector after the most recent item: (B, L) -> (B, D)."""
+        return self.sequence_outputs(sequences, user_features)[:, -1]
+
+    def item_table(self) -> torch.Tensor:
+        """All item vectors, row 0 = padding: (N + 1, D)."""
+        return self._normalise(self.item_tower.table())
+
+    def attribution(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Contribution of each history position to the user vector: (B, L) -> (B, L)."""
+        mask = sequences > 0
+        return self.user_tower.attribution(self.item_tower(sequences), mask)

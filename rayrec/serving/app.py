@@ -1,0 +1,76 @@
+"""``build_app``: the one way to build the serving graph (CLI and ``serve run deploy/serve.yaml``).
+
+::
+
+    HTTP ─► Ingress ─┬─► Preprocessor ─► UserEncoder (@serve.batch) ─► CandidateScorer
+                     ├─► CandidateScorer (/similar-items, PUT/DELETE /items)
+                     └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray.serve import Application
+
+from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions
+from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, UserEncoder
+from rayrec.serving.ingress import Ingress
+from rayrec.serving.model_loading import load_model
+from rayrec.state import open_state_store
+
+
+def _absolute_state_url(state: str) -> str:
+    """Replicas may run in another working directory: pin a relative SQLite path."""
+    from rayrec.state.sqlite import sqlite_path_from_url
+
+    if "://" in state and not state.startswith("sqlite://"):
+        return state  # a networked store
+    base, _, query = state.partition("?")
+    path = os.path.abspath(sqlite_path_from_url(base))
+    return f"sqlite:///{path}" + (f"?{query}" if query else "")
+
+
+def _options(stage: StageOptions, args: AppArgs) -> dict[str, Any]:
+    env = {name: str(args.threads_per_replica) if name.endswith("THREADS") else value for name, value in SINGLE_THREAD_ENV.items()}
+    return {
+        **stage.deployment_options(),
+        "ray_actor_options": {"num_cpus": stage.num_cpus, "runtime_env": {"env_vars": env}},
+        "logging_config": {"enable_access_log": args.access_log},
+    }
+
+
+def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
+    """Validate ``args``, make paths absolute, check the model and component names early."""
+    from rayrec import plugins
+
+    if not isinstance(args, AppArgs):
+        args = AppArgs(**args)
+    args = args.model_copy(
+        update={"model_dir": str(Path(args.model_dir).expanduser().resolve()), "state": _absolute_state_url(args.state)}
+    )
+    load_model(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
+    for kind, specs in (
+        ("scorer", args.scorers),
+        ("feature_extractor", args.feature_extractors),
+        ("feedback_handler", args.feedback_handlers),
+    ):
+        for spec in specs:
+            plugins.create_component(kind, spec.name, spec.options)
+    return args
+
+
+def build_app(args: AppArgs) -> Application:
+    """Build the graph; makes ``args.model_dir`` the live model in the state store."""
+    args = resolve_args(args)
+    store = open_state_store(args.state)
+    store.ensure_model(args.model_dir)
+    store.close()
+    stages = args.stages
+    preprocessor = Preprocessor.options(**_options(stages.preprocessor, args)).bind(args)
+    encoder = UserEncoder.options(**_options(stages.user_encoder, args)).bind(args)
+    scorer = CandidateScorer.options(**_options(stages.scorer, args)).bind(args)
+    feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
+    return Ingress.options(**_options(stages.ingress, args)).bind(preprocessor, encoder, scorer, feedback, args)

@@ -1,0 +1,116 @@
+"""``AppArgs``: everything the serving graph is built from (CLI flags, ``serve.yaml`` args)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Weight of each feedback event type. Positive events join the user's sequence (repeated
+#: ``round(weight)`` times, at least once), zero is logged only, negative is a dislike: the
+#: item leaves the sequence and is never recommended to that user again.
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 0.5,
+    "click": 1.0,
+    "add_to_cart": 2.0,
+    "like": 2.0,
+    "rating": 1.0,
+    "purchase": 3.0,
+    "skip": 0.0,
+    "dislike": -1.0,
+}
+
+#: Per-replica thread limits: two cores oversubscribed by BLAS threads made a matvec 8x slower.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class ComponentSpec(BaseModel):
+    """A registered component by name, with its options."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StageOptions(BaseModel):
+    """Replicas and resources of one deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: dict[str, Any] | None = Field(
+        None,
+        description="Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 4}.",
+    )
+    num_cpus: float = Field(0.25, gt=0, description="Logical CPUs per replica; fractional so the graph fits 2 cores.")
+    max_ongoing_requests: int = Field(64, ge=1)
+
+    def deployment_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests}
+        if self.autoscaling:
+            options["autoscaling_config"] = dict(self.autoscaling)
+        else:
+            options["num_replicas"] = self.num_replicas
+        return options
+
+
+class Stages(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ingress: StageOptions = StageOptions(num_cpus=0.25)
+    preprocessor: StageOptions = StageOptions(num_cpus=0.25)
+    user_encoder: StageOptions = StageOptions(num_cpus=0.25)
+    scorer: StageOptions = StageOptions(num_cpus=0.5)
+    feedback: StageOptions = StageOptions(num_cpus=0.125)
+
+
+class AnnOptions(BaseModel):
+    """FAISS HNSW parameters, used when the catalogue exceeds ``exact_search_max_items``."""
+
+    model_config = ConfigDict(extra="forbid")
+    m: int = Field(32, ge=4, description="HNSW graph degree.")
+    ef_construction: int = Field(80, ge=8)
+    ef_search: int = Field(128, ge=8, description="Search breadth; higher = better recall, slower.")
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`rayrec.serving.app.build_app` (also ``args:`` in ``deploy/serve.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str = Field(description="Trained model directory served at start.")
+    state: str = Field("sqlite:///rayrec-state.db", description="State store URL or SQLite file path.")
+    exact_search_max_items: int = Field(
+        250_000, ge=0, description="Exact top-K up to this many items; an ANN index (FAISS HNSW) above."
+    )
+    ann: AnnOptions = AnnOptions()
+    scorers: list[ComponentSpec] = Field(default_factory=list, description="Re-rankers applied after retrieval.")
+    feature_extractors: list[ComponentSpec] = Field(
+        default_factory=list, description="User-side feature extractors run by the preprocessor."
+    )
+    feedback_handlers: list[ComponentSpec] = Field(default_factory=list)
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    filter_seen: bool = Field(True, description="Never recommend items the user already interacted with.")
+    max_k: int = Field(1000, ge=1)
+    max_feedback_batch: int = Field(1000, ge=1)
+    batch_max_size: int = Field(16, ge=1, description="@serve.batch size of the user encoder.")
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
+    stages: Stages = Stages()
+    access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")
+
+    @field_validator("event_weights")
+    @classmethod
+    def _weights_not_empty(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("at least one event type is needed")
+        return value
+
+    @property
+    def dislike_types(self) -> set[str]:
+        return {name for name, weight in self.event_weights.items() if weight < 0}

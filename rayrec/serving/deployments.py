@@ -1,0 +1,231 @@
+"""The Ray Serve deployments: thin shells around the stage logic.
+
+Each shell opens the state store, keeps its stage logic per model generation
+(:class:`~rayrec.serving.generations.ModelSlots`), offloads model loads and disk writes to a
+thread so the replica keeps answering, and exposes ``preload`` for hot reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from typing import Any, Awaitable, Callable, TypeVar
+
+import numpy as np
+from ray import serve
+
+from rayrec.components import FeedbackEvent
+from rayrec.errors import ModelError
+from rayrec.serving.config import AppArgs
+from rayrec.serving.encode import UserEncoderLogic
+from rayrec.serving.errors import RequestError, StageError
+from rayrec.serving.feedback import FeedbackLogic
+from rayrec.serving.generations import ModelSlots
+from rayrec.serving.model_loading import item_records, load_model
+from rayrec.serving.preprocess import PreprocessorLogic
+from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest
+from rayrec.serving.scoring import ScorerLogic
+from rayrec.state import open_state_store
+from rayrec.state.base import ModelGeneration
+
+logger = logging.getLogger("ray.serve")
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def request_errors_as_values(method: F) -> F:
+    """Return a :class:`StageError` for a bad request instead of raising it (see there)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        try:
+            return await method(*args, **kwargs)
+        except RequestError as exc:
+            return StageError(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def limit_threads(threads: int) -> None:
+    """One compute thread per replica (the env vars cover BLAS/OpenMP at process start)."""
+    if "torch" in sys.modules:  # only models that use torch pay for importing it
+        torch = sys.modules["torch"]
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def components(kind: str, specs) -> list:
+    from rayrec import plugins
+
+    return [plugins.create_component(kind, spec.name, spec.options) for spec in specs]
+
+
+class _ModelStage:
+    """Shared shell behaviour: a store, model slots, async-safe lazy loading."""
+
+    def _init_stage(self, args: AppArgs) -> None:
+        self.args = args
+        self.store = open_state_store(args.state)
+        self.slots = ModelSlots(self.store, self._build)
+        self._load_lock = asyncio.Lock()
+        self.slots.get()  # the live model, loaded before the replica takes traffic
+        limit_threads(args.threads_per_replica)
+
+    def _build(self, record: ModelGeneration) -> Any:  # pragma: no cover - per stage
+        raise NotImplementedError
+
+    async def _logic(self, generation: int | None = None):
+        if generation is None:
+            generation = self.slots.live_generation()
+        if self.slots.has(generation):
+            return self.slots.get(generation)
+        async with self._load_lock:  # load off the event loop: in-flight requests continue
+            logic = await asyncio.to_thread(self.slots.load, generation)
+        limit_threads(self.args.threads_per_replica)
+        return logic
+
+    @request_errors_as_values
+    async def preload(self, generation: int) -> str:
+        """Load ``generation`` ahead of its activation; returns its model version."""
+        try:
+            logic = await self._logic(generation)
+        except ModelError as exc:
+            raise RequestError("model_dir", str(exc)) from None
+        return str(logic.model.version)
+
+    def check_health(self) -> None:
+        self.store.catalog_version()  # raises if the state store is unreachable
+
+
+@serve.deployment
+class Preprocessor(_ModelStage):
+    def __init__(self, args: AppArgs) -> None:
+        self.extractors = components("feature_extractor", args.feature_extractors)
+        self._init_stage(args)
+
+    def _build(self, record: ModelGeneration) -> PreprocessorLogic:
+        return PreprocessorLogic(
+            load_model(record.model_dir), self.store, self.args.event_weights, record.generation, self.extractors
+        )
+
+    async def prepare(self, request: RecommendRequest) -> PreparedRequest:
+        logic = await self._logic()  # pins the request to the live generation
+        return logic.prepare(request)
+
+
+@serve.deployment
+class UserEncoder(_ModelStage):
+    def __init__(self, args: AppArgs) -> None:
+        self._init_stage(args)
+        self.encode_batch.set_max_batch_size(args.batch_max_size)
+        self.encode_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+
+    def _build(self, record: ModelGeneration) -> UserEncoderLogic:
+        return UserEncoderLogic(load_model(record.model_dir))
+
+    async def encode(self, generation: int, history: list[int]) -> tuple[np.ndarray | None, np.ndarray]:
+        return await self.encode_batch((generation, history))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def encode_batch(self, requests: list[tuple[int, list[int]]]) -> list[tuple[np.ndarray | None, np.ndarray]]:
+        results: list[Any] = [None] * len(requests)
+        by_generation: dict[int, list[int]] = {}
+        for position, (generation, _) in enumerate(requests):
+            by_generation.setdefault(generation, []).append(position)
+        for generation, positions in by_generation.items():
+            logic = await self._logic(generation)
+            encoded = logic.encode([requests[p][1] for p in positions])
+            for position, result in zip(positions, encoded):
+                results[position] = result
+        return results
+
+
+@serve.deployment
+class CandidateScorer(_ModelStage):
+    def __init__(self, args: AppArgs) -> None:
+        from rayrec import plugins
+
+        self.scorers = components("scorer", args.scorers)
+        self.candidate_filters = [impl.function for impl in plugins.load_plugins().hook.filter_candidates.get_hookimpls()]
+        self._init_stage(args)
+
+    def _build(self, record: ModelGeneration) -> ScorerLogic:
+        model = load_model(record.model_dir)
+        return ScorerLogic(
+            model,
+            self.store,
+            item_records(model, record.model_dir),
+            scorers=self.scorers,
+            candidate_filters=self.candidate_filters,
+            exact_search_max_items=self.args.exact_search_max_items,
+            ann_options=self.args.ann.model_dump(),
+            filter_seen=self.args.filter_seen,
+        )
+
+    @request_errors_as_values
+    async def recommend(
+        self, request: PreparedRequest, user_vector: np.ndarray | None, attributions: np.ndarray | None
+    ) -> dict[str, Any]:
+        logic = await self._logic(request.generation)
+        return logic.recommend(request, user_vector, attributions)
+
+    @request_errors_as_values
+    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        return (await self._logic()).similar(item_id, k)
+
+    @request_errors_as_values
+    async def put_item(self, item_id: str, item: ItemIn) -> dict[str, Any]:
+        logic = await self._logic()
+        version = await asyncio.to_thread(logic.put_item, item_id, item)
+        return {"item_id": item_id, "catalog_version": version, "status": "upserted"}
+
+    @request_errors_as_values
+    async def delete_item(self, item_id: str) -> dict[str, Any]:
+        logic = await self._logic()
+        version = await asyncio.to_thread(logic.delete_item, item_id)
+        return {"item_id": item_id, "catalog_version": version, "status": "deleted"}
+
+    async def model_version(self) -> str:
+        return (await self._logic()).model_version
+
+
+@serve.deployment
+class FeedbackIngestor:
+    """The write path for user data, and the switch of the live model generation."""
+
+    def __init__(self, args: AppArgs) -> None:
+        from rayrec import plugins
+
+        pm = plugins.load_plugins()
+        self.store = open_state_store(args.state)
+        self.logic = FeedbackLogic(
+            self.store,
+            args.event_weights,
+            handlers=components("feedback_handler", args.feedback_handlers),
+            on_ingested=lambda events: pm.hook.feedback_ingested(events=events),
+            max_batch=args.max_feedback_batch,
+        )
+
+    @request_errors_as_values
+    async def ingest(self, events: list[FeedbackEvent]) -> dict[str, int]:
+        # the fsync of the commit happens off the event loop
+        return await asyncio.to_thread(self.logic.ingest, events)
+
+    @request_errors_as_values
+    async def erase_user(self, user_id: str) -> dict[str, Any]:
+        return await asyncio.to_thread(self.logic.erase_user, user_id)
+
+    async def stage_model(self, model_dir: str) -> int:
+        return await asyncio.to_thread(self.store.stage_model, model_dir)
+
+    async def activate_model(self, generation: int) -> None:
+        await asyncio.to_thread(self.store.activate_model, generation)
+
+    async def fail_model(self, generation: int) -> None:
+        await asyncio.to_thread(self.store.fail_model, generation)
+
+    def check_health(self) -> None:
+        self.store.catalog_version()

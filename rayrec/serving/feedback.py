@@ -1,0 +1,75 @@
+"""The feedback stage: validate, store durably, update user state, notify plugins."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Sequence
+
+from rayrec.components import FeedbackEvent, FeedbackHandler
+from rayrec.serving.errors import RequestError
+from rayrec.state.base import BaseStateStore
+
+logger = logging.getLogger(__name__)
+
+
+class FeedbackLogic:
+    """Accepts batches of events; when :meth:`ingest` returns, they are on disk.
+
+    Plugins run *after* the events are durable. A failing handler or hook is logged and does
+    not fail the request: the client must not re-send events that are already stored.
+    """
+
+    def __init__(
+        self,
+        store: BaseStateStore,
+        event_weights: dict[str, float],
+        handlers: Sequence[FeedbackHandler] = (),
+        on_ingested: Callable[[list[FeedbackEvent]], None] | None = None,
+        max_batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.event_weights = dict(event_weights)
+        self.dislike_types = {name for name, weight in self.event_weights.items() if weight < 0}
+        self.handlers = list(handlers)
+        self.on_ingested = on_ingested
+        self.max_batch = max_batch
+
+    def validate(self, events: Sequence[FeedbackEvent]) -> None:
+        if not events:
+            raise RequestError("events", "at least one event is required")
+        if len(events) > self.max_batch:
+            raise RequestError("events", f"{len(events)} events in one batch; at most {self.max_batch} are accepted")
+        known = ", ".join(sorted(self.event_weights))
+        for i, event in enumerate(events):
+            if not event.user_id:
+                raise RequestError(f"events[{i}].user_id", "must not be empty")
+            if not event.item_id:
+                raise RequestError(f"events[{i}].item_id", "must not be empty")
+            if event.event_type not in self.event_weights:
+                raise RequestError(f"events[{i}].event_type", f"unknown event type {event.event_type!r}; known: {known}")
+            if event.timestamp is not None and not math.isfinite(event.timestamp):
+                raise RequestError(f"events[{i}].timestamp", "must be a finite number of unix seconds")
+            if event.value is not None and not math.isfinite(event.value):
+                raise RequestError(f"events[{i}].value", "must be a finite number")
+
+    def ingest(self, events: Sequence[FeedbackEvent]) -> dict[str, int]:
+        events = list(events)
+        self.validate(events)
+        result = self.store.append_events(events, dislike_types=self.dislike_types)
+        for handler in self.handlers:
+            try:
+                handler.handle(events)
+            except Exception:
+                logger.exception("feedback handler %r failed (the events are stored)", handler.name)
+        if self.on_ingested is not None:
+            try:
+                self.on_ingested(events)
+            except Exception:
+                logger.exception("a feedback_ingested hook failed (the events are stored)")
+        return {"accepted": len(events), "stored": result.stored, "duplicates": result.duplicates}
+
+    def erase_user(self, user_id: str) -> dict[str, object]:
+        if not user_id:
+            raise RequestError("user_id", "must not be empty")
+        return {"user_id": user_id, "erased_events": self.store.erase_user(user_id)}

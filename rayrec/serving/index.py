@@ -1,0 +1,176 @@
+"""Top-K retrieval over the item vectors: exact matrix product, or FAISS HNSW for big catalogues.
+
+Rows are append-only: a new or re-encoded item gets a new row and its old row dies, so the
+ANN index (which cannot update in place) and the exact matrix share the same row numbers.
+Dead rows and per-request exclusions are masked out of the results.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class ItemIndex:
+    """Item vectors by row, with liveness, popularity and an optional HNSW index.
+
+    ``exact_max_items``: up to this many rows search is exact (``scores = E @ q``); above it an
+    HNSW index (inner product) is built when faiss is installed, else search stays exact and
+    a log line says so.
+    """
+
+    def __init__(
+        self,
+        item_ids: list[str],
+        vectors: np.ndarray,
+        popularity: np.ndarray | None = None,
+        exact_max_items: int = 250_000,
+        hnsw_m: int = 32,
+        ef_construction: int = 80,
+        ef_search: int = 128,
+    ) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.row_ids: list[str] = list(item_ids)
+        self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
+        self.vectors = vectors
+        self.unit = self._normalize(vectors)
+        self.alive = np.ones(len(self.row_ids), dtype=bool)
+        pop = np.zeros(len(self.row_ids), dtype=np.float32) if popularity is None else np.asarray(popularity, np.float32)
+        self.popularity = pop.copy()
+        self.exact_max_items = exact_max_items
+        self.ef_search = ef_search
+        self.ann = None
+        if len(self.row_ids) > exact_max_items:
+            if faiss_available():
+                import faiss
+
+                index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
+                index.hnsw.efConstruction = ef_construction
+                index.hnsw.efSearch = ef_search
+                index.add(vectors)
+                self.ann = index
+                logger.info("built an HNSW index over %d items (M=%d)", len(self.row_ids), hnsw_m)
+            else:
+                logger.warning(
+                    "%d items exceed exact_search_max_items=%d but faiss is not installed "
+                    "(pip install faiss-cpu); using exact search",
+                    len(self.row_ids),
+                    exact_max_items,
+                )
+
+    @staticmethod
+    def _normalize(vectors: np.ndarray) -> np.ndarray:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __len__(self) -> int:
+        return int(self.alive.sum())
+
+    def __contains__(self, item_id: str) -> bool:
+        row = self.row_of.get(item_id)
+        return row is not None and bool(self.alive[row])
+
+    # -- catalogue changes ------------------------------------------------------------------
+    def upsert(self, item_ids: list[str], vectors: np.ndarray, popularity: float = 0.0) -> None:
+        """Add items (or replace their vectors); each gets a fresh row."""
+        if not item_ids:
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(item_ids), self.dim)
+        start = len(self.row_ids)
+        for offset, item_id in enumerate(item_ids):
+            old = self.row_of.get(item_id)
+            if old is not None:
+                self.alive[old] = False
+            self.row_ids.append(item_id)
+            self.row_of[item_id] = start + offset
+        self.vectors = np.concatenate([self.vectors, vectors])
+        self.unit = np.concatenate([self.unit, self._normalize(vectors)])
+        self.alive = np.concatenate([self.alive, np.ones(len(item_ids), dtype=bool)])
+        self.popularity = np.concatenate([self.popularity, np.full(len(item_ids), popularity, np.float32)])
+        if self.ann is not None:
+            self.ann.add(vectors)
+
+    def revive(self, item_id: str) -> bool:
+        """Make a deleted item live again with its last vector; False if it never existed."""
+        row = self.row_of.get(item_id)
+        if row is None:
+            return False
+        self.alive[row] = True
+        return True
+
+    def delete(self, item_id: str) -> bool:
+        row = self.row_of.get(item_id)
+        if row is None or not self.alive[row]:
+            return False
+        self.alive[row] = False
+        return True
+
+    # -- search -----------------------------------------------------------------------------
+    def allowed_mask(self, excluded_ids) -> np.ndarray:
+        """Live rows minus ``excluded_ids``; a fresh array the caller may narrow further."""
+        mask = self.alive.copy()
+        row_of = self.row_of
+        for item_id in excluded_ids:
+            row = row_of.get(item_id)
+            if row is not None:
+                mask[row] = False
+        return mask
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and inner-product scores of the best ``k`` allowed rows, best first.
+
+        query: (D,), allowed: (rows,) bool -> ((<=k,), (<=k,)).
+        """
+        query = np.ascontiguousarray(query, dtype=np.float32)
+        if self.ann is not None and not exact:
+            rows, scores = self._search_ann(query, k, allowed)
+            if rows is not None:
+                return rows, scores
+        scores = self.vectors @ query
+        return self.top_rows(scores, k, allowed)
+
+    def _search_ann(self, query: np.ndarray, k: int, allowed: np.ndarray):
+        blocked = len(allowed) - int(np.count_nonzero(allowed))
+        fetch = min(len(self.row_ids), max(2 * (k + blocked), k + 64))
+        if fetch > max(4096, 4 * k):  # a very restrictive filter: exact search is cheaper and complete
+            return None, None
+        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
+        scores, rows = self.ann.search(query[None, :], fetch)
+        rows, scores = rows[0], scores[0]
+        keep = (rows >= 0)
+        rows, scores = rows[keep], scores[keep]
+        keep = allowed[rows]
+        rows, scores = rows[keep][:k], scores[keep][:k]
+        if len(rows) < min(k, int(np.count_nonzero(allowed))):
+            return None, None  # not enough survived the filters: fall back to exact
+        return rows, scores
+
+    @staticmethod
+    def top_rows(scores: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = np.where(allowed, scores, -np.inf).astype(np.float32)
+        available = int(np.count_nonzero(allowed))
+        k = min(k, available)
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        if k < len(scores):
+            rows = np.argpartition(-scores, k - 1)[:k]
+        else:
+            rows = np.arange(len(scores))
+        order = np.argsort(-scores[rows], kind="stable")
+        rows = rows[order]
+        return rows, scores[rows]

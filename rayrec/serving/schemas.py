@@ -1,0 +1,135 @@
+"""The HTTP contract (pydantic models, shown at ``/openapi.json``) and the messages the
+stages pass each other.
+
+An explanation is ``{"because": [item ids], "source": ...}``: ``because`` lists up to three
+items of the user's recent history that contributed most to the recommendation (the user
+tower's attribution of each history position times that item's cosine similarity to the
+recommended item); ``source`` says what the list was built from: ``"history"`` (the user's
+own events), ``"session"`` (``recent_items`` sent with an anonymous request), ``"popular"``
+(nothing known about the user: most popular items) or ``"similar"`` (``/similar-items``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_K = 1000
+
+_ID = Field(min_length=1, max_length=512)
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    exclude_items: list[str] = Field(default_factory=list, max_length=10_000, description="Never return these.")
+    filters: dict[str, list[str] | str] = Field(
+        default_factory=dict,
+        description='Attribute filters: an item is kept if, for every key, one of its values is listed, e.g. {"categories": ["Comedy"]}.',
+    )
+    recent_items: list[str] = Field(
+        default_factory=list, max_length=1000, description="Items of the current session (oldest first), e.g. for anonymous users."
+    )
+
+
+class Explanation(BaseModel):
+    because: list[str] = Field(default_factory=list, description="History items that contributed most.")
+    source: str = Field("history", description="history | session | popular | similar")
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float
+    explanation: Explanation
+
+
+class RecommendResponse(BaseModel):
+    user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+
+
+class SimilarItemsResponse(BaseModel):
+    item_id: str
+    items: list[RecommendedItem]
+    model_version: str
+
+
+class FeedbackEventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str = Field(min_length=1, max_length=512)
+    item_id: str = Field(min_length=1, max_length=512)
+    event_type: str = Field("click", min_length=1, max_length=64, description="One of the configured event weights.")
+    timestamp: float | None = Field(None, description="Unix seconds; the time of arrival when absent.")
+    value: float | None = None
+    event_id: str | None = Field(None, min_length=1, max_length=256, description="Re-sending the same id is a no-op.")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    events: list[FeedbackEventIn] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="Events acknowledged (durable), re-sends included.")
+    stored: int = Field(description="Events newly written.")
+    duplicates: int = Field(description="Events whose event_id was already stored.")
+
+
+class ItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    title: str = Field("", max_length=2000)
+    text: str = Field("", max_length=100_000)
+    categories: list[str] = Field(default_factory=list, max_length=100)
+
+
+class ItemChangeResponse(BaseModel):
+    item_id: str
+    catalog_version: int
+    status: str
+
+
+class EraseResponse(BaseModel):
+    user_id: str
+    erased_events: int
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model_dir: str = Field(min_length=1)
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    generation: int
+    model_dir: str
+
+
+class HealthResponse(BaseModel):
+    status: str
+    model_version: str
+
+
+@dataclass
+class PreparedRequest:
+    """What the preprocessor hands to the encoder and the scorer."""
+
+    user_id: str
+    k: int
+    generation: int
+    history_ids: list[str] = field(default_factory=list)  # the sequence the user tower reads
+    history_indices: list[int] = field(default_factory=list)  # the same, as model item indices
+    seen: set[str] = field(default_factory=set)  # filtered out when filter_seen is on
+    exclude: set[str] = field(default_factory=set)  # dislikes + explicit exclusions: always filtered
+    filters: dict[str, Any] = field(default_factory=dict)
+    source: str = "popular"  # history | session | popular
+    user_features: Any = None  # output of user-side feature extractors, if any
+
+    @property
+    def personalized(self) -> bool:
+        return bool(self.history_indices)

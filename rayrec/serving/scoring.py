@@ -1,0 +1,281 @@
+"""The scoring stage: top-K retrieval, re-rankers, filters, explanations, the item catalogue."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from rayrec.components import Candidate, Scorer, ScoringContext
+from rayrec.models.bundle import RecommenderModel
+from rayrec.serving.errors import NotFoundError, RequestError
+from rayrec.serving.index import ItemIndex
+from rayrec.serving.schemas import ItemIn, PreparedRequest
+from rayrec.state.base import BaseStateStore
+
+logger = logging.getLogger(__name__)
+
+#: A ``filter_candidates`` implementation: returns the kept candidates, or None to keep all.
+CandidateFilter = Callable[..., "list[Candidate] | None"]
+
+EXPLANATION_ITEMS = 3
+#: History items contributing less than this share of the top contributor are left out.
+EXPLANATION_MIN_SHARE = 0.2
+
+
+class ScorerLogic:
+    """Scores the catalogue for one user vector and returns the top ``k`` with explanations.
+
+    Order of work: refresh the catalogue from the state store if its version moved; mask out
+    deleted, disliked, excluded, already-seen and attribute-filtered items; exact or ANN
+    top-K (a larger pool when re-rankers or filters run); the configured scorers in order;
+    every ``filter_candidates`` hook implementation in turn; sort; cut to ``k``; explain.
+    """
+
+    def __init__(
+        self,
+        model: RecommenderModel,
+        store: BaseStateStore,
+        item_records: dict[str, dict[str, Any]] | None = None,
+        scorers: Sequence[Scorer] = (),
+        candidate_filters: Sequence[CandidateFilter] = (),
+        exact_search_max_items: int = 250_000,
+        ann_options: dict[str, int] | None = None,
+        filter_seen: bool = True,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.scorers = list(scorers)
+        self.candidate_filters = list(candidate_filters)
+        self.filter_seen = filter_seen
+        ann = ann_options or {}
+        self.index = ItemIndex(
+            list(model.item_ids),
+            model.item_embeddings,
+            model.item_popularity,
+            exact_max_items=exact_search_max_items,
+            hnsw_m=ann.get("m", 32),
+            ef_construction=ann.get("ef_construction", 80),
+            ef_search=ann.get("ef_search", 128),
+        )
+        self.records: dict[str, dict[str, Any]] = dict(item_records or {})
+        self.trained_items = set(model.item_ids)
+        self._attribute_masks: dict[tuple[str, str], np.ndarray] = {}
+        self._attribute_names: set[str] | None = None
+        self.catalog_version = 0
+        self.refresh()
+
+    @property
+    def model_version(self) -> str:
+        return str(self.model.version)
+
+    # -- the catalogue ---------------------------------------------------------------------
+    def refresh(self) -> int:
+        """Apply catalogue changes made since the last refresh (by any replica); cheap when none."""
+        version = self.store.catalog_version()
+        if version == self.catalog_version:
+            return version
+        changes = self.store.catalog_changes(self.catalog_version)
+        new_items: list[str] = []
+        new_records: list[dict[str, Any]] = []
+        for change in changes:
+            if change.deleted:
+                self.index.delete(change.item_id)
+                continue
+            record = {"item_id": change.item_id, **change.record}
+            self.records[change.item_id] = record
+            if change.item_id in self.trained_items:
+                # A trained item keeps its learned vector; only its metadata changed.
+                self.index.revive(change.item_id)
+            else:
+                new_items.append(change.item_id)
+                new_records.append(record)
+        if new_items:
+            vectors = np.asarray(self.model.encode_items(new_records), dtype=np.float32)
+            self.index.upsert(new_items, vectors)
+        self._attribute_masks.clear()
+        self._attribute_names = None
+        self.catalog_version = max([version] + [c.version for c in changes])
+        return self.catalog_version
+
+    def validate_item(self, item: ItemIn) -> dict[str, Any]:
+        """Check the item's content can be encoded by this model; returns the record to store."""
+        record = item.model_dump()
+        try:
+            vector = np.asarray(self.model.encode_items([record]), dtype=np.float32)
+        except Exception as exc:  # the model rejected the content
+            raise RequestError("body", f"the model cannot encode this item: {exc}") from exc
+        if vector.shape != (1, self.index.dim) or not np.all(np.isfinite(vector)):
+            raise RequestError("body", "the model produced no usable vector for this item's content")
+        return record
+
+    def put_item(self, item_id: str, item: ItemIn) -> int:
+        record = self.validate_item(item)
+        version = self.store.put_item(item_id, record)
+        self.refresh()
+        return version
+
+    def delete_item(self, item_id: str) -> int:
+        self.refresh()
+        if item_id not in self.index:
+            raise NotFoundError("item_id", f"unknown item {item_id!r}")
+        version = self.store.delete_item(item_id)
+        self.refresh()
+        return version
+
+    # -- filters -----------------------------------------------------------------------------
+    def _attribute_mask(self, filters: dict[str, Any]) -> np.ndarray | None:
+        if not filters:
+            return None
+        if self._attribute_names is None:
+            self._attribute_names = {key for record in self.records.values() for key in record} - {"item_id"}
+        mask = None
+        for key, wanted in filters.items():
+            if key not in self._attribute_names:
+                known = ", ".join(sorted(self._attribute_names)) or "(no item metadata)"
+                raise RequestError(f"filters.{key}", f"unknown item attribute {key!r}; known: {known}")
+            values = [wanted] if isinstance(wanted, str) else list(wanted)
+            field_mask = np.zeros(len(self.index.row_ids), dtype=bool)
+            for value in values:
+                field_mask |= self._value_mask(key, value)
+            mask = field_mask if mask is None else mask & field_mask
+        return mask
+
+    def _value_mask(self, key: str, value: str) -> np.ndarray:
+        cached = self._attribute_masks.get((key, value))
+        if cached is not None and len(cached) == len(self.index.row_ids):
+            return cached
+        mask = np.zeros(len(self.index.row_ids), dtype=bool)
+        row_of = self.index.row_of
+        for item_id, record in self.records.items():
+            have = record.get(key)
+            if have is None:
+                continue
+            if (value in have) if isinstance(have, (list, tuple, set)) else (str(have) == value):
+                row = row_of.get(item_id)
+                if row is not None:
+                    mask[row] = True
+        self._attribute_masks[(key, value)] = mask
+        return mask
+
+    # -- recommend ---------------------------------------------------------------------------
+    def recommend(
+        self,
+        request: PreparedRequest,
+        user_vector: np.ndarray | None,
+        attributions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        self.refresh()
+        excluded = set(request.exclude)
+        if self.filter_seen:
+            excluded |= request.seen
+        allowed = self.index.allowed_mask(excluded)
+        attribute_mask = self._attribute_mask(request.filters)
+        if attribute_mask is not None:
+            allowed &= attribute_mask
+
+        rerank = bool(self.scorers or self.candidate_filters)
+        pool = min(max(2 * request.k, request.k + 20), 2000) if rerank else request.k
+        if user_vector is None:
+            source = "popular"
+            rows, scores = ItemIndex.top_rows(self.index.popularity.copy(), pool, allowed)
+        else:
+            source = request.source
+            exact = attribute_mask is not None  # a filter can leave the ANN neighbourhood empty
+            rows, scores = self.index.search(user_vector, pool, allowed, exact=exact)
+
+        candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
+        if rerank and candidates:
+            candidates = self._rerank(candidates, request)
+        candidates = candidates[: request.k]
+        explanations = self._explain(candidates, request, attributions if user_vector is not None else None)
+        return {
+            "user_id": request.user_id,
+            "model_version": self.model_version,
+            "items": [
+                {
+                    "item_id": c.item_id,
+                    "score": c.score,
+                    "explanation": {"because": because, "source": source},
+                }
+                for c, because in zip(candidates, explanations)
+            ],
+        }
+
+    def _context(self, candidates: list[Candidate], request: PreparedRequest) -> ScoringContext:
+        row_of = self.index.row_of
+        return ScoringContext(
+            user_id=request.user_id,
+            history=list(request.history_ids),
+            item_popularity={c.item_id: float(self.index.popularity[row_of[c.item_id]]) for c in candidates},
+            item_categories={
+                c.item_id: list(self.records.get(c.item_id, {}).get("categories", []) or []) for c in candidates
+            },
+            now=time.time(),
+        )
+
+    def _rerank(self, candidates: list[Candidate], request: PreparedRequest) -> list[Candidate]:
+        context = self._context(candidates, request)
+        for scorer in self.scorers:
+            candidates = list(scorer.score(candidates, context))
+        for candidate_filter in self.candidate_filters:
+            kept = candidate_filter(candidates=candidates, context=context)
+            if kept is not None:
+                candidates = list(kept)
+        # A re-ranker must not bring back what the user may never see.
+        forbidden = set(request.exclude) | (request.seen if self.filter_seen else set())
+        candidates = [c for c in candidates if c.item_id in self.index and c.item_id not in forbidden]
+        candidates.sort(key=lambda c: -c.score)
+        return candidates
+
+    def _explain(
+        self, candidates: list[Candidate], request: PreparedRequest, attributions: np.ndarray | None
+    ) -> list[list[str]]:
+        """Per candidate, the history items with the largest attribution x cosine similarity."""
+        if attributions is None or not request.history_ids or not candidates:
+            return [[] for _ in candidates]
+        row_of = self.index.row_of
+        positions = [(p, row_of.get(item_id)) for p, item_id in enumerate(request.history_ids)]
+        positions = [(p, r) for p, r in positions if r is not None and p < len(attributions)]
+        if not positions:
+            return [[] for _ in candidates]
+        history_rows = np.array([r for _, r in positions])
+        weights = np.asarray(attributions, dtype=np.float32)[[p for p, _ in positions]]
+        history_ids = [request.history_ids[p] for p, _ in positions]
+        candidate_rows = np.array([row_of[c.item_id] for c in candidates])
+        similarity = self.index.unit[candidate_rows] @ self.index.unit[history_rows].T  # (C, H)
+        contribution = similarity * weights[None, :]
+        result = []
+        for row in contribution:
+            totals: dict[str, float] = {}
+            for item_id, value in zip(history_ids, row):
+                totals[item_id] = totals.get(item_id, 0.0) + float(value)
+            best = max(totals.values())
+            # Negligible contributors would only confuse a reader of the explanation.
+            ranked = sorted((v, i) for i, v in totals.items() if v > 0 and v >= EXPLANATION_MIN_SHARE * best)
+            result.append([i for _, i in reversed(ranked[-EXPLANATION_ITEMS:])])
+        return result
+
+    # -- item to item ------------------------------------------------------------------------
+    def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        self.refresh()
+        if item_id not in self.index:
+            raise NotFoundError("item_id", f"unknown item {item_id!r}")
+        row = self.index.row_of[item_id]
+        allowed = self.index.allowed_mask([item_id])
+        scores = self.index.unit @ self.index.unit[row]
+        rows, scores = ItemIndex.top_rows(scores, k, allowed)
+        return {
+            "item_id": item_id,
+            "model_version": self.model_version,
+            "items": [
+                {
+                    "item_id": self.index.row_ids[r],
+                    "score": float(s),
+                    "explanation": {"because": [item_id], "source": "similar"},
+                }
+                for r, s in zip(rows, scores)
+            ],
+        }

@@ -1,0 +1,147 @@
+"""The state-store interface serving talks to, and the records it exchanges.
+
+A state store keeps everything that changes while the model is served:
+
+* the **event log**: every accepted feedback event, durably, deduplicated by ``event_id``;
+* the **per-user recent state**: the user's latest events (what the user tower reads next)
+  and the items the user disliked (never recommended to them again);
+* **erasures**: users whose data was deleted; their training history is ignored from then on;
+* the **item catalogue**: items added, updated or deleted online, with a version counter
+  that every scorer replica checks per request;
+* the **model generations**: which model directory is live, so every replica of every stage
+  serves the same model version (see :mod:`rayrec.serving.generations`).
+
+Stores are components (kind ``state_store``), registered through ``register_state_stores``
+and chosen by URL scheme: ``sqlite:///var/lib/rayrec/state.db`` picks the store named
+``sqlite``. A plain path means SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Collection, Sequence
+
+from rayrec.components import FeedbackEvent, StateStore
+
+
+@dataclass
+class UserState:
+    """What the store knows about one user right now."""
+
+    user_id: str
+    #: (item_id, event_type) of the user's most recent events, oldest first.
+    recent: list[tuple[str, str]] = field(default_factory=list)
+    #: Items the user disliked; never recommended to them again.
+    disliked: set[str] = field(default_factory=set)
+    #: True once the user was erased: their training history must be ignored.
+    erased: bool = False
+
+
+@dataclass
+class AppendResult:
+    """Outcome of :meth:`BaseStateStore.append_events`."""
+
+    stored: int  # events newly written
+    duplicates: int  # events whose event_id was already in the log (idempotent re-sends)
+
+
+@dataclass
+class CatalogChange:
+    """One item added, updated or deleted online; ``version`` orders the changes."""
+
+    item_id: str
+    version: int
+    deleted: bool
+    record: dict[str, Any] = field(default_factory=dict)  # title, text, categories
+
+
+@dataclass
+class ModelGeneration:
+    """A model directory registered for serving; ``generation`` increases by one per reload."""
+
+    generation: int
+    model_dir: str
+    status: str  # "staged", "active", "retired" or "failed"
+
+
+class BaseStateStore(StateStore):
+    """The interface of every state store. Subclass it, set ``name`` to the URL scheme.
+
+    Every write is durable when the method returns: a caller may acknowledge the request.
+    Implementations must be safe to use from several processes at once.
+    """
+
+    #: Extra URL schemes that select this store besides ``name`` (e.g. ``rediss``).
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    # -- events and user state -------------------------------------------------------------
+    def append_events(
+        self, events: Sequence[FeedbackEvent], dislike_types: Collection[str] = ()
+    ) -> AppendResult:  # pragma: no cover - interface
+        """Durably append ``events`` (all or none) and update each user's recent state.
+
+        An event whose ``event_id`` is already stored is skipped (idempotent re-send). Events
+        whose type is in ``dislike_types`` also mark the item disliked for that user.
+        """
+        raise NotImplementedError
+
+    def user_state(self, user_id: str, limit: int) -> UserState:  # pragma: no cover
+        """The user's ``limit`` most recent events (oldest first), dislikes and erasure flag."""
+        raise NotImplementedError
+
+    def erase_user(self, user_id: str) -> int:  # pragma: no cover
+        """Delete all the user's events and state, and record the erasure; returns events deleted."""
+        raise NotImplementedError
+
+    def event_count(self, user_id: str | None = None) -> int:  # pragma: no cover
+        """Events in the log, for one user or in total."""
+        raise NotImplementedError
+
+    # -- item catalogue --------------------------------------------------------------------
+    def put_item(self, item_id: str, record: dict[str, Any]) -> int:  # pragma: no cover
+        """Add or update an item's content; returns the new catalogue version."""
+        raise NotImplementedError
+
+    def delete_item(self, item_id: str) -> int:  # pragma: no cover
+        """Mark an item deleted; returns the new catalogue version."""
+        raise NotImplementedError
+
+    def catalog_version(self) -> int:  # pragma: no cover
+        """The current catalogue version (0 when nothing changed yet); cheap, read per request."""
+        raise NotImplementedError
+
+    def catalog_changes(self, since_version: int) -> list[CatalogChange]:  # pragma: no cover
+        """The latest change of every item changed after ``since_version``, in version order."""
+        raise NotImplementedError
+
+    # -- model generations -----------------------------------------------------------------
+    def stage_model(self, model_dir: str) -> int:  # pragma: no cover
+        """Register ``model_dir`` as a new generation (not live yet); returns its number."""
+        raise NotImplementedError
+
+    def activate_model(self, generation: int) -> None:  # pragma: no cover
+        """Make ``generation`` the live one; requests started afterwards use it."""
+        raise NotImplementedError
+
+    def fail_model(self, generation: int) -> None:  # pragma: no cover
+        """Mark a staged generation as failed (it never goes live)."""
+        raise NotImplementedError
+
+    def model_generation(self, generation: int | None = None) -> ModelGeneration | None:  # pragma: no cover
+        """The given generation, or the live one when ``generation`` is None (None if none)."""
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover
+        """Release connections; the store may be used again afterwards (it reconnects)."""
+
+    # -- shared helpers --------------------------------------------------------------------
+    def ensure_model(self, model_dir: str) -> ModelGeneration:
+        """Make ``model_dir`` live unless it already is; used when an app starts."""
+        live = self.model_generation()
+        if live is not None and live.model_dir == model_dir:
+            return live
+        generation = self.stage_model(model_dir)
+        self.activate_model(generation)
+        result = self.model_generation(generation)
+        assert result is not None
+        return result

@@ -1,0 +1,130 @@
+"""The per-epoch training and validation steps, shared by the Ray Train workers and
+in-process training. Nothing here knows about Ray."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from rayrec.models.losses import full_softmax_loss, sampled_softmax_loss
+from rayrec.models.two_tower import TwoTowerModel
+from rayrec.training.batches import left_pad, next_item_batch
+
+
+@dataclass
+class StepProgress:
+    epoch: int
+    step: int
+    steps_in_epoch: int
+    loss: float
+    samples_per_second: float
+
+
+def train_one_epoch(
+    model: TwoTowerModel,
+    optimizer: torch.optim.Optimizer,
+    sequences: list[np.ndarray],
+    users: np.ndarray,
+    *,
+    batch_size: int,
+    max_len: int,
+    loss_kind: str,
+    log_q: torch.Tensor | None,
+    num_uniform_negatives: int,
+    temperature: float,
+    rng: np.random.Generator,
+    crop_probability: float = 0.0,
+    epoch: int = 0,
+    on_step: Callable[[StepProgress], None] | None = None,
+    num_steps: int | None = None,
+) -> tuple[float, int]:
+    """One pass over ``users`` (this worker's shard) in shuffled batches.
+
+    ``sequences[u]`` are 1-based item indices. Every position predicts the next item.
+    ``num_steps`` pads the pass with repeated batches so all data-parallel workers take the
+    same number of steps (gradient all-reduce needs every worker in every step).
+    Returns (mean loss, supervised positions seen).
+    """
+    model.train()
+    order = rng.permutation(users)
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)] or [order]
+    if num_steps is not None:
+        while len(batches) < num_steps:
+            batches.append(batches[len(batches) % max(1, len(batches))])
+        batches = batches[:num_steps]
+    total_loss, total_positions = 0.0, 0
+    started = time.perf_counter()
+    for step, batch_users in enumerate(batches):
+        inputs, labels = next_item_batch([sequences[u] for u in batch_users], max_len, rng, crop_probability)
+        inputs_t = torch.from_numpy(inputs)
+        labels_t = torch.from_numpy(labels)
+        outputs = model.sequence_outputs(inputs_t)  # (B, L, D)
+        supervised = labels_t > 0
+        flat_outputs = outputs[supervised]
+        flat_labels = labels_t[supervised]
+        if loss_kind == "full":
+            loss = full_softmax_loss(flat_outputs, model.item_table(), flat_labels, temperature)
+        else:
+            loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, log_q,
+                                        num_uniform_negatives, temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        positions = int(supervised.sum())
+        total_loss += float(loss) * positions
+        total_positions += positions
+        if on_step is not None:
+            elapsed = time.perf_counter() - started
+            on_step(StepProgress(epoch, step + 1, len(batches), float(loss),
+                                 total_positions / elapsed if elapsed > 0 else 0.0))
+    return total_loss / max(1, total_positions), total_positions
+
+
+@torch.no_grad()
+def score_histories(model: TwoTowerModel, histories: list[np.ndarray], max_len: int,
+                    item_table: torch.Tensor | None = None) -> np.ndarray:
+    """Scores of every item for each history: -> (B, N) float32 (vocabulary order, no padding).
+
+    ``histories`` hold 1-based item indices, oldest first.
+    """
+    model.eval()
+    table = model.item_table() if item_table is None else item_table
+    sequences = torch.from_numpy(left_pad(histories, max_len))
+    users = model.user_vectors(sequences)
+    return (users @ table[1:].T).numpy()
+
+
+@torch.no_grad()
+def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets: np.ndarray,
+                      max_len: int, k: int = 10, batch_size: int = 256) -> dict[str, float]:
+    """Sums of NDCG@k and HR@k over users with a target (>= 1, 1-based), history masked.
+
+    Returns sums and the count (not means) so data-parallel workers can add them up.
+    """
+    model.eval()
+    table = model.item_table()
+    ndcg_sum, hit_sum, count = 0.0, 0.0, 0
+    valid = np.flatnonzero(targets > 0)
+    for start in range(0, len(valid), batch_size):
+        rows = valid[start: start + batch_size]
+        batch_histories = [histories[r] for r in rows]
+        scores = score_histories(model, batch_histories, max_len, table)
+        for i, history in enumerate(batch_histories):
+            scores[i, history - 1] = -np.inf
+        target_scores = scores[np.arange(len(rows)), targets[rows] - 1]
+        ranks = (scores > target_scores[:, None]).sum(axis=1)
+        hits = ranks < k
+        hit_sum += float(hits.sum())
+        ndcg_sum += float((hits / np.log2(ranks + 2.0)).sum())
+        count += len(rows)
+    return {"ndcg_sum": ndcg_sum, "hit_sum": hit_sum, "count": count}
+
+
+def eta_seconds(elapsed: float, done: int, total: int) -> float:
+    return math.inf if done == 0 else elapsed / done * (total - done)

@@ -1,0 +1,291 @@
+"""End to end: the real Serve graph on a local Ray, over HTTP, with a real SQLite file.
+
+One Ray + Serve start for the whole module (2 logical CPUs, like the target machine).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+from rayrec.serving.app import build_app  # noqa: E402
+from rayrec.serving.config import AppArgs  # noqa: E402
+from rayrec.serving.toy_model import ToyModel  # noqa: E402
+
+NUM_ITEMS = 400
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_models(root):
+    """Two versions of a model with the same items (for the hot reload)."""
+    first = ToyModel.generate(num_items=NUM_ITEMS, dim=16, num_users=40, version="toy-v1", seed=0)
+    first.save(root / "model-v1")
+    second = ToyModel.generate(num_items=NUM_ITEMS, dim=16, num_users=40, version="toy-v2", seed=0)
+    second.save(root / "model-v2")
+    return first, root / "model-v1", root / "model-v2"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    model, v1, v2 = make_models(root)
+    state = root / "state.db"
+    port = free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        args = AppArgs(
+            model_dir=str(v1),
+            state=f"sqlite:///{state}",
+            stages={"scorer": {"num_replicas": 2, "num_cpus": 0.25}},  # catalogue changes must reach both
+            max_feedback_batch=100,
+        )
+        serve.run(build_app(args), name="rayrec", route_prefix="/")
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            yield {"client": client, "model": model, "v1": v1, "v2": v2, "state": state, "url": f"http://127.0.0.1:{port}"}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def category(model, item_id):
+    return model.records[item_id]["categories"][0] if item_id in model.records else None
+
+
+def recommend(client, **body):
+    response = client.post("/recommend", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(result):
+    return [item["item_id"] for item in result["items"]]
+
+
+def test_openapi_and_health(server):
+    client = server["client"]
+    schema = client.get("/openapi.json").json()
+    for path in ["/recommend", "/feedback", "/similar-items/{item_id}", "/items/{item_id}", "/users/{user_id}", "/admin/reload", "/healthz"]:
+        assert path in schema["paths"], path
+    assert "RecommendRequest" in schema["components"]["schemas"]
+    health = client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_known_user_gets_personal_recommendations_with_explanations(server):
+    client, model = server["client"], server["model"]
+    result = recommend(client, user_id="user3", k=10)
+    assert result["user_id"] == "user3" and result["model_version"] == "toy-v1"
+    assert len(result["items"]) == 10
+    history = model.training_history("user3")
+    home = category(model, history[0])
+    assert all(category(model, i) == home for i in ids(result))
+    assert not set(ids(result)) & set(history)  # already-seen items are filtered
+    for item in result["items"]:
+        assert item["explanation"]["source"] == "history"
+        assert item["explanation"]["because"] and set(item["explanation"]["because"]) <= set(history)
+    scores = [item["score"] for item in result["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_unknown_and_anonymous_users(server):
+    client, model = server["client"], server["model"]
+    popular = recommend(client, user_id="never-seen", k=5)
+    expected = sorted(model.item_ids, key=lambda i: -model.item_popularity[model.item_ids.index(i)])[:5]
+    assert ids(popular) == expected
+    assert all(item["explanation"]["source"] == "popular" for item in popular["items"])
+    session_items = [i for i in model.item_ids if category(model, i) == "Horror"][:3]
+    session = recommend(client, user_id="anonymous-1", k=5, recent_items=session_items)
+    assert all(category(model, i) == "Horror" for i in ids(session))
+    assert all(item["explanation"]["source"] == "session" for item in session["items"])
+
+
+def test_feedback_changes_the_very_next_recommendation(server):
+    client, model = server["client"], server["model"]
+    before = recommend(client, user_id="user1", k=10)
+    home = category(model, model.training_history("user1")[0])
+    other = next(c for c in model.category_names if c != home)
+    new_items = [i for i in model.item_ids if category(model, i) == other][:8]
+    events = [{"user_id": "user1", "item_id": i, "event_type": "purchase"} for i in new_items]
+    response = client.post("/feedback", json={"events": events})
+    assert response.status_code == 200 and response.json()["accepted"] == 8
+    after = recommend(client, user_id="user1", k=10)
+    assert ids(after) != ids(before)
+    assert Counter(category(model, i) for i in ids(after))[other] >= 5
+    assert not set(ids(after)) & set(new_items)
+    because = {b for item in after["items"] for b in item["explanation"]["because"]}
+    assert because & set(new_items)
+
+
+def test_zero_stale_reads(server):
+    """Read-your-writes: every disliked top item is gone from the very next answer."""
+    client = server["client"]
+    stale = 0
+    for trial in range(40):
+        top = ids(recommend(client, user_id="fresh-user", k=3, recent_items=["item5"]))[0]
+        client.post("/feedback", json={"events": [{"user_id": "fresh-user", "item_id": top, "event_type": "dislike"}]})
+        if top in ids(recommend(client, user_id="fresh-user", k=3, recent_items=["item5"])):
+            stale += 1
+    assert stale == 0
+
+
+def test_resending_events_is_idempotent(server):
+    client = server["client"]
+    events = [{"user_id": "idem", "item_id": f"item{i}", "event_type": "click", "event_id": f"idem-{i}"} for i in range(3)]
+    first = client.post("/feedback", json={"events": events}).json()
+    again = client.post("/feedback", json={"events": events}).json()
+    assert first == {"accepted": 3, "stored": 3, "duplicates": 0}
+    assert again == {"accepted": 3, "stored": 0, "duplicates": 3}
+    with sqlite3.connect(server["state"]) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE user_id = 'idem'").fetchone()[0] == 3
+
+
+def test_disliked_item_is_never_recommended_again(server):
+    client = server["client"]
+    top = ids(recommend(client, user_id="user5", k=1))[0]
+    client.post("/feedback", json={"events": [{"user_id": "user5", "item_id": top, "event_type": "dislike"}]})
+    for _ in range(3):
+        assert top not in ids(recommend(client, user_id="user5", k=50))
+    # it stays excluded after many later events push it out of the recent window
+    client.post("/feedback", json={"events": [{"user_id": "user5", "item_id": f"item{i}"} for i in range(60)]})
+    assert top not in ids(recommend(client, user_id="user5", k=200))
+
+
+def test_item_add_is_recommendable_at_once_and_delete_is_final(server):
+    client, model = server["client"], server["model"]
+    response = client.put("/items/brand-new", json={"title": "Brand new", "text": "fresh", "categories": ["Drama"]})
+    assert response.status_code == 200, response.text
+    drama_fan = [i for i in model.item_ids if category(model, i) == "Drama"][:5]
+    # every scorer replica must know it: ask repeatedly, the router spreads the requests
+    for _ in range(10):
+        result = recommend(client, user_id="drama-fan", k=20, recent_items=drama_fan)
+        assert "brand-new" in ids(result)
+        assert "brand-new" in ids(recommend(client, user_id="x", k=400, filters={"categories": ["Drama"]}))
+    similar = client.get("/similar-items/brand-new", params={"k": 5})
+    assert similar.status_code == 200 and all(category(model, i) == "Drama" for i in ids(similar.json()))
+
+    assert client.delete("/items/brand-new").status_code == 200
+    for _ in range(10):
+        assert "brand-new" not in ids(recommend(client, user_id="drama-fan", k=50, recent_items=drama_fan))
+    assert client.get("/similar-items/brand-new").status_code == 404
+    assert client.delete("/items/brand-new").status_code == 404
+    deleted_trained = ids(recommend(client, user_id="user2", k=1))[0]
+    assert client.delete(f"/items/{deleted_trained}").status_code == 200
+    for _ in range(6):
+        assert deleted_trained not in ids(recommend(client, user_id="user2", k=100))
+
+
+def test_erased_user_gets_non_personal_results(server):
+    client = server["client"]
+    client.post("/feedback", json={"events": [{"user_id": "user7", "item_id": "item1", "event_type": "like"}]})
+    personal = recommend(client, user_id="user7", k=5)
+    assert personal["items"][0]["explanation"]["source"] == "history"
+    erased = client.delete("/users/user7")
+    assert erased.status_code == 200 and erased.json() == {"user_id": "user7", "erased_events": 1}
+    after = recommend(client, user_id="user7", k=5)
+    assert ids(after) == ids(recommend(client, user_id="nobody-at-all", k=5))
+    assert all(item["explanation"] == {"because": [], "source": "popular"} for item in after["items"])
+    with sqlite3.connect(server["state"]) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM events WHERE user_id = 'user7'").fetchone()[0] == 0
+        assert conn.execute("SELECT COUNT(*) FROM erased_users WHERE user_id = 'user7'").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize(
+    "method, path, body, status, field",
+    [
+        ("post", "/recommend", "{not json", 422, "body"),
+        ("post", "/recommend", {"user_id": "u", "k": 0}, 422, "k"),
+        ("post", "/recommend", {"user_id": "u", "k": 1001}, 422, "k"),
+        ("post", "/recommend", {"user_id": "u", "k": "10"}, 422, "k"),
+        ("post", "/recommend", {"user_id": 42}, 422, "user_id"),
+        ("post", "/recommend", {}, 422, "user_id"),
+        ("post", "/recommend", {"user_id": "u", "exclude_items": "item1"}, 422, "exclude_items"),
+        ("post", "/recommend", {"user_id": "u", "filters": {"colour": ["red"]}}, 422, "filters.colour"),
+        ("post", "/recommend", {"user_id": "u", "kk": 3}, 422, "kk"),
+        ("post", "/feedback", {"events": []}, 422, "events"),
+        ("post", "/feedback", {"events": [{"user_id": "u", "item_id": "i", "event_type": "teleport"}]}, 422, "events[0].event_type"),
+        ("post", "/feedback", {"events": [{"user_id": "u"}]}, 422, "events[0].item_id"),
+        ("post", "/feedback", {"events": [{"user_id": "u", "item_id": "i"}] * 101}, 422, "events"),
+        ("post", "/feedback", {"events": [{"user_id": "u", "item_id": "i", "timestamp": "yesterday"}]}, 422, "events[0].timestamp"),
+        ("get", "/similar-items/no-such-item", None, 404, "item_id"),
+        ("get", "/similar-items/item1?k=0", None, 422, "k"),
+        ("get", "/similar-items/item1?k=abc", None, 422, "k"),
+        ("put", "/items/x1", {"title": "t", "categories": "Drama"}, 422, "categories"),
+        ("delete", "/items/no-such-item", None, 404, "item_id"),
+        ("post", "/admin/reload", {"model_dir": "/no/such/model"}, 422, "model_dir"),
+        ("post", "/admin/reload", {}, 422, "model_dir"),
+    ],
+)
+def test_bad_input_gets_a_4xx_naming_the_field(server, method, path, body, status, field):
+    client = server["client"]
+    if isinstance(body, str):
+        response = client.request(method, path, content=body, headers={"content-type": "application/json"})
+    elif body is None:
+        response = client.request(method, path)
+    else:
+        response = client.request(method, path, json=body)
+    assert response.status_code == status, response.text
+    message = response.json()["message"]
+    assert field in message, message
+
+
+def test_hot_reload_under_load_fails_no_request(server):
+    client, url = server["client"], server["url"]
+    stop = threading.Event()
+    outcomes: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def load(worker: int) -> None:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            n = 0
+            while not stop.is_set():
+                try:
+                    r = c.post("/recommend", json={"user_id": f"user{(worker * 7 + n) % 40}", "k": 10})
+                    version = r.json().get("model_version", "") if r.status_code == 200 else r.text
+                    outcome = (r.status_code, version)
+                except httpx.HTTPError as exc:
+                    outcome = (0, repr(exc))
+                with lock:
+                    outcomes.append(outcome)
+                n += 1
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        response = client.post("/admin/reload", json={"model_dir": str(server["v2"])})
+        assert response.status_code == 200, response.text
+        assert response.json()["model_version"] == "toy-v2"
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    failures = [o for o in outcomes if o[0] != 200]
+    assert not failures, failures[:5]
+    versions = [v for _, v in outcomes]
+    assert "toy-v1" in versions and "toy-v2" in versions
+    switched = versions.index("toy-v2")
+    assert set(versions[switched + 20 :]) == {"toy-v2"}  # after the switch (a few in flight), only v2
+    assert recommend(client, user_id="user1", k=3)["model_version"] == "toy-v2"
+    assert client.get("/healthz").json()["model_version"] == "toy-v2"
+    assert len(outcomes) > 50
+    print(json.dumps({"requests_during_reload_test": len(outcomes)}))

@@ -1,0 +1,85 @@
+"""Top-K retrieval: exact search, the FAISS HNSW index and its recall, the no-faiss fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from rayrec.serving import index as index_module
+from rayrec.serving.index import ItemIndex
+
+
+def clustered(n=20_000, dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(64, dim)).astype(np.float32)
+    return (centers[rng.integers(0, 64, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def exact_top(vectors, query, k, allowed):
+    scores = np.where(allowed, vectors @ query, -np.inf)
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def test_exact_search_respects_the_mask_and_orders_by_score():
+    vectors = clustered(2000, 16)
+    index = ItemIndex([f"i{i}" for i in range(2000)], vectors, exact_max_items=10_000)
+    assert index.ann is None
+    allowed = index.allowed_mask(["i0", "i1"])
+    query = vectors[0]
+    rows, scores = index.search(query, 10, allowed)
+    assert list(rows) == list(exact_top(vectors, query, 10, allowed))
+    assert 0 not in rows and list(scores) == sorted(scores, reverse=True)
+
+
+def test_upsert_and_delete_change_the_live_rows():
+    vectors = clustered(100, 8)
+    index = ItemIndex([f"i{i}" for i in range(100)], vectors)
+    index.upsert(["new", "i5"], np.stack([vectors[3] * 10, vectors[7] * 10]))
+    assert "new" in index and "i5" in index and len(index) == 101  # i5 replaced, not duplicated
+    rows, _ = index.search(vectors[3], 1, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "new"
+    index.delete("new")
+    assert "new" not in index
+    rows, _ = index.search(vectors[3], 101, index.allowed_mask([]))
+    assert "new" not in {index.row_ids[r] for r in rows} and len(rows) == 100
+
+
+def test_without_faiss_large_catalogues_fall_back_to_exact_with_a_log_line(monkeypatch, caplog):
+    monkeypatch.setattr(index_module, "faiss_available", lambda: False)
+    with caplog.at_level(logging.WARNING):
+        index = ItemIndex([f"i{i}" for i in range(500)], clustered(500, 8), exact_max_items=100)
+    assert index.ann is None
+    assert "faiss is not installed" in caplog.text and "exact search" in caplog.text
+
+
+def test_hnsw_recall_against_exact_search():
+    pytest.importorskip("faiss")
+    vectors = clustered(20_000, 32)
+    ids = [f"i{i}" for i in range(len(vectors))]
+    index = ItemIndex(ids, vectors, exact_max_items=1000, ef_search=128)
+    assert index.ann is not None
+    rng = np.random.default_rng(1)
+    queries = vectors[rng.integers(0, len(vectors), 100)] + 0.1 * rng.normal(size=(100, 32)).astype(np.float32)
+    k = 10
+    hits = 0
+    for query in queries:
+        allowed = index.allowed_mask([ids[j] for j in rng.integers(0, len(ids), 20)])
+        rows, _ = index.search(query, k, allowed)
+        assert allowed[rows].all()
+        hits += len(set(rows) & set(exact_top(vectors, query, k, allowed)))
+    recall = hits / (k * len(queries))
+    assert recall >= 0.95, recall
+
+
+def test_hnsw_index_follows_catalogue_changes():
+    pytest.importorskip("faiss")
+    vectors = clustered(3000, 16)
+    index = ItemIndex([f"i{i}" for i in range(3000)], vectors, exact_max_items=100)
+    index.upsert(["new"], vectors[42] * 5)
+    rows, _ = index.search(vectors[42], 3, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "new"
+    index.delete("new")
+    rows, _ = index.search(vectors[42], 3, index.allowed_mask([]))
+    assert "new" not in {index.row_ids[r] for r in rows}

@@ -1,0 +1,341 @@
+"""The serving stages' logic, in-process and without Ray, against a stand-in model."""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from rayrec.components import Candidate, FeedbackEvent, FeedbackHandler, Scorer, ScoringContext
+from rayrec.serving.encode import UserEncoderLogic
+from rayrec.serving.errors import NotFoundError, RequestError
+from rayrec.serving.feedback import FeedbackLogic
+from rayrec.serving.generations import ModelSlots
+from rayrec.serving.preprocess import PreprocessorLogic
+from rayrec.serving.schemas import ItemIn, RecommendRequest
+from rayrec.serving.scoring import ScorerLogic
+from rayrec.state import open_state_store
+
+WEIGHTS = {"view": 0.5, "click": 1.0, "purchase": 3.0, "skip": 0.0, "dislike": -1.0}
+
+
+class StandInModel:
+    """The smallest RecommenderModel: random item vectors, mean-pooling user tower.
+
+    Items ``a0..a9`` point along axis 0, ``b0..b9`` along axis 1, ``c0..c9`` along axis 2,
+    so a user who clicked ``a`` items must get ``a`` items back.
+    """
+
+    version = "stand-in-1"
+    max_history = 6
+
+    def __init__(self, dim: int = 8, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.item_ids = [f"{g}{i}" for g in "abc" for i in range(10)]
+        vectors = 0.05 * rng.normal(size=(30, dim)).astype(np.float32)
+        for g in range(3):
+            vectors[g * 10 : (g + 1) * 10, g] += 1.0
+        self.item_embeddings = vectors
+        self.item_popularity = np.arange(30, 0, -1).astype(np.float32)  # a0 most popular
+        self.histories = {"alice": ["a0", "a1"], "bob": ["b0"]}
+
+    def item_records(self):
+        names = {"a": "Comedy", "b": "Drama", "c": "Horror"}
+        return {i: {"item_id": i, "title": i, "categories": [names[i[0]]]} for i in self.item_ids}
+
+    def training_history(self, user_id: str) -> list[str]:
+        return list(self.histories.get(user_id, []))
+
+    def encode_histories(self, histories: Sequence[Sequence[int]]):
+        vectors = np.stack([self.item_embeddings[list(h)].mean(0) for h in histories])
+        attributions = [np.full(len(h), 1.0 / len(h), dtype=np.float32) for h in histories]
+        return vectors, attributions
+
+    def encode_items(self, records: Sequence[dict]) -> np.ndarray:
+        axis = {"Comedy": 0, "Drama": 1, "Horror": 2}
+        out = np.zeros((len(records), self.item_embeddings.shape[1]), dtype=np.float32)
+        for m, record in enumerate(records):
+            for category in record.get("categories", []):
+                if category in axis:
+                    out[m, axis[category]] = 2.0  # stronger than any trained item
+        return out
+
+
+@pytest.fixture
+def model():
+    return StandInModel()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_state_store(str(tmp_path / "state.db"))
+    yield s
+    s.close()
+
+
+def click(user, item, kind="click", event_id=None):
+    return FeedbackEvent(user_id=user, item_id=item, event_type=kind, event_id=event_id)
+
+
+class Pipeline:
+    """The three request stages wired in-process, as the Serve graph wires them."""
+
+    def __init__(self, model, store, **scorer_kwargs):
+        self.pre = PreprocessorLogic(model, store, WEIGHTS)
+        self.enc = UserEncoderLogic(model)
+        self.scorer = ScorerLogic(model, store, model.item_records(), **scorer_kwargs)
+        self.feedback = FeedbackLogic(store, WEIGHTS)
+
+    def recommend(self, **request):
+        prepared = self.pre.prepare(RecommendRequest(**request))
+        [(vector, attribution)] = self.enc.encode([prepared.history_indices])
+        return self.scorer.recommend(prepared, vector, attribution)
+
+    def ids(self, **request):
+        return [item["item_id"] for item in self.recommend(**request)["items"]]
+
+
+# -- preprocessor ---------------------------------------------------------------------------
+def test_sequence_is_training_history_then_events_weighted(model, store):
+    store.append_events([click("alice", "b0", "purchase"), click("alice", "c0", "view"), click("alice", "c1", "skip")])
+    prepared = PreprocessorLogic(model, store, WEIGHTS).prepare(RecommendRequest(user_id="alice"))
+    # purchase (weight 3) is repeated three times; view (0.5) counts once; skip (0) not at all
+    assert prepared.history_ids == ["a0", "a1", "b0", "b0", "b0", "c0"]
+    assert prepared.history_indices == [model.item_ids.index(i) for i in prepared.history_ids]
+    assert prepared.seen == {"a0", "a1", "b0", "c0", "c1"}
+    assert prepared.source == "history"
+
+
+def test_sequence_keeps_the_most_recent_max_history(model, store):
+    store.append_events([click("u", f"c{i}") for i in range(9)])
+    prepared = PreprocessorLogic(model, store, WEIGHTS).prepare(RecommendRequest(user_id="u"))
+    assert prepared.history_ids == [f"c{i}" for i in range(3, 9)]
+
+
+def test_dislike_removes_from_sequence_and_excludes(model, store):
+    store.append_events([click("alice", "a1", "dislike")], dislike_types={"dislike"})
+    prepared = PreprocessorLogic(model, store, WEIGHTS).prepare(
+        RecommendRequest(user_id="alice", exclude_items=["c5"])
+    )
+    assert prepared.history_ids == ["a0"]
+    assert prepared.exclude == {"a1", "c5"}
+
+
+def test_erased_user_loses_training_history(model, store):
+    store.erase_user("alice")
+    prepared = PreprocessorLogic(model, store, WEIGHTS).prepare(RecommendRequest(user_id="alice"))
+    assert prepared.history_ids == [] and prepared.source == "popular" and not prepared.personalized
+
+
+def test_anonymous_session_and_unknown_items(model, store):
+    pre = PreprocessorLogic(model, store, WEIGHTS)
+    session = pre.prepare(RecommendRequest(user_id="anon", recent_items=["b1", "nope", "b2"]))
+    assert session.history_ids == ["b1", "b2"] and session.source == "session"
+    assert pre.prepare(RecommendRequest(user_id="nobody")).source == "popular"
+
+
+# -- encoder --------------------------------------------------------------------------------
+def test_encoder_batches_and_skips_empty_histories(model):
+    results = UserEncoderLogic(model).encode([[0, 1], [], [10]])
+    assert results[1][0] is None and len(results[1][1]) == 0
+    np.testing.assert_allclose(results[0][0], model.item_embeddings[[0, 1]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(results[2][0], model.item_embeddings[10], rtol=1e-6)
+    assert results[0][1].shape == (2,)
+
+
+# -- scorer ---------------------------------------------------------------------------------
+def test_recommendations_follow_the_history_and_skip_seen(model, store):
+    ids = Pipeline(model, store).ids(user_id="alice", k=5)
+    assert len(ids) == 5 and all(i.startswith("a") for i in ids)
+    assert "a0" not in ids and "a1" not in ids
+
+
+def test_exact_top_k_matches_brute_force(model, store):
+    pipeline = Pipeline(model, store, filter_seen=False)
+    result = pipeline.recommend(user_id="bob", k=30)
+    user = model.item_embeddings[[10]].mean(0)
+    expected = [model.item_ids[i] for i in np.argsort(-(model.item_embeddings @ user), kind="stable")]
+    assert [item["item_id"] for item in result["items"]] == expected
+    scores = [item["score"] for item in result["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_feedback_changes_the_next_recommendation(model, store):
+    pipeline = Pipeline(model, store)
+    assert pipeline.ids(user_id="bob", k=3)[0].startswith("b")
+    pipeline.feedback.ingest([click("bob", f"c{i}", "purchase") for i in range(3)])
+    ids = pipeline.ids(user_id="bob", k=3)
+    assert all(i.startswith("c") for i in ids) and not {"c0", "c1", "c2"} & set(ids)
+
+
+def test_disliked_and_excluded_items_are_never_recommended(model, store):
+    pipeline = Pipeline(model, store)
+    pipeline.feedback.ingest([click("alice", "a2", "dislike")])
+    ids = pipeline.ids(user_id="alice", k=28, exclude_items=["a3"])
+    assert "a2" not in ids and "a3" not in ids
+    assert len(ids) == 30 - 4  # everything else: a0, a1 seen, a2 disliked, a3 excluded
+
+
+def test_attribute_filter_and_unknown_attribute(model, store):
+    pipeline = Pipeline(model, store)
+    ids = pipeline.ids(user_id="alice", k=5, filters={"categories": ["Horror"]})
+    assert ids and all(i.startswith("c") for i in ids)
+    assert set(pipeline.ids(user_id="alice", k=30, filters={"categories": "Drama"})) == {f"b{i}" for i in range(10)}
+    with pytest.raises(RequestError) as info:
+        pipeline.recommend(user_id="alice", filters={"colour": ["red"]})
+    assert info.value.field == "filters.colour" and "categories" in info.value.message
+
+
+def test_unknown_user_gets_popular_items(model, store):
+    result = Pipeline(model, store).recommend(user_id="stranger", k=3)
+    assert [i["item_id"] for i in result["items"]] == ["a0", "a1", "a2"]
+    assert all(i["explanation"] == {"because": [], "source": "popular"} for i in result["items"])
+    assert result["model_version"] == "stand-in-1"
+
+
+def test_explanations_name_the_history_items_that_contributed(model, store):
+    store.append_events([click("carol", "a0"), click("carol", "c0")])
+    result = Pipeline(model, store).recommend(user_id="carol", k=30)
+    by_id = {item["item_id"]: item["explanation"] for item in result["items"]}
+    assert by_id["a5"]["because"][0] == "a0" and by_id["c5"]["because"][0] == "c0"
+    assert "c0" not in by_id["a5"]["because"]  # orthogonal: contributed nothing
+    assert by_id["a5"]["source"] == "history"
+
+
+class Reverse(Scorer):
+    name = "reverse-test"
+
+    def score(self, candidates, context):
+        assert context.history and context.item_popularity
+        return [c.model_copy(update={"score": -c.score}) for c in candidates]
+
+
+class BringBackSeen(Scorer):
+    name = "bring-back-test"
+
+    def score(self, candidates, context):
+        return candidates + [Candidate(item_id="a0", score=1e9)]
+
+
+def test_scorers_and_candidate_filters_rerank_the_pool(model, store):
+    base = Pipeline(model, store).ids(user_id="alice", k=3)
+    reversed_ids = Pipeline(model, store, scorers=[Reverse()]).ids(user_id="alice", k=3)
+    assert set(reversed_ids).isdisjoint(base)  # the worst of a larger pool now come first
+
+    def no_a4(candidates: list[Candidate], context: ScoringContext):
+        return [c for c in candidates if c.item_id != "a4"]
+
+    ids = Pipeline(model, store, candidate_filters=[no_a4, lambda candidates, context: None]).ids(user_id="alice", k=8)
+    assert "a4" not in ids and len(ids) == 8
+    assert "a0" not in Pipeline(model, store, scorers=[BringBackSeen()]).ids(user_id="alice", k=5)
+
+
+def test_new_item_is_recommendable_at_once_on_every_replica(model, store):
+    replica_1 = Pipeline(model, store)
+    replica_2 = Pipeline(model, store)  # another process would see the same store
+    replica_1.scorer.put_item("new-horror", ItemIn(title="Fresh", categories=["Horror"]))
+    store.append_events([click("dan", "c0")])
+    assert replica_2.ids(user_id="dan", k=1) == ["new-horror"]
+    assert "new-horror" in replica_2.ids(user_id="dan", k=5, filters={"categories": ["Horror"]})
+    replica_1.scorer.delete_item("new-horror")
+    assert "new-horror" not in replica_2.ids(user_id="dan", k=30)
+    with pytest.raises(NotFoundError):
+        replica_2.scorer.delete_item("new-horror")
+    with pytest.raises(NotFoundError):
+        replica_2.scorer.similar("new-horror", 3)
+
+
+def test_deleted_trained_item_is_gone_and_can_come_back(model, store):
+    pipeline = Pipeline(model, store)
+    pipeline.scorer.delete_item("a2")
+    assert "a2" not in pipeline.ids(user_id="alice", k=28)
+    assert "a2" not in [i["item_id"] for i in pipeline.scorer.similar("a3", 29)["items"]]
+    pipeline.scorer.put_item("a2", ItemIn(title="back", categories=["Comedy"]))
+    assert "a2" in pipeline.ids(user_id="alice", k=28)
+
+
+def test_similar_items_by_cosine(model, store):
+    result = Pipeline(model, store).scorer.similar("b3", 9)
+    ids = [i["item_id"] for i in result["items"]]
+    assert set(ids) == {f"b{i}" for i in range(10)} - {"b3"}
+    assert result["items"][0]["explanation"] == {"because": ["b3"], "source": "similar"}
+    assert -1.0 <= result["items"][-1]["score"] <= result["items"][0]["score"] <= 1.0
+
+
+# -- feedback -------------------------------------------------------------------------------
+class Recorder(FeedbackHandler):
+    name = "recorder-test"
+    seen: list = []
+
+    def handle(self, events):
+        Recorder.seen.extend(events)
+
+
+class Broken(FeedbackHandler):
+    name = "broken-test"
+
+    def handle(self, events):
+        raise RuntimeError("boom")
+
+
+def test_feedback_is_durable_idempotent_and_notifies(store, caplog):
+    hooked = []
+    Recorder.seen = []
+    logic = FeedbackLogic(store, WEIGHTS, handlers=[Broken(), Recorder()], on_ingested=hooked.extend)
+    with caplog.at_level(logging.ERROR):
+        first = logic.ingest([click("u", "a0", event_id="x1"), click("u", "a1", event_id="x2")])
+    assert first == {"accepted": 2, "stored": 2, "duplicates": 0}
+    assert "broken-test" in caplog.text  # logged, not raised: the events are already stored
+    assert len(Recorder.seen) == 2 and len(hooked) == 2
+    again = logic.ingest([click("u", "a0", event_id="x1")])
+    assert again == {"accepted": 1, "stored": 0, "duplicates": 1}
+    assert store.event_count("u") == 2
+
+
+@pytest.mark.parametrize(
+    "events, field",
+    [
+        ([click("u", "a0", "teleport")], "events[0].event_type"),
+        ([click("u", "a0"), click("", "a0")], "events[1].user_id"),
+        ([FeedbackEvent(user_id="u", item_id="a0", timestamp=float("nan"))], "events[0].timestamp"),
+        ([], "events"),
+        ([click("u", "a0")] * 11, "events"),
+    ],
+)
+def test_feedback_validation_names_the_field(store, events, field):
+    with pytest.raises(RequestError) as info:
+        FeedbackLogic(store, WEIGHTS, max_batch=10).ingest(events)
+    assert info.value.field == field
+    assert store.event_count() == 0  # nothing of a rejected batch is stored
+
+
+def test_erase_user_makes_recommendations_non_personal(model, store):
+    pipeline = Pipeline(model, store)
+    pipeline.feedback.ingest([click("alice", "c0")])
+    assert pipeline.feedback.erase_user("alice") == {"user_id": "alice", "erased_events": 1}
+    result = pipeline.recommend(user_id="alice", k=3)
+    assert [i["item_id"] for i in result["items"]] == ["a0", "a1", "a2"]  # popular, training history ignored
+
+
+# -- model generations ----------------------------------------------------------------------
+def test_model_slots_load_lazily_and_keep_the_last_two(store):
+    built = []
+
+    def build(record):
+        built.append(record.generation)
+        return f"logic-{record.model_dir}"
+
+    slots = ModelSlots(store, build, keep=2)
+    store.ensure_model("/m1")
+    assert slots.get() == "logic-/m1"
+    g2 = store.stage_model("/m2")
+    assert slots.get() == "logic-/m1"  # staged, not live
+    slots.load(g2)  # a reload preloads before activating
+    store.activate_model(g2)
+    assert slots.get() == "logic-/m2" and slots.get(1) == "logic-/m1"
+    g3 = store.stage_model("/m3")
+    store.activate_model(g3)
+    assert slots.get() == "logic-/m3"
+    assert slots.loaded() == [g2, g3] and built == [1, g2, g3]
