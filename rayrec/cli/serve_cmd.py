@@ -62,20 +62,27 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
     stop = threading.Event()
     try:
-        ray_serve.start(
-            http_options={"host": host, "port": port},
-            logging_config={"enable_access_log": args.access_log},
-        )
-        ray_serve.run(build_app(args), name="rayrec", route_prefix="/")
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        click.echo(f"rayrec is serving model {args.model_dir} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
-        click.echo(f"API schema: http://{shown_host}:{port}/openapi.json")
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
+            ray_serve.start(
+                http_options={"host": host, "port": port},
+                logging_config={"enable_access_log": args.access_log},
+            )
+            ray_serve.run(build_app(args), name="rayrec", route_prefix="/")
+        except KeyboardInterrupt:  # Ctrl-C while starting: stop cleanly
+            stop.set()
+        if not stop.is_set():
+            shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            click.echo(f"rayrec is serving model {args.model_dir} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
+            click.echo(f"API schema: http://{shown_host}:{port}/openapi.json")
+            # Ctrl-C and SIGTERM only set a flag: a KeyboardInterrupt raised in the middle of
+            # Ray's own calls could leave the cluster half shut down.
+            previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                while not stop.wait(0.5):
+                    pass
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
         click.echo("shutting down ...", err=True)
     finally:
         try:

@@ -17,6 +17,15 @@ class DataConfig(BaseModel):
     kcore: int | None = Field(None, ge=1, description="Iteratively keep users and items with at least this many interactions.")
 
 
+class FeatureSpec(BaseModel):
+    """A registered feature extractor by name, with its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Registered feature extractor name (see `rayrec plugins`).")
+    options: dict = Field(default_factory=dict, description="Options of the feature extractor.")
+
+
 class TrainConfig(BaseModel):
     """Everything ``rayrec train`` needs besides the data paths."""
 
@@ -24,6 +33,8 @@ class TrainConfig(BaseModel):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    item_features: list[FeatureSpec] = Field(
+        default_factory=list, description="Feature extractors whose item vectors feed the item tower (content).")
     epochs: int = Field(200, ge=1, description="Upper bound on epochs; early stopping usually ends sooner.")
     batch_size: int = Field(128, ge=1, description="Users per batch (global, split over workers).")
     learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate.")

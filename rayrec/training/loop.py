@@ -42,12 +42,14 @@ def train_one_epoch(
     epoch: int = 0,
     on_step: Callable[[StepProgress], None] | None = None,
     num_steps: int | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``users`` (this worker's shard) in shuffled batches.
 
     ``sequences[u]`` are 1-based item indices. Every position predicts the next item.
     ``num_steps`` pads the pass with repeated batches so all data-parallel workers take the
     same number of steps (gradient all-reduce needs every worker in every step).
+    ``after_backward`` runs between backward and the optimizer step (gradient all-reduce).
     Returns (mean loss, supervised positions seen).
     """
     model.train()
@@ -74,14 +76,17 @@ def train_one_epoch(
                                         num_uniform_negatives, temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
         positions = int(supervised.sum())
-        total_loss += float(loss) * positions
+        loss_value = loss.item()
+        total_loss += loss_value * positions
         total_positions += positions
         if on_step is not None:
             elapsed = time.perf_counter() - started
-            on_step(StepProgress(epoch, step + 1, len(batches), float(loss),
+            on_step(StepProgress(epoch, step + 1, len(batches), loss_value,
                                  total_positions / elapsed if elapsed > 0 else 0.0))
     return total_loss / max(1, total_positions), total_positions
 

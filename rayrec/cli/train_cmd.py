@@ -1,0 +1,50 @@
+"""``rayrec train``: train a two-tower model with Ray Train and write a model directory."""
+
+from __future__ import annotations
+
+import click
+
+
+def load_training_data(interactions: str, items: str | None, users: str | None, config, echo=click.echo):
+    """Load and prepare data for training, printing what preprocessing did."""
+    from rayrec.data import load_dataset
+    from rayrec.training.prepare import prepare
+
+    dataset = load_dataset(interactions, items=items, users=users)
+    data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
+                   item_feature_extractors=[f.model_dump() for f in config.item_features])
+    for line in data.report.lines():
+        echo(f"data: {line}")
+    echo(f"data: {len(data.user_vocab):,} users, {data.num_items:,} items, {data.num_interactions:,} interactions")
+    return data
+
+
+@click.command()
+@click.option("--interactions", required=True, help="Interactions: CSV/TSV/Parquet file, MovieLens directory, or synthetic:...")
+@click.option("--items", default=None, help="Items file (item_id, title, text/description, categories).")
+@click.option("--users", default=None, help="Users file (user_id plus categorical features).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="Training config YAML.")
+@click.option("--user-encoder", default=None, help="User tower: sasrec (default), gru, mean, or a plugin's.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (early stopping may end sooner).")
+@click.option("--num-workers", type=click.IntRange(min=1), default=None, help="Ray Train data-parallel workers.")
+@click.option("--use-gpu", is_flag=True, default=None, help="Train on GPUs, one per worker.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT/.checkpoints.")
+@click.option("--in-process", is_flag=True, help="Train in this process without Ray (one worker).")
+def train(interactions, items, users, out_dir, config_path, user_encoder, epochs, num_workers, use_gpu, resume,
+          in_process):
+    """Train on every interaction in FILE, holding out each user's last one for early stopping."""
+    from rayrec.training.config import load_train_config
+
+    config = load_train_config(config_path, **{"model.user_encoder": user_encoder, "epochs": epochs,
+                                               "num_workers": num_workers, "use_gpu": use_gpu})
+    data = load_training_data(interactions, items, users, config)
+    if in_process:
+        from rayrec.training.local import train_prepared_in_process
+
+        path = train_prepared_in_process(data, out_dir, config)
+    else:
+        from rayrec.training.trainer import train_distributed
+
+        path = train_distributed(data, out_dir, config, resume=resume)
+    click.echo(f"model written to {path} (metrics.json, training_curve.png)")

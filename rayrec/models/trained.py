@@ -1,0 +1,184 @@
+"""Loading a model directory and using it: user vectors, cold-start item vectors, top-K."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rayrec.errors import ModelError
+from rayrec.models.factory import ItemInputs, build_two_tower
+from rayrec.schema import Vocabulary
+
+REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.json", "item_embeddings.npy",
+                  "item_popularity.npy", "histories.npz")
+
+
+class TrainedModel:
+    """A trained two-tower model loaded from its directory (see :mod:`rayrec.models.bundle`)."""
+
+    def __init__(self, model_dir: Path, config: dict, network, user_vocab: Vocabulary, item_vocab: Vocabulary,
+                 item_embeddings: np.ndarray, item_popularity: np.ndarray, histories: list[np.ndarray],
+                 items: list[dict] | None) -> None:
+        self.model_dir = model_dir
+        self.config = config
+        self.network = network
+        self.user_vocab = user_vocab
+        self.item_vocab = item_vocab
+        self.item_embeddings = item_embeddings
+        self.item_popularity = item_popularity
+        self._histories = histories
+        self.items = items
+        self.version = config["model_version"]
+        self.max_len = int(config["train_config"]["model"]["max_len"])
+        self.max_history = self.max_len
+        self._category_index = {name: i + 1 for i, name in enumerate(config.get("category_vocab", []))}
+
+    @property
+    def item_ids(self) -> list[str]:
+        return self.item_vocab.ids
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "TrainedModel":
+        """Load and check a model directory; a clear :class:`ModelError` if anything is off."""
+        from rayrec.training.config import TrainConfig
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise ModelError(f"{model_dir}: model directory not found")
+        missing = [name for name in REQUIRED_FILES if not (model_dir / name).exists()]
+        if missing:
+            raise ModelError(f"{model_dir}: not a complete rayrec model directory; missing {', '.join(missing)}")
+        try:
+            config = json.loads((model_dir / "config.json").read_text())
+            train_config = TrainConfig(**config["train_config"])
+            user_vocab = Vocabulary.load(model_dir / "user_vocab.json")
+            item_vocab = Vocabulary.load(model_dir / "item_vocab.json")
+            item_embeddings = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
+            item_popularity = np.load(model_dir / "item_popularity.npy").astype(np.float32)
+            with np.load(model_dir / "histories.npz") as packed:
+                lengths, flat = packed["lengths"], packed["items"]
+            features = {}
+            if (model_dir / "item_features.npz").exists():
+                with np.load(model_dir / "item_features.npz") as packed:
+                    features = {key: packed[key] for key in packed.files}
+            weights = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+        except ModelError:
+            raise
+        except Exception as exc:  # corrupt or truncated files of any kind
+            raise ModelError(f"{model_dir}: cannot read model files ({type(exc).__name__}: {exc})") from None
+        num_items = len(item_vocab)
+        if item_embeddings.shape != (num_items, config.get("dim", item_embeddings.shape[-1])) or item_embeddings.ndim != 2:
+            raise ModelError(f"{model_dir}: item_embeddings.npy has shape {item_embeddings.shape}, "
+                             f"expected ({num_items}, {config.get('dim')})")
+        if len(item_popularity) != num_items or len(lengths) != len(user_vocab) or int(lengths.sum()) != len(flat):
+            raise ModelError(f"{model_dir}: vocabularies, popularity and histories disagree in size")
+        network = build_two_tower(
+            train_config.model, num_items,
+            ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content")),
+        )
+        try:
+            network.load_state_dict(weights)
+        except (RuntimeError, KeyError) as exc:
+            raise ModelError(f"{model_dir}: weights.pt does not match config.json ({exc})") from None
+        network.eval()
+        histories = np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1]) if len(lengths) else []
+        items = None
+        if (model_dir / "items.jsonl").exists():
+            items = [json.loads(line) for line in (model_dir / "items.jsonl").read_text().splitlines() if line]
+        return cls(model_dir, config, network, user_vocab, item_vocab, item_embeddings, item_popularity,
+                   histories, items)
+
+    # -- the RecommenderModel protocol -------------------------------------------------------
+    def training_history(self, user_id: str) -> list[str]:
+        index = self.user_vocab.index_of(user_id)
+        return [] if index is None else self.item_vocab.decode(self._histories[index])
+
+    def training_history_indices(self, user_index: int) -> np.ndarray:
+        return self._histories[user_index]
+
+    @torch.no_grad()
+    def encode_histories(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, D) user vectors and per-user attribution over the last ``max_len`` positions.
+
+        ``histories`` hold 0-based item indices, oldest first. The returned attribution for a
+        user has one weight per item of its (truncated) history, oldest first.
+        """
+        from rayrec.training.batches import left_pad
+
+        clipped = [np.asarray(h, dtype=np.int64)[-self.max_len:] + 1 for h in histories]
+        length = max(1, max((len(h) for h in clipped), default=1))
+        sequences = torch.from_numpy(left_pad(clipped, length))
+        vectors = self.network.user_vectors(sequences).numpy().astype(np.float32)
+        weights = self.network.attribution(sequences).numpy()
+        attributions = [weights[row, length - len(h):] if len(h) else np.zeros(0, np.float32)
+                        for row, h in enumerate(clipped)]
+        return vectors, attributions
+
+    @torch.no_grad()
+    def encode_items(self, records: Sequence[dict]) -> np.ndarray:
+        """(M, D) vectors for items from content alone (categories, and content vectors when the
+        model was trained with feature extractors). Without any usable content the vector is
+        the mean item vector: a neutral newcomer."""
+        tower = self.network.item_tower
+        category_ids = None
+        if tower.category_embedding is not None:
+            width = tower.category_ids.shape[1]
+            category_ids = torch.zeros((len(records), width), dtype=torch.long)
+            for row, record in enumerate(records):
+                codes = [self._category_index[c] for c in record.get("categories") or [] if c in self._category_index]
+                category_ids[row, : len(codes[:width])] = torch.tensor(codes[:width], dtype=torch.long)
+        content = None
+        if tower.content_projection is not None:
+            content = torch.from_numpy(self._content_vectors(records))
+        has_content = content is not None or (category_ids is not None and bool((category_ids > 0).any()))
+        if not has_content:
+            return np.repeat(self.item_embeddings.mean(axis=0, keepdims=True), len(records), axis=0)
+        vectors = tower.from_features(None, category_ids, content)
+        if self.network.similarity == "cosine":
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        vectors = vectors.numpy().astype(np.float32)
+        if category_ids is not None and content is None:
+            # Items whose categories are all unknown get the neutral vector, not the zero vector.
+            unknown = (category_ids == 0).all(dim=1).numpy()
+            vectors[unknown] = self.item_embeddings.mean(axis=0)
+        return vectors
+
+    def _content_vectors(self, records: Sequence[dict]) -> np.ndarray:
+        from rayrec.plugins import create_component
+
+        blocks = []
+        for spec in self.config["train_config"].get("item_features", []):
+            extractor = create_component("feature_extractor", spec["name"], spec.get("options"))
+            blocks.append(np.asarray(extractor.extract(list(records)), dtype=np.float32))
+        return np.concatenate(blocks, axis=1)
+
+    # -- batch recommendation ----------------------------------------------------------------
+    def recommend_indices(self, user_indices: Sequence[int], k: int, batch_size: int = 512
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` item indices and scores for training users, their history excluded:
+        -> ((U, k) int64, (U, k) float32)."""
+        from rayrec.evaluation.metrics import mask_history, top_k
+
+        k = min(k, len(self.item_vocab))
+        all_items, all_scores = [], []
+        for start in range(0, len(user_indices), batch_size):
+            rows = list(user_indices[start: start + batch_size])
+            histories = [self._histories[u] for u in rows]
+            vectors, _ = self.encode_histories(histories)
+            scores = vectors @ self.item_embeddings.T
+            mask_history(scores, histories)
+            best = top_k(scores, k)
+            all_items.append(best)
+            all_scores.append(np.take_along_axis(scores, best, axis=1))
+        if not all_items:
+            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+        return np.concatenate(all_items), np.concatenate(all_scores)
+
+
+def load_model(model_dir: str | Path) -> TrainedModel:
+    return TrainedModel.load(model_dir)

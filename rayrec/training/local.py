@@ -1,0 +1,70 @@
+"""In-process training with the same worker loop, for tests, notebooks and one-core laptops."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rayrec.schema import Dataset
+from rayrec.training.config import TrainConfig
+from rayrec.training.export import export_model_dir, loop_config_for
+from rayrec.training.prepare import PreparedData, prepare
+from rayrec.training.worker import CHECKPOINT_FILE, run_worker
+
+
+class LocalContext:
+    """A single-worker context keeping the latest checkpoint in a directory."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, checkpoint_root: Path) -> None:
+        self.checkpoint_root = checkpoint_root
+        self.reports: list[dict[str, Any]] = []
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        return list(values)
+
+    def all_reduce_gradients(self, model: torch.nn.Module) -> None:  # one worker: nothing to do
+        return None
+
+    def latest_checkpoint_dir(self):
+        latest = self.checkpoint_root / "latest"
+        return contextlib.nullcontext(str(latest)) if (latest / CHECKPOINT_FILE).exists() else None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        self.reports.append(metrics)
+        if checkpoint_dir is not None:
+            staging = self.checkpoint_root / "staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, staging)
+            latest = self.checkpoint_root / "latest"
+            shutil.rmtree(latest, ignore_errors=True)
+            staging.rename(latest)
+
+
+def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: TrainConfig,
+                              holdout: str = "last", log: Callable[[str], None] = print) -> Path:
+    """Train on already-prepared data in this process and write the model directory."""
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="rayrec-checkpoints-") as checkpoints:
+        context = LocalContext(Path(checkpoints))
+        loop_config = loop_config_for(config, holdout, threads=max(1, torch.get_num_threads()))
+        run_worker(loop_config, data.to_payload(), context, log=log)
+        with context.latest_checkpoint_dir() as directory:
+            saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+    return export_model_dir(data, config, saved, out_dir)
+
+
+def train_in_process(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,
+                     log: Callable[[str], None] = print) -> Path:
+    """Prepare ``dataset``, train a model in this process (no Ray) and write it to ``out_dir``."""
+    config = config or TrainConfig()
+    data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
+                   item_feature_extractors=[f.model_dump() for f in config.item_features])
+    return train_prepared_in_process(data, out_dir, config, log=log)

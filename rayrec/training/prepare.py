@@ -1,0 +1,154 @@
+"""From a loaded dataset to the arrays training needs: vocabularies, sequences, item inputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rayrec.data import build_vocabularies, preprocess, user_sequences
+from rayrec.errors import DataError
+from rayrec.models.factory import ItemInputs
+from rayrec.plugins import create_component
+from rayrec.schema import Dataset, Items, LoadReport, Vocabulary
+
+#: Users need this many interactions to contribute a next-item training example.
+MIN_SEQUENCE = 2
+
+
+@dataclass
+class PreparedData:
+    """Encoded training data. ``sequences[u]`` holds user u's 1-based item indices, oldest first."""
+
+    name: str
+    user_vocab: Vocabulary
+    item_vocab: Vocabulary
+    sequences: list[np.ndarray]
+    item_inputs: ItemInputs
+    category_vocab: list[str] = field(default_factory=list)
+    items: Items | None = None  # metadata aligned to item_vocab, where the data had it
+    report: LoadReport = field(default_factory=LoadReport)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_vocab)
+
+    @property
+    def num_interactions(self) -> int:
+        return int(sum(len(s) for s in self.sequences))
+
+    def hold_out_last(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """(train sequences, validation targets): each user's last item is the validation target
+        (users with fewer than 2 items keep everything and get target 0 = none)."""
+        train, targets = [], np.zeros(len(self.sequences), dtype=np.int64)
+        for user, sequence in enumerate(self.sequences):
+            if len(sequence) >= MIN_SEQUENCE:
+                train.append(sequence[:-1])
+                targets[user] = sequence[-1]
+            else:
+                train.append(sequence)
+        return train, targets
+
+    def leave_one_out(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """(train sequences, validation targets, test targets), the last two items held out for
+        users with at least 3 items (others: train only, targets 0)."""
+        train, validation, test = [], np.zeros(len(self.sequences), np.int64), np.zeros(len(self.sequences), np.int64)
+        for user, sequence in enumerate(self.sequences):
+            if len(sequence) >= 3:
+                train.append(sequence[:-2])
+                validation[user], test[user] = sequence[-2], sequence[-1]
+            else:
+                train.append(sequence)
+        return train, validation, test
+
+    def to_payload(self) -> dict[str, Any]:
+        """Compact, picklable form for shipping to Ray Train workers through the object store."""
+        lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
+        flat = np.concatenate(self.sequences) if self.sequences else np.zeros(0, np.int64)
+        return {
+            "lengths": lengths,
+            "flat": flat,
+            "num_items": self.num_items,
+            "category_ids": self.item_inputs.category_ids,
+            "num_categories": self.item_inputs.num_categories,
+            "content": self.item_inputs.content,
+        }
+
+
+def sequences_from_payload(payload: dict[str, Any]) -> list[np.ndarray]:
+    return np.split(payload["flat"], np.cumsum(payload["lengths"])[:-1]) if len(payload["lengths"]) else []
+
+
+def _aligned_items(dataset: Dataset, item_vocab: Vocabulary) -> Items | None:
+    if dataset.items is None:
+        return None
+    position = {item_id: i for i, item_id in enumerate(dataset.items.item_id)}
+    records = []
+    for item_id in item_vocab.ids:
+        at = position.get(item_id)
+        records.append(dataset.items.record(at) if at is not None else {"item_id": item_id, "title": "", "text": "", "categories": []})
+    return Items(
+        item_id=[r["item_id"] for r in records],
+        title=[r["title"] for r in records],
+        text=[r["text"] for r in records],
+        categories=[list(r["categories"]) for r in records],
+    )
+
+
+def category_matrix(items: Items | None, num_items: int, category_vocab: list[str] | None = None,
+                    max_categories: int = 16) -> tuple[np.ndarray | None, list[str]]:
+    """(N + 1, C) int64 category indices per item (1-based, 0 = none) and the category names."""
+    if items is None or not any(items.categories):
+        return None, []
+    if category_vocab is None:
+        category_vocab = sorted({c for cats in items.categories for c in cats})
+    index = {name: i + 1 for i, name in enumerate(category_vocab)}
+    width = max(1, min(max_categories, max(len(c) for c in items.categories)))
+    matrix = np.zeros((num_items + 1, width), dtype=np.int64)
+    for row, cats in enumerate(items.categories):
+        codes = [index[c] for c in cats if c in index][:width]
+        matrix[row + 1, : len(codes)] = codes
+    return matrix, category_vocab
+
+
+def item_content(items: Items | None, extractors: list[dict[str, Any]], num_items: int) -> np.ndarray | None:
+    """(N + 1, T) float32 content vectors from the configured feature extractors, concatenated."""
+    if not extractors:
+        return None
+    if items is None:
+        raise DataError("item feature extractors are configured, but the data has no items file (use --items FILE)")
+    records = items.records()
+    blocks = []
+    for spec in extractors:
+        extractor = create_component("feature_extractor", spec["name"], spec.get("options"))
+        vectors = np.asarray(extractor.extract(records), dtype=np.float32)
+        if vectors.shape[0] != num_items:
+            raise DataError(f"feature extractor {spec['name']!r} returned {vectors.shape[0]} rows for {num_items} items")
+        blocks.append(vectors)
+    content = np.concatenate(blocks, axis=1)
+    return np.vstack([np.zeros((1, content.shape[1]), np.float32), content])
+
+
+def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: int | None = None,
+            item_feature_extractors: list[dict[str, Any]] | None = None,
+            use_categories: bool = True) -> PreparedData:
+    """Clean, encode and order ``dataset`` for next-item training."""
+    dataset = preprocess(dataset, rating_threshold=rating_threshold, kcore=kcore)
+    if len(dataset.interactions) == 0:
+        raise DataError(f"dataset {dataset.name!r} has no interactions left after preprocessing")
+    user_vocab, item_vocab = build_vocabularies(dataset.interactions)
+    sequences = [s + 1 for s in user_sequences(dataset.interactions, user_vocab, item_vocab)]
+    items = _aligned_items(dataset, item_vocab)
+    category_ids, category_vocab = category_matrix(items, len(item_vocab)) if use_categories else (None, [])
+    content = item_content(items, item_feature_extractors or [], len(item_vocab))
+    return PreparedData(
+        name=dataset.name,
+        user_vocab=user_vocab,
+        item_vocab=item_vocab,
+        sequences=sequences,
+        item_inputs=ItemInputs(category_ids=category_ids, num_categories=len(category_vocab), content=content),
+        category_vocab=category_vocab,
+        items=items,
+        report=dataset.report,
+    )

@@ -1,0 +1,173 @@
+"""The training loop each data-parallel worker runs, independent of how it was launched.
+
+:mod:`rayrec.training.trainer` runs it on Ray Train workers; :mod:`rayrec.training.local`
+runs it in the current process. Both hand it a :class:`WorkerContext`, which is the only
+place that knows about Ray.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+
+from rayrec.models.config import ModelConfig
+from rayrec.models.factory import ItemInputs, build_two_tower
+from rayrec.training.loop import StepProgress, next_item_metrics, train_one_epoch
+from rayrec.training.prepare import MIN_SEQUENCE, sequences_from_payload
+
+CHECKPOINT_FILE = "training_state.pt"
+
+
+class WorkerContext(Protocol):
+    rank: int
+    world_size: int
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]: ...
+
+    def all_reduce_gradients(self, model: torch.nn.Module) -> None: ...
+
+    def latest_checkpoint_dir(self): ...  # context manager yielding a directory, or None
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
+
+
+def _split(sequences: list[np.ndarray], holdout: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Training sequences and validation targets (0 = none) for ``holdout``.
+
+    "last": the last item of each user is the validation target (``rayrec train``).
+    "last_two": the second to last is validation and the last is never seen (``rayrec evaluate``).
+    """
+    cut = 1 if holdout == "last" else 2
+    train, targets = [], np.zeros(len(sequences), dtype=np.int64)
+    for user, sequence in enumerate(sequences):
+        if len(sequence) >= cut + 1:
+            train.append(sequence[: len(sequence) - cut])
+            targets[user] = sequence[len(sequence) - cut]
+        else:
+            train.append(sequence if holdout == "last" else sequence[: max(0, len(sequence) - 1)])
+    return train, targets
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: WorkerContext,
+               log: Callable[[str], None] = print) -> None:
+    """Train, validate every ``eval_every`` epochs, checkpoint and stop early; resumable."""
+    torch.set_num_threads(max(1, int(loop_config["threads"])))
+    seed = int(loop_config["seed"])
+    model_config = ModelConfig(**loop_config["model"])
+    holdout = loop_config["holdout"]
+    sequences = sequences_from_payload(payload)
+    train_sequences, validation_targets = _split(sequences, holdout)
+
+    torch.manual_seed(seed)
+    model = build_two_tower(
+        model_config,
+        payload["num_items"],
+        ItemInputs(payload["category_ids"], payload["num_categories"], payload["content"]),
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"],
+                                  weight_decay=loop_config["weight_decay"])
+    loss_kind = model_config.resolved_loss(payload["num_items"])
+    counts = np.bincount(np.concatenate(train_sequences) if train_sequences else np.zeros(0, np.int64),
+                         minlength=payload["num_items"] + 1).astype(np.float64)
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1.0, counts.sum()))).float()
+
+    state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "evaluations_without_gain": 0,
+                             "history": [], "best_model": None}
+    checkpoint = context.latest_checkpoint_dir()
+    if checkpoint is not None:
+        with checkpoint as directory:
+            saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        if context.rank == 0:
+            log(f"resumed from checkpoint after epoch {state['epoch']} (best validation NDCG@10 "
+                f"{max(state['best_ndcg'], 0):.4f} at epoch {state['best_epoch']})")
+
+    # Users with at least one next-item example; each worker trains on its own shard.
+    trainable = np.array([u for u, s in enumerate(train_sequences) if len(s) >= MIN_SEQUENCE], dtype=np.int64)
+    shard = trainable[context.rank:: context.world_size]
+    validation_users = np.flatnonzero(validation_targets > 0)[context.rank:: context.world_size]
+    local_batch = max(1, loop_config["batch_size"] // context.world_size)
+    steps_per_epoch = max(1, math.ceil(len(trainable) / context.world_size / local_batch))
+    epochs = int(loop_config["epochs"])
+    eval_every = int(loop_config["eval_every"])
+    rng = np.random.default_rng(seed * 1000 + context.rank + 7919 * state["epoch"])
+    run_started = time.perf_counter()
+    epochs_this_run = 0
+
+    def on_step(progress: StepProgress) -> None:
+        if context.rank == 0 and (progress.step == progress.steps_in_epoch or progress.step % 50 == 0):
+            log(f"epoch {progress.epoch + 1}/{epochs} step {progress.step}/{progress.steps_in_epoch} "
+                f"loss {progress.loss:.4f} {progress.samples_per_second * context.world_size:,.0f} samples/s")
+
+    for epoch in range(state["epoch"], epochs):
+        epoch_started = time.perf_counter()
+        loss, positions = train_one_epoch(
+            model, optimizer, train_sequences, shard,
+            batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
+            num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
+            rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=on_step,
+            num_steps=steps_per_epoch,
+            after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
+        )
+        epoch_seconds = time.perf_counter() - epoch_started
+        epochs_this_run += 1
+        loss_sum, positions_sum = context.all_reduce_sum([loss * positions, float(positions)])
+        state["epoch"] = epoch + 1
+        is_last = epoch + 1 == epochs
+        if (epoch + 1) % eval_every and not is_last:
+            continue
+        sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
+                                 validation_targets[validation_users], model_config.max_len)
+        ndcg_sum, hit_sum, count = context.all_reduce_sum([sums["ndcg_sum"], sums["hit_sum"], float(sums["count"])])
+        ndcg = ndcg_sum / max(1.0, count)
+        hit_rate = hit_sum / max(1.0, count)
+        improved = ndcg > state["best_ndcg"]
+        if improved:
+            state.update(best_ndcg=ndcg, best_epoch=epoch + 1, evaluations_without_gain=0,
+                         best_model=copy.deepcopy(model.state_dict()))
+        else:
+            state["evaluations_without_gain"] += 1
+        samples_per_second = positions_sum / max(1e-9, epoch_seconds)
+        metrics = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / max(1.0, positions_sum),
+            "val_ndcg@10": ndcg,
+            "val_hr@10": hit_rate,
+            "best_val_ndcg@10": state["best_ndcg"],
+            "best_epoch": state["best_epoch"],
+            "samples_per_second": samples_per_second,
+            "epoch_seconds": epoch_seconds,
+        }
+        state["history"].append(metrics)
+        stop = state["evaluations_without_gain"] >= int(loop_config["patience"]) or is_last
+        if context.rank == 0:
+            elapsed = time.perf_counter() - run_started
+            eta = elapsed / epochs_this_run * (epochs - epoch - 1)
+            log(f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f} val NDCG@10 {ndcg:.4f} HR@10 {hit_rate:.4f} "
+                f"(best {state['best_ndcg']:.4f} @ {state['best_epoch']}) {samples_per_second:,.0f} samples/s "
+                f"ETA {'early stop' if stop and not is_last else _format_duration(eta)}")
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint_dir = None
+            if context.rank == 0:
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+                           Path(directory) / CHECKPOINT_FILE)
+                checkpoint_dir = directory
+            context.report(metrics, checkpoint_dir)
+        if stop:
+            break

@@ -1,0 +1,76 @@
+"""App arguments, deploy/serve.yaml and the CLI's checks that need no Ray cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from rayrec.errors import ModelError, UnknownComponentError
+from rayrec.serving.app import _absolute_state_url, _options, resolve_args
+from rayrec.serving.config import AppArgs, StageOptions
+from rayrec.serving.toy_model import write_toy_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_deploy_yaml_is_a_valid_serve_config_with_valid_app_args():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((REPO / "deploy" / "serve.yaml").read_text())
+    schema = ServeDeploySchema(**config)
+    [app] = schema.applications
+    assert app.import_path == "rayrec.serving.app:build_app"
+    args = AppArgs(**app.args)
+    assert args.stages.scorer.autoscaling["max_replicas"] >= 1
+    assert schema.logging_config.enable_access_log is False
+
+
+def test_stage_options_become_deployment_options():
+    args = AppArgs(model_dir="m", stages={"scorer": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}, "num_cpus": 0.5}})
+    scorer = _options(args.stages.scorer, args)
+    assert scorer["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3} and "num_replicas" not in scorer
+    assert scorer["ray_actor_options"]["num_cpus"] == 0.5
+    assert scorer["ray_actor_options"]["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
+    assert scorer["logging_config"] == {"enable_access_log": False}
+    assert _options(StageOptions(num_replicas=2), args)["num_replicas"] == 2
+
+
+def test_app_args_errors_name_the_field():
+    with pytest.raises(ValidationError, match="stages.scorer.num_cpus"):
+        AppArgs(model_dir="m", stages={"scorer": {"num_cpus": 0}})
+    with pytest.raises(ValidationError, match="exact_search_max_itemz"):
+        AppArgs(model_dir="m", exact_search_max_itemz=3)
+
+
+def test_resolve_args_makes_paths_absolute_and_checks_model_and_components(tmp_path, monkeypatch):
+    model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
+    monkeypatch.chdir(tmp_path)
+    args = resolve_args({"model_dir": "model", "state": "sqlite:///state.db?synchronous=normal"})
+    assert args.model_dir == str(model.resolve())
+    assert args.state == f"sqlite:///{tmp_path / 'state.db'}?synchronous=normal"
+    assert _absolute_state_url("redis://host:6379/0") == "redis://host:6379/0"
+    with pytest.raises(ModelError, match="does not exist"):
+        resolve_args({"model_dir": "missing"})
+    with pytest.raises(UnknownComponentError, match="unknown scorer 'nope'; available: .*category_diversity"):
+        resolve_args({"model_dir": "model", "scorers": [{"name": "nope"}]})
+
+
+def test_cli_reports_a_bad_model_directory_without_starting_ray(tmp_path):
+    from rayrec.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--model", str(tmp_path / "nope")], standalone_mode=False)
+    assert isinstance(result.exception, ModelError)
+    assert "nope" in str(result.exception)
+
+
+def test_cli_help_lists_the_options():
+    from rayrec.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    for option in ["--model", "--host", "--port", "--state", "--config"]:
+        assert option in result.output
