@@ -34,10 +34,12 @@ def item_records(model: Any, model_dir: str | Path | None = None) -> dict[str, d
     records = getattr(model, "item_records", None)
     if callable(records):
         records = records()
+    if records is None:
+        records = getattr(model, "items", None)  # TrainedModel: the rows of items.jsonl
     if isinstance(records, dict):
         return records
     if isinstance(records, list):
-        return {r["item_id"]: r for r in records}
+        return {str(r["item_id"]): r for r in records}
     if model_dir is None:
         return {}
     path = Path(model_dir) / "items.jsonl"
