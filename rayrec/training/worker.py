@@ -157,6 +157,9 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         state["history"].append(metrics)
         stop = state["evaluations_without_gain"] >= int(loop_config["patience"]) or is_last
         if context.rank == 0:
+            from rayrec.plugins import load_plugins
+
+            load_plugins().hook.training_epoch_end(epoch=epoch + 1, metrics=dict(metrics))
             elapsed = time.perf_counter() - run_started
             eta = elapsed / epochs_this_run * (epochs - epoch - 1)
             log(f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f} val NDCG@10 {ndcg:.4f} HR@10 {hit_rate:.4f} "
