@@ -50,11 +50,17 @@ def request_errors_as_values(method: F) -> F:
 
 
 def limit_threads(threads: int) -> None:
-    """One compute thread per replica (the env vars cover BLAS/OpenMP at process start)."""
+    """One compute thread per replica: the env vars set BLAS/OpenMP at process start; this
+    also caps libraries loaded since (torch, and BLAS through threadpoolctl where installed)."""
     if "torch" in sys.modules:  # only models that use torch pay for importing it
         torch = sys.modules["torch"]
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(threads)
 
 
 def components(kind: str, specs) -> list:

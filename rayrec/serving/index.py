@@ -162,15 +162,13 @@ class ItemIndex:
 
     @staticmethod
     def top_rows(scores: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.where(allowed, scores, -np.inf).astype(np.float32)
+        """The best ``k`` allowed rows of ``scores`` (modified in place), best first."""
+        scores[~allowed] = -np.inf
         available = int(np.count_nonzero(allowed))
         k = min(k, available)
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if k < len(scores):
-            rows = np.argpartition(-scores, k - 1)[:k]
-        else:
-            rows = np.arange(len(scores))
+        rows = np.argpartition(scores, len(scores) - k)[-k:] if k < len(scores) else np.arange(len(scores))
         order = np.argsort(-scores[rows], kind="stable")
         rows = rows[order]
         return rows, scores[rows]

@@ -1,0 +1,104 @@
+"""The towers and losses behave as their contracts say."""
+
+import numpy as np
+import pytest
+import torch
+
+from rayrec.models.config import ModelConfig
+from rayrec.models.factory import ItemInputs, build_two_tower
+from rayrec.models.losses import full_softmax_loss, sampled_softmax_loss
+from rayrec.training.batches import left_pad, next_item_batch
+
+ENCODERS = ["sasrec", "gru", "mean"]
+
+
+def make_model(encoder: str, num_items: int = 30, **inputs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_two_tower(ModelConfig(user_encoder=encoder, dim=16, max_len=10), num_items, ItemInputs(**inputs))
+    return model.eval()
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_outputs_have_one_vector_per_position(encoder):
+    model = make_model(encoder)
+    sequences = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    assert model.sequence_outputs(sequences).shape == (2, 5, 16)
+    assert model.user_vectors(sequences).shape == (2, 16)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_position_t_never_sees_later_items(encoder):
+    model = make_model(encoder)
+    before = model.sequence_outputs(torch.tensor([[1, 2, 3, 4, 5]]))
+    after = model.sequence_outputs(torch.tensor([[1, 2, 3, 9, 7]]))
+    assert torch.allclose(before[:, :3], after[:, :3], atol=1e-5)
+    assert not torch.allclose(before[:, 3:], after[:, 3:], atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "mean"])
+def test_extra_left_padding_does_not_change_the_user_vector(encoder):
+    model = make_model(encoder)
+    short = model.user_vectors(torch.tensor([[4, 5, 6]]))
+    padded = model.user_vectors(torch.tensor([[0, 0, 0, 4, 5, 6]]))
+    assert torch.allclose(short, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_a_new_event_changes_the_user_vector_without_retraining(encoder):
+    model = make_model(encoder)
+    before = model.user_vectors(torch.tensor([[0, 1, 2, 3]]))
+    after = model.user_vectors(torch.tensor([[1, 2, 3, 17]]))
+    assert not torch.allclose(before, after, atol=1e-4)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_attribution_is_a_distribution_over_real_history(encoder):
+    model = make_model(encoder)
+    weights = model.attribution(torch.tensor([[0, 0, 3, 4, 5]]))
+    assert weights.shape == (1, 5)
+    assert torch.all(weights[0, :2] == 0)
+    assert weights.sum().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_item_tower_without_ids_gives_equal_vectors_to_equal_content():
+    content = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)
+    content[3] = content[2]
+    model = build_two_tower(ModelConfig(dim=16, item_encoder_options={"use_id": False}), 4, ItemInputs(content=content))
+    table = model.item_table().detach()
+    assert torch.allclose(table[2], table[3])
+    assert not torch.allclose(table[1], table[2])
+
+
+def test_item_tower_with_categories_uses_them():
+    categories = np.array([[0, 0], [1, 0], [1, 0], [2, 0]], dtype=np.int64)
+    model = build_two_tower(ModelConfig(dim=8, item_encoder_options={"use_id": False}), 3,
+                            ItemInputs(category_ids=categories, num_categories=2))
+    table = model.item_table().detach()
+    assert torch.allclose(table[1], table[2]) and not torch.allclose(table[1], table[3])
+
+
+def test_full_softmax_never_predicts_padding_and_prefers_the_right_item():
+    table = torch.eye(4) * 5  # item i's vector is the i-th unit vector
+    outputs = table[[2, 3]]
+    right = full_softmax_loss(outputs, table, torch.tensor([2, 3]))
+    wrong = full_softmax_loss(outputs, table, torch.tensor([3, 1]))
+    assert right < 0.1 < wrong
+
+
+def test_sampled_softmax_prefers_the_right_item_and_is_finite():
+    torch.manual_seed(0)
+    tower = torch.nn.Embedding(11, 10)
+    with torch.no_grad():
+        tower.weight.copy_(torch.eye(11, 10) * 6)
+    targets = torch.tensor([1, 2, 3])
+    log_q = torch.log(torch.full((11,), 0.1))
+    right = sampled_softmax_loss(tower(targets), tower, targets, log_q, num_uniform_negatives=20)
+    wrong = sampled_softmax_loss(tower(torch.tensor([4, 5, 6])), tower, targets, log_q, num_uniform_negatives=20)
+    assert torch.isfinite(right) and right < wrong
+
+
+def test_next_item_batches_shift_by_one_and_left_pad():
+    inputs, labels = next_item_batch([np.array([1, 2, 3, 4]), np.array([7, 8])], max_len=3)
+    assert inputs.tolist() == [[1, 2, 3], [0, 0, 7]]
+    assert labels.tolist() == [[2, 3, 4], [0, 0, 8]]
+    assert left_pad([np.array([5])], 3).tolist() == [[0, 0, 5]]
