@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import random
+import shutil
 import socket
 import sys
 import tempfile
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     first = report["load"][0]
     report["e2e_p50_over_compute_p50"] = first["p50_ms"] / report["in_process"]["pipeline_p50_ms"]

@@ -75,7 +75,7 @@ class AnnOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     m: int = Field(32, ge=4, description="HNSW graph degree.")
     ef_construction: int = Field(80, ge=8)
-    ef_search: int = Field(128, ge=8, description="Search breadth; higher = better recall, slower.")
+    ef_search: int = Field(256, ge=8, description="Search breadth; higher = better recall, slower.")
 
 
 class AppArgs(BaseModel):
@@ -99,7 +99,9 @@ class AppArgs(BaseModel):
     max_k: int = Field(1000, ge=1)
     max_feedback_batch: int = Field(1000, ge=1)
     batch_max_size: int = Field(16, ge=1, description="@serve.batch size of the user encoder.")
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="Extra wait for a fuller batch; 0 batches only what queued meanwhile (no added latency)."
+    )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
     stages: Stages = Stages()
     access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")

@@ -184,14 +184,16 @@ class CandidateScorer(_ModelStage):
 
     @request_errors_as_values
     async def put_item(self, item_id: str, item: ItemIn) -> dict[str, Any]:
+        # On the event loop, not in a thread: the item index is only ever changed from the
+        # loop, so a concurrent recommend never sees it half updated.
         logic = await self._logic()
-        version = await asyncio.to_thread(logic.put_item, item_id, item)
+        version = logic.put_item(item_id, item)
         return {"item_id": item_id, "catalog_version": version, "status": "upserted"}
 
     @request_errors_as_values
     async def delete_item(self, item_id: str) -> dict[str, Any]:
         logic = await self._logic()
-        version = await asyncio.to_thread(logic.delete_item, item_id)
+        version = logic.delete_item(item_id)
         return {"item_id": item_id, "catalog_version": version, "status": "deleted"}
 
     async def model_version(self) -> str:
@@ -207,6 +209,7 @@ class FeedbackIngestor:
 
         pm = plugins.load_plugins()
         self.store = open_state_store(args.state)
+        self._write_lock = asyncio.Lock()
         self.logic = FeedbackLogic(
             self.store,
             args.event_weights,
@@ -217,8 +220,10 @@ class FeedbackIngestor:
 
     @request_errors_as_values
     async def ingest(self, events: list[FeedbackEvent]) -> dict[str, int]:
-        # the fsync of the commit happens off the event loop
-        return await asyncio.to_thread(self.logic.ingest, events)
+        # The fsync of the commit happens off the event loop; one batch at a time (SQLite has
+        # one writer anyway), so feedback handlers are never called concurrently.
+        async with self._write_lock:
+            return await asyncio.to_thread(self.logic.ingest, events)
 
     @request_errors_as_values
     async def erase_user(self, user_id: str) -> dict[str, Any]:

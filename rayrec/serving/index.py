@@ -38,7 +38,7 @@ class ItemIndex:
         exact_max_items: int = 250_000,
         hnsw_m: int = 32,
         ef_construction: int = 80,
-        ef_search: int = 128,
+        ef_search: int = 256,
     ) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.row_ids: list[str] = list(item_ids)

@@ -58,7 +58,7 @@ class ScorerLogic:
             exact_max_items=exact_search_max_items,
             hnsw_m=ann.get("m", 32),
             ef_construction=ann.get("ef_construction", 80),
-            ef_search=ann.get("ef_search", 128),
+            ef_search=ann.get("ef_search", 256),
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
         self.trained_items = set(model.item_ids)
@@ -93,8 +93,15 @@ class ScorerLogic:
                 new_items.append(change.item_id)
                 new_records.append(record)
         if new_items:
-            vectors = np.asarray(self.model.encode_items(new_records), dtype=np.float32)
-            self.index.upsert(new_items, vectors)
+            try:
+                vectors = np.asarray(self.model.encode_items(new_records), dtype=np.float32)
+            except Exception:
+                # Content the model cannot encode (e.g. stored under an earlier model) must not
+                # fail every request: those items are just not recommendable by this model.
+                logger.exception("cannot encode %d catalogue items; they are left out", len(new_items))
+                vectors = None
+            if vectors is not None:
+                self.index.upsert(new_items, vectors)
         self._attribute_masks.clear()
         self._attribute_names = None
         self.catalog_version = max([version] + [c.version for c in changes])

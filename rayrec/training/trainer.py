@@ -144,7 +144,11 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
             storage_path=str(checkpoint_root),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": {name: str(threads) for name in THREAD_VARIABLES}},
+            worker_runtime_env={"env_vars": {
+                **{name: str(threads) for name in THREAD_VARIABLES},
+                # Train's print patch would log every progress line a second time.
+                "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+            }},
         ),
     )
     started = time.perf_counter()
