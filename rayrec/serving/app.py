@@ -19,6 +19,7 @@ from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions
 from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, UserEncoder
 from rayrec.serving.ingress import Ingress
 from rayrec.serving.model_loading import load_model
+from rayrec.serving.security import default_model_roots, load_api_keys, resolve_model_roots
 from rayrec.state import open_state_store
 
 
@@ -37,6 +38,9 @@ def _options(stage: StageOptions, args: AppArgs) -> dict[str, Any]:
     env = {name: str(args.threads_per_replica) if name.endswith("THREADS") else value for name, value in SINGLE_THREAD_ENV.items()}
     return {
         **stage.deployment_options(),
+        # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the
+        # ingress for the inner stages) instead of letting requests time out in a queue.
+        "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
         "ray_actor_options": {"num_cpus": stage.num_cpus, "runtime_env": {"env_vars": env}},
         "logging_config": {"enable_access_log": args.access_log},
     }
@@ -48,10 +52,17 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
 
     if not isinstance(args, AppArgs):
         args = AppArgs(**args)
-    args = args.model_copy(
-        update={"model_dir": str(Path(args.model_dir).expanduser().resolve()), "state": _absolute_state_url(args.state)}
-    )
+    model_dir = str(Path(args.model_dir).expanduser().resolve())
+    update: dict[str, Any] = {
+        "model_dir": model_dir,
+        "state": _absolute_state_url(args.state),
+        "model_roots": resolve_model_roots(args.model_roots) if args.model_roots else default_model_roots(model_dir),
+    }
+    if args.api_keys_file:
+        update["api_keys_file"] = str(Path(args.api_keys_file).expanduser().resolve())
+    args = args.model_copy(update=update)
     load_model(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
+    load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too
     for kind, specs in (
         ("scorer", args.scorers),
         ("feature_extractor", args.feature_extractors),

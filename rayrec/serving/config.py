@@ -50,9 +50,18 @@ class StageOptions(BaseModel):
     )
     num_cpus: float = Field(0.25, gt=0, description="Logical CPUs per replica; fractional so the graph fits 2 cores.")
     max_ongoing_requests: int = Field(64, ge=1)
+    max_queued_requests: int = Field(
+        256,
+        ge=-1,
+        description="Requests waiting for a busy replica beyond which new ones are refused at once with "
+        "503 and Retry-After (backpressure) instead of timing out; -1: no limit.",
+    )
 
     def deployment_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"max_ongoing_requests": self.max_ongoing_requests}
+        options: dict[str, Any] = {
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
         if self.autoscaling:
             options["autoscaling_config"] = dict(self.autoscaling)
         else:
@@ -105,6 +114,29 @@ class AppArgs(BaseModel):
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
     stages: Stages = Stages()
     access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")
+    # -- security and limits (see README "Operating rayrec") -------------------------------
+    api_keys_file: str | None = Field(
+        None,
+        description="File of API keys (one per line, '#' comments); with any key configured, writes and "
+        "/admin/* need 'Authorization: Bearer <key>'. Keys are also read from the api_keys_env variable.",
+    )
+    api_keys_env: str | None = Field(
+        "RAYREC_API_KEYS", description="Environment variable (in the ingress replicas) holding comma-separated keys."
+    )
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies are refused with 413.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 answers when overloaded.")
+    model_roots: list[str] = Field(
+        default_factory=list,
+        description="/admin/reload loads model directories only from inside these; default: the parent "
+        "directory of model_dir.",
+    )
+    # -- observability -------------------------------------------------------------------
+    request_log: str | None = Field(
+        None, description="JSON-lines request log file, appended by every ingress replica ('-': stderr); off when unset."
+    )
+    ann_recall_probe_interval_s: float = Field(
+        60.0, ge=0, description="How often each scorer samples the top-K index's recall@10 for the metrics; 0: never."
+    )
 
     @field_validator("event_weights")
     @classmethod

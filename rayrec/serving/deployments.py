@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import sys
+import time
 from typing import Any, Awaitable, Callable, TypeVar
 
 import numpy as np
@@ -24,6 +25,7 @@ from rayrec.serving.errors import RequestError, StageError
 from rayrec.serving.feedback import FeedbackLogic
 from rayrec.serving.generations import ModelSlots
 from rayrec.serving.model_loading import item_records, load_model
+from rayrec.serving.observability import serving_metrics
 from rayrec.serving.preprocess import PreprocessorLogic
 from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest
 from rayrec.serving.scoring import ScorerLogic
@@ -45,6 +47,26 @@ def request_errors_as_values(method: F) -> F:
             return await method(*args, **kwargs)
         except RequestError as exc:
             return StageError(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def timed(method: F) -> F:
+    """Record the call in the stage metrics (``self.stage``): latency and outcome.
+
+    Outcomes: ``ok``, ``rejected`` (a bad request, returned as a StageError) or ``error``.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self, *args, **kwargs):
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            result = await method(self, *args, **kwargs)
+            outcome = "rejected" if isinstance(result, StageError) else "ok"
+            return result
+        finally:
+            serving_metrics().record_stage(self.stage, time.perf_counter() - started, outcome)
 
     return wrapper  # type: ignore[return-value]
 
@@ -72,6 +94,8 @@ def components(kind: str, specs) -> list:
 class _ModelStage:
     """Shared shell behaviour: a store, model slots, async-safe lazy loading."""
 
+    stage = "stage"  # the ``stage`` tag of this deployment's metrics
+
     def _init_stage(self, args: AppArgs) -> None:
         self.args = args
         self.store = open_state_store(args.state)
@@ -87,10 +111,12 @@ class _ModelStage:
         if generation is None:
             generation = self.slots.live_generation()
         if self.slots.has(generation):
-            return self.slots.get(generation)
-        async with self._load_lock:  # load off the event loop: in-flight requests continue
-            logic = await asyncio.to_thread(self.slots.load, generation)
-        limit_threads(self.args.threads_per_replica)
+            logic = self.slots.get(generation)
+        else:
+            async with self._load_lock:  # load off the event loop: in-flight requests continue
+                logic = await asyncio.to_thread(self.slots.load, generation)
+            limit_threads(self.args.threads_per_replica)
+        serving_metrics().record_model(self.stage, generation, str(logic.model.version))
         return logic
 
     @request_errors_as_values
@@ -108,6 +134,8 @@ class _ModelStage:
 
 @serve.deployment
 class Preprocessor(_ModelStage):
+    stage = "preprocessor"
+
     def __init__(self, args: AppArgs) -> None:
         self.extractors = components("feature_extractor", args.feature_extractors)
         self._init_stage(args)
@@ -117,6 +145,7 @@ class Preprocessor(_ModelStage):
             load_model(record.model_dir), self.store, self.args.event_weights, record.generation, self.extractors
         )
 
+    @timed
     async def prepare(self, request: RecommendRequest) -> PreparedRequest:
         logic = await self._logic()  # pins the request to the live generation
         return logic.prepare(request)
@@ -124,6 +153,8 @@ class Preprocessor(_ModelStage):
 
 @serve.deployment
 class UserEncoder(_ModelStage):
+    stage = "user_encoder"
+
     def __init__(self, args: AppArgs) -> None:
         self._init_stage(args)
         self.encode_batch.set_max_batch_size(args.batch_max_size)
@@ -132,6 +163,7 @@ class UserEncoder(_ModelStage):
     def _build(self, record: ModelGeneration) -> UserEncoderLogic:
         return UserEncoderLogic(load_model(record.model_dir))
 
+    @timed
     async def encode(self, generation: int, history: list[int]) -> tuple[np.ndarray | None, np.ndarray]:
         return await self.encode_batch((generation, history))
 
@@ -151,12 +183,32 @@ class UserEncoder(_ModelStage):
 
 @serve.deployment
 class CandidateScorer(_ModelStage):
+    stage = "scorer"
+
     def __init__(self, args: AppArgs) -> None:
         from rayrec import plugins
 
         self.scorers = components("scorer", args.scorers)
         self.candidate_filters = [impl.function for impl in plugins.load_plugins().hook.filter_candidates.get_hookimpls()]
         self._init_stage(args)
+        self._recall_probe: asyncio.Task | None = None
+
+    def _start_recall_probe(self) -> None:
+        """Sample the index's recall@10 every ``ann_recall_probe_interval_s`` (started on first use:
+        the constructor has no running event loop to attach a task to)."""
+        if self._recall_probe is None and self.args.ann_recall_probe_interval_s > 0:
+            self._recall_probe = asyncio.get_running_loop().create_task(self._probe_recall_forever())
+
+    async def _probe_recall_forever(self) -> None:
+        while True:
+            try:
+                logic = await self._logic()
+                # On the event loop, like every index change: a handful of queries, and exact
+                # search only when an ANN index exists (else recall is 1 by construction).
+                serving_metrics().record_ann_recall(logic.index.recall_at_k(samples=8, k=10))
+            except Exception:
+                logger.exception("the ANN recall probe failed")
+            await asyncio.sleep(self.args.ann_recall_probe_interval_s)
 
     def _build(self, record: ModelGeneration) -> ScorerLogic:
         model = load_model(record.model_dir)
@@ -171,17 +223,21 @@ class CandidateScorer(_ModelStage):
             filter_seen=self.args.filter_seen,
         )
 
+    @timed
     @request_errors_as_values
     async def recommend(
         self, request: PreparedRequest, user_vector: np.ndarray | None, attributions: np.ndarray | None
     ) -> dict[str, Any]:
+        self._start_recall_probe()
         logic = await self._logic(request.generation)
         return logic.recommend(request, user_vector, attributions)
 
+    @timed
     @request_errors_as_values
     async def similar(self, item_id: str, k: int) -> dict[str, Any]:
         return (await self._logic()).similar(item_id, k)
 
+    @timed
     @request_errors_as_values
     async def put_item(self, item_id: str, item: ItemIn) -> dict[str, Any]:
         # On the event loop, not in a thread: the item index is only ever changed from the
@@ -190,6 +246,11 @@ class CandidateScorer(_ModelStage):
         version = logic.put_item(item_id, item)
         return {"item_id": item_id, "catalog_version": version, "status": "upserted"}
 
+    @request_errors_as_values
+    async def item(self, item_id: str) -> dict[str, Any]:
+        return (await self._logic()).item(item_id)
+
+    @timed
     @request_errors_as_values
     async def delete_item(self, item_id: str) -> dict[str, Any]:
         logic = await self._logic()
@@ -203,6 +264,8 @@ class CandidateScorer(_ModelStage):
 @serve.deployment
 class FeedbackIngestor:
     """The write path for user data, and the switch of the live model generation."""
+
+    stage = "feedback"
 
     def __init__(self, args: AppArgs) -> None:
         from rayrec import plugins
@@ -218,13 +281,19 @@ class FeedbackIngestor:
             max_batch=args.max_feedback_batch,
         )
 
+    @timed
     @request_errors_as_values
-    async def ingest(self, events: list[FeedbackEvent]) -> dict[str, int]:
+    async def ingest(self, events: list[FeedbackEvent], received_at: float | None = None) -> dict[str, int]:
+        """Store ``events`` durably; ``received_at`` (when the ingress got them) gives the freshness lag."""
         # The fsync of the commit happens off the event loop; one batch at a time (SQLite has
         # one writer anyway), so feedback handlers are never called concurrently.
         async with self._write_lock:
-            return await asyncio.to_thread(self.logic.ingest, events)
+            result = await asyncio.to_thread(self.logic.ingest, events)
+        lag = None if received_at is None else time.time() - received_at
+        serving_metrics().record_feedback(result["stored"], result["duplicates"], lag)
+        return result
 
+    @timed
     @request_errors_as_values
     async def erase_user(self, user_id: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.logic.erase_user, user_id)

@@ -23,6 +23,13 @@ class NotFoundError(RequestError):
     status_code = 404
 
 
+class ForbiddenError(RequestError):
+    """The request asks for something this server is configured never to do (e.g. load a model
+    directory outside ``model_roots``)."""
+
+    status_code = 403
+
+
 class StageError:
     """A :class:`RequestError` returned (not raised) by a stage across a handle call.
 

@@ -160,6 +160,28 @@ class ItemIndex:
             return None, None  # not enough survived the filters: fall back to exact
         return rows, scores
 
+    def recall_at_k(self, samples: int = 8, k: int = 10, seed: int | None = None) -> float:
+        """Sampled recall@k of :meth:`search` against exact search, with live items as queries.
+
+        1.0 without an ANN index (search is exact). Costs ``samples`` ANN queries and one
+        (samples, D) x (D, rows) product; used by the serving metrics' recall probe.
+        """
+        if self.ann is None:
+            return 1.0
+        live = np.flatnonzero(self.alive)
+        if len(live) == 0:
+            return 1.0
+        rng = np.random.default_rng(seed)
+        queries = self.unit[rng.choice(live, size=min(samples, len(live)), replace=False)]
+        exact_scores = queries @ self.vectors.T  # (samples, rows)
+        found = []
+        for query, scores in zip(queries, exact_scores):
+            exact_rows, _ = self.top_rows(scores, k, self.alive)
+            ann_rows, _ = self.search(query, k, self.alive)
+            if len(exact_rows):
+                found.append(len(set(exact_rows.tolist()) & set(ann_rows.tolist())) / len(exact_rows))
+        return float(np.mean(found)) if found else 1.0
+
     @staticmethod
     def top_rows(scores: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The best ``k`` allowed rows of ``scores`` (modified in place), best first."""

@@ -3,32 +3,49 @@
 Error policy: a request the server cannot serve because of its content answers 4xx with a
 ``message`` naming the field (``k: Input should be less than or equal to 1000``) and
 FastAPI's ``detail`` list; only a bug answers 500, and it is logged with its traceback.
+Overload (a full queue) and a replica that died under a request answer 503 with
+``Retry-After``: the request can be re-sent (feedback with the same ``event_id`` is stored once).
+
+Before any route runs, :class:`~rayrec.serving.security.RequestGuard` checks API keys on the
+write and admin routes (those declared with ``WRITE_ACCESS``), caps the body size, and times
+the request for the metrics and the request log.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see the real parameter types
 # of the class-based routes that serve.ingress wraps.
 import asyncio
 import logging
+import math
+import pathlib
+import time
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayrec import __version__
 from rayrec.components import FeedbackEvent
 from rayrec.serving.config import AppArgs
-from rayrec.serving.errors import RequestError, StageError
+from rayrec.serving.errors import ForbiddenError, RequestError, StageError
+from rayrec.serving.observability import RequestLog, serving_metrics
+from rayrec.serving.security import WRITE_ACCESS, GuardPolicy, RequestGuard, check_model_root, load_api_keys
 from rayrec.serving.schemas import (
+    MAX_ID_LENGTH,
     MAX_K,
     EraseResponse,
+    ErrorResponse,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
     ItemChangeResponse,
     ItemIn,
+    ItemOut,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -38,11 +55,42 @@ from rayrec.serving.schemas import (
 
 logger = logging.getLogger("ray.serve")
 
+#: The demo page (plain HTML and JavaScript over this API), served at ``/`` and ``/demo``.
+DEMO_PAGE = pathlib.Path(__file__).with_name("static") / "demo.html"
+
 app = FastAPI(
     title="rayrec",
     version=__version__,
     description="Real-time recommendations from a two-tower model; feedback changes the next answer.",
 )
+
+
+def _guard_policy() -> GuardPolicy | None:
+    """The policy of this ingress replica (built in ``Ingress.__init__``)."""
+    try:
+        return getattr(serve.get_replica_context().servable_object, "guard_policy", None)
+    except Exception:  # not inside a replica (yet)
+        return None
+
+
+app.add_middleware(RequestGuard, policy=_guard_policy)
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error answers a route can give (all share ErrorResponse)."""
+    text = {
+        401: "No API key sent (writes and admin, when keys are configured).",
+        403: "The API key is not valid, or the request is not allowed (e.g. a model outside model_roots).",
+        404: "The item or path does not exist.",
+        413: "The request body is too large.",
+        422: "The request is invalid; `message` names the field.",
+        503: "Overloaded or a replica restarting: retry after `Retry-After` seconds.",
+    }
+    return {code: {"model": ErrorResponse, "description": text[code]} for code in sorted({422, 413, 503, *codes})}
+
+
+READ = _errors()
+WRITE = _errors(401, 403)
 
 
 def _field(loc: tuple | list) -> str:
@@ -72,7 +120,48 @@ async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
     # Also catches the copies Ray re-raises from a stage (they subclass RequestError).
     return JSONResponse(
         status_code=exc.status_code,
-        content={"message": f"{exc.field}: {exc.message}", "detail": [{"loc": exc.field.split("."), "msg": exc.message}]},
+        content={
+            "message": f"{exc.field}: {exc.message}",
+            "detail": [{"loc": exc.field.split("."), "msg": exc.message, "type": type(exc).__name__}],
+        },
+    )
+
+
+def _unavailable(message: str) -> JSONResponse:
+    retry_after = 1.0
+    policy = _guard_policy()
+    if policy is not None:
+        retry_after = policy.retry_after_s
+    return JSONResponse(
+        status_code=503,
+        content={"message": message, "detail": [{"loc": [], "msg": message, "type": "unavailable"}]},
+        headers={"Retry-After": str(max(0, math.ceil(retry_after)))},
+    )
+
+
+@app.exception_handler(BackPressureError)
+async def _backpressure(request: Request, exc: BackPressureError) -> JSONResponse:
+    # An inner stage's queue is full (the ingress's own is answered by the Serve proxy).
+    return _unavailable("overloaded: too many requests are queued; retry after the Retry-After delay")
+
+
+@app.exception_handler(RayActorError)
+@app.exception_handler(DeploymentUnavailableError)
+async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
+    # A stage replica died while serving this request (Serve restarts it). Writes are
+    # idempotent by event_id, so re-sending is safe.
+    logger.warning("a stage replica failed during %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return _unavailable("a serving replica failed during the request; retry after the Retry-After delay")
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown paths (404) and methods (405) get the same body shape as every other error.
+    message = str(exc.detail)
+    return JSONResponse(
+        status_code=exc.status_code,
+        content={"message": f"{request.url.path}: {message}", "detail": [{"loc": ["path"], "msg": message, "type": "http"}]},
+        headers=getattr(exc, "headers", None),
     )
 
 
@@ -98,8 +187,26 @@ class Ingress:
         self.scorer = scorer
         self.feedback = feedback
         self.args = args
+        self.metrics = serving_metrics()
+        self.request_log = RequestLog(args.request_log) if args.request_log else None
+        # Keys are read here, in the replica, and kept only as digests; never logged.
+        keys = load_api_keys(args.api_keys_file, env_var=args.api_keys_env)
+        self.guard_policy = GuardPolicy(
+            keys=keys, max_body_bytes=args.max_body_bytes, retry_after_s=args.retry_after_s, on_response=self._on_response
+        )
+        logger.info("ingress ready: %s; writes %s", keys, "need an API key" if keys else "are open (no API keys configured)")
 
-    @app.post("/recommend", response_model=RecommendResponse)
+    def _on_response(self, method: str, route: str, status: int, seconds: float, body_bytes: int) -> None:
+        """Called by the RequestGuard after every request: metrics, then the request log (enqueue only)."""
+        self.metrics.record_request(method, route, status, seconds)
+        if self.request_log is not None:
+            self.request_log.log(method=method, route=route, status=status, ms=round(seconds * 1000, 3), bytes_in=body_bytes)
+
+    def __del__(self) -> None:
+        if getattr(self, "request_log", None) is not None:
+            self.request_log.close()
+
+    @app.post("/recommend", response_model=RecommendResponse, responses=READ)
     async def recommend(self, request: RecommendRequest) -> Any:
         if request.k > self.args.max_k:
             raise RequestError("k", f"at most {self.args.max_k}")
@@ -109,36 +216,52 @@ class Ingress:
             vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
         return StageError.raise_for(await self.scorer.recommend.remote(prepared, vector, attributions))
 
-    @app.post("/feedback", response_model=FeedbackResponse)
+    @app.post("/feedback", response_model=FeedbackResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
     async def feedback(self, body: FeedbackRequest) -> Any:
+        received_at = time.time()
         events = [FeedbackEvent(**event.model_dump()) for event in body.events]
-        return StageError.raise_for(await self.feedback.ingest.remote(events))
+        return StageError.raise_for(await self.feedback.ingest.remote(events, received_at))
 
-    @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse)
-    async def similar_items(self, item_id: str = Path(min_length=1), k: int = Query(10, ge=1, le=MAX_K)) -> Any:
+    @app.get("/similar-items/{item_id}", response_model=SimilarItemsResponse, responses=_errors(404))
+    async def similar_items(
+        self, item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH), k: int = Query(10, ge=1, le=MAX_K)
+    ) -> Any:
         return StageError.raise_for(await self.scorer.similar.remote(item_id, k))
 
-    @app.put("/items/{item_id}", response_model=ItemChangeResponse)
-    async def put_item(self, item: ItemIn, item_id: str = Path(min_length=1, max_length=512)) -> Any:
+    @app.get("/items/{item_id}", response_model=ItemOut, responses=_errors(404))
+    async def get_item(self, item_id: str = Path(min_length=1, max_length=512)) -> Any:
+        return StageError.raise_for(await self.scorer.item.remote(item_id))
+
+    @app.put("/items/{item_id}", response_model=ItemChangeResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
+    async def put_item(self, item: ItemIn, item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH)) -> Any:
         return StageError.raise_for(await self.scorer.put_item.remote(item_id, item))
 
-    @app.delete("/items/{item_id}", response_model=ItemChangeResponse)
-    async def delete_item(self, item_id: str = Path(min_length=1)) -> Any:
+    @app.delete(
+        "/items/{item_id}", response_model=ItemChangeResponse, responses=_errors(401, 403, 404),
+        dependencies=[Security(WRITE_ACCESS)],
+    )
+    async def delete_item(self, item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH)) -> Any:
         return StageError.raise_for(await self.scorer.delete_item.remote(item_id))
 
-    @app.delete("/users/{user_id}", response_model=EraseResponse)
-    async def erase_user(self, user_id: str = Path(min_length=1)) -> Any:
+    @app.delete("/users/{user_id}", response_model=EraseResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
+    async def erase_user(self, user_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH)) -> Any:
         return StageError.raise_for(await self.feedback.erase_user.remote(user_id))
 
-    @app.post("/admin/reload", response_model=ReloadResponse)
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
     async def reload(self, body: ReloadRequest) -> Any:
         """Load the model in every replica of every stage, then switch all of them at once.
 
         Requests are pinned to a generation by the preprocessor, so a request that started on
         the old model finishes on it; replicas that missed the broadcast (or start later)
-        load the new generation on first use.
+        load the new generation on first use. A directory outside ``model_roots`` is refused
+        (403) before anything reads it; one that does not load is refused (422) and the
+        current model keeps serving.
         """
-        generation = await self.feedback.stage_model.remote(body.model_dir)
+        try:
+            model_dir = check_model_root(body.model_dir, self.args.model_roots)
+        except PermissionError as exc:
+            raise ForbiddenError("model_dir", str(exc)) from None
+        generation = await self.feedback.stage_model.remote(model_dir)
         try:
             groups = await asyncio.gather(
                 *(self._preload_everywhere(handle, generation) for handle in (self.preprocessor, self.encoder, self.scorer))
@@ -149,8 +272,8 @@ class Ingress:
             raise
         await self.feedback.activate_model.remote(generation)
         version = versions[0] if versions else ""
-        logger.info("model generation %d (%s) from %s is live", generation, version, body.model_dir)
-        return {"model_version": version, "generation": generation, "model_dir": body.model_dir}
+        logger.info("model generation %d (%s) from %s is live", generation, version, model_dir)
+        return {"model_version": version, "generation": generation, "model_dir": model_dir}
 
     @staticmethod
     async def _preload_everywhere(handle: DeploymentHandle, generation: int) -> list[str]:
@@ -159,6 +282,11 @@ class Ingress:
             return [await handle.preload.remote(generation)]
         return await broadcast("preload", generation).results_async(timeout_s=600)
 
-    @app.get("/healthz", response_model=HealthResponse)
+    @app.get("/healthz", response_model=HealthResponse, responses=READ)
     async def healthz(self) -> Any:
         return {"status": "ok", "model_version": await self.scorer.model_version.remote()}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/demo", response_class=HTMLResponse, include_in_schema=False)
+    async def demo_page(self) -> HTMLResponse:
+        return HTMLResponse(DEMO_PAGE.read_text(encoding="utf-8"))

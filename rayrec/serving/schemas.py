@@ -14,11 +14,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_K = 1000
+#: Longest user or item id, and the other string limits of the API (413 caps the whole body).
+MAX_ID_LENGTH = 512
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 1000
 
 _ID = Field(min_length=1, max_length=512)
+IdString = Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]
+FilterKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class RecommendRequest(BaseModel):
@@ -26,12 +34,13 @@ class RecommendRequest(BaseModel):
 
     user_id: str = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
-    exclude_items: list[str] = Field(default_factory=list, max_length=10_000, description="Never return these.")
-    filters: dict[str, list[str] | str] = Field(
+    exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
+    filters: dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString] = Field(
         default_factory=dict,
+        max_length=MAX_FILTER_KEYS,
         description='Attribute filters: an item is kept if, for every key, one of its values is listed, e.g. {"categories": ["Comedy"]}.',
     )
-    recent_items: list[str] = Field(
+    recent_items: list[IdString] = Field(
         default_factory=list, max_length=1000, description="Items of the current session (oldest first), e.g. for anonymous users."
     )
 
@@ -85,13 +94,22 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     title: str = Field("", max_length=2000)
     text: str = Field("", max_length=100_000)
-    categories: list[str] = Field(default_factory=list, max_length=100)
+    categories: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=100)
 
 
 class ItemChangeResponse(BaseModel):
     item_id: str
     catalog_version: int
     status: str
+
+
+class ItemOut(BaseModel):
+    """A live catalogue item's metadata (``GET /items/{item_id}``)."""
+
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: list[str] = Field(default_factory=list)
 
 
 class EraseResponse(BaseModel):
@@ -101,13 +119,26 @@ class EraseResponse(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model_dir: str = Field(min_length=1)
+    model_dir: str = Field(min_length=1, max_length=4096, description="A model directory inside the configured model_roots.")
 
 
 class ReloadResponse(BaseModel):
     model_version: str
     generation: int
     model_dir: str
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int] = Field(description="Where the problem is, e.g. [\"body\", \"events\", 0, \"item_id\"].")
+    msg: str
+    type: str = ""
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer (4xx and 5xx)."""
+
+    message: str = Field(description="What is wrong and where, in one line, e.g. 'k: at most 1000'.")
+    detail: list[ErrorDetail] = Field(default_factory=list)
 
 
 class HealthResponse(BaseModel):

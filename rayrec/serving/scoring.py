@@ -124,6 +124,20 @@ class ScorerLogic:
         self.refresh()
         return version
 
+    def item(self, item_id: str) -> dict[str, Any]:
+        """The metadata of a live item (the catalogue as this replica sees it)."""
+        self.refresh()
+        if item_id not in self.index:
+            raise NotFoundError("item_id", f"unknown item {item_id!r}")
+        record = self.records.get(item_id, {})
+        categories = record.get("categories") or []
+        return {
+            "item_id": item_id,
+            "title": str(record.get("title") or ""),
+            "text": str(record.get("text") or ""),
+            "categories": [categories] if isinstance(categories, str) else [str(c) for c in categories],
+        }
+
     def delete_item(self, item_id: str) -> int:
         self.refresh()
         if item_id not in self.index:

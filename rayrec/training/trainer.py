@@ -74,8 +74,12 @@ class RayWorkerContext:
 
 
 def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import logging
+
     import ray
 
+    # Train logs every report and checkpoint at INFO; our own progress lines say it better.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     from rayrec.training.worker import run_worker
 
     pid_dir = loop_config.get("pid_dir")
