@@ -17,7 +17,7 @@ import click
     "--state",
     default="rayrec-state.db",
     show_default=True,
-    help="State store: a SQLite file path, or a URL such as sqlite:///state.db.",
+    help="State store: a SQLite file path, a URL such as sqlite:///state.db, or redis://host:6379/0 for replicas on several machines.",
 )
 @click.option(
     "--config",
@@ -26,7 +26,23 @@ import click
     help="YAML file with more app arguments (replicas, scorers, event weights); flags win.",
 )
 @click.option("--num-cpus", type=click.IntRange(min=1), default=None, help="Logical CPUs for a local Ray (default: all).")
-def serve(model_dir: str, host: str, port: int, state: str, config_path: str | None, num_cpus: int | None) -> None:
+@click.option(
+    "--api-keys-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File of API keys, one per line; writes and /admin/* then need 'Authorization: Bearer <key>'. "
+    "Keys in $RAYREC_API_KEYS (comma-separated) count too.",
+)
+@click.option(
+    "--model-root",
+    "model_roots",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Directory /admin/reload may load models from (repeatable; default: the parent of --model).",
+)
+@click.option("--request-log", default=None, help="Append a JSON line per request to this file ('-': stderr).")
+def serve(model_dir: str, host: str, port: int, state: str, config_path: str | None, num_cpus: int | None,
+          api_keys_file: str | None, model_roots: tuple[str, ...], request_log: str | None) -> None:
     """Serve recommendations over HTTP until Ctrl-C.
 
     Joins the Ray cluster in RAY_ADDRESS if set, else starts Ray locally. The API schema is
@@ -46,7 +62,14 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
             raise ConfigError(f"{config_path}: expected a mapping of app arguments")
         extra = extra.get("args", extra)  # also accept a serve.yaml application's args block
     try:
-        args = AppArgs(**{**extra, "model_dir": model_dir, "state": state})
+        flags = {"model_dir": model_dir, "state": state}
+        if api_keys_file:
+            flags["api_keys_file"] = api_keys_file
+        if model_roots:
+            flags["model_roots"] = list(model_roots)
+        if request_log:
+            flags["request_log"] = request_log
+        args = AppArgs(**{**extra, **flags})
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{config_path or 'arguments'}: {fields}") from None

@@ -60,6 +60,8 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     }
     if args.api_keys_file:
         update["api_keys_file"] = str(Path(args.api_keys_file).expanduser().resolve())
+    if args.request_log and args.request_log != "-":
+        update["request_log"] = str(Path(args.request_log).expanduser().resolve())
     args = args.model_copy(update=update)
     load_model(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
     load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too

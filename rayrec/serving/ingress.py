@@ -14,8 +14,10 @@ the request for the metrics and the request log.
 # No ``from __future__ import annotations`` here: FastAPI must see the real parameter types
 # of the class-based routes that serve.ingress wraps.
 import asyncio
+import json
 import logging
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -93,6 +95,13 @@ READ = _errors()
 WRITE = _errors(401, 403)
 
 
+class ErrorJSONResponse(JSONResponse):
+    """Error bodies as ASCII JSON: they may quote what the client sent, even unpaired surrogates."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 def _field(loc: tuple | list) -> str:
     parts = [str(p) for p in loc if p != "body"] or ["body"]
     text = parts[0]
@@ -112,13 +121,13 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             parts.append(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}")
     message = "; ".join(parts)
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors]
-    return JSONResponse(status_code=422, content={"message": message, "detail": detail})
+    return ErrorJSONResponse(status_code=422, content={"message": message, "detail": detail})
 
 
 @app.exception_handler(RequestError)
 async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
     # Also catches the copies Ray re-raises from a stage (they subclass RequestError).
-    return JSONResponse(
+    return ErrorJSONResponse(
         status_code=exc.status_code,
         content={
             "message": f"{exc.field}: {exc.message}",
@@ -132,7 +141,7 @@ def _unavailable(message: str) -> JSONResponse:
     policy = _guard_policy()
     if policy is not None:
         retry_after = policy.retry_after_s
-    return JSONResponse(
+    return ErrorJSONResponse(
         status_code=503,
         content={"message": message, "detail": [{"loc": [], "msg": message, "type": "unavailable"}]},
         headers={"Retry-After": str(max(0, math.ceil(retry_after)))},
@@ -158,7 +167,7 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # Unknown paths (404) and methods (405) get the same body shape as every other error.
     message = str(exc.detail)
-    return JSONResponse(
+    return ErrorJSONResponse(
         status_code=exc.status_code,
         content={"message": f"{request.url.path}: {message}", "detail": [{"loc": ["path"], "msg": message, "type": "http"}]},
         headers=getattr(exc, "headers", None),
@@ -168,7 +177,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @app.exception_handler(Exception)
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse(status_code=500, content={"message": "internal error; see the server log", "detail": []})
+    return ErrorJSONResponse(status_code=500, content={"message": "internal error; see the server log", "detail": []})
 
 
 @serve.deployment
@@ -257,10 +266,14 @@ class Ingress:
         (403) before anything reads it; one that does not load is refused (422) and the
         current model keeps serving.
         """
+        if not os.path.isabs(body.model_dir):
+            raise RequestError("model_dir", "must be an absolute path (replicas may run in another directory)")
         try:
             model_dir = check_model_root(body.model_dir, self.args.model_roots)
         except PermissionError as exc:
             raise ForbiddenError("model_dir", str(exc)) from None
+        except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
+            raise RequestError("model_dir", f"not a usable path ({exc})") from None
         generation = await self.feedback.stage_model.remote(model_dir)
         try:
             groups = await asyncio.gather(

@@ -118,8 +118,9 @@ class ServingMetrics:
         self.requests.inc(1, tags={"route": route, "method": method, "status": str(status)})
         self.request_latency.observe(seconds * 1000.0, tags={"route": route})
 
-    def record_stage(self, stage: str, seconds: float, ok: bool = True) -> None:
-        self.stage_requests.inc(1, tags={"stage": stage, "outcome": "ok" if ok else "error"})
+    def record_stage(self, stage: str, seconds: float, outcome: str = "ok") -> None:
+        """``outcome``: ok, rejected (a bad request) or error."""
+        self.stage_requests.inc(1, tags={"stage": stage, "outcome": outcome})
         self.stage_latency.observe(seconds * 1000.0, tags={"stage": stage})
 
     def record_feedback(self, stored: int, duplicates: int, lag_seconds: float | None = None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 MAX_K = 1000
 #: Longest user or item id, and the other string limits of the API (413 caps the whole body).
@@ -25,14 +25,27 @@ MAX_FILTER_KEYS = 32
 MAX_FILTER_VALUES = 1000
 
 _ID = Field(min_length=1, max_length=512)
-IdString = Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]
-FilterKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def _storable(value: str) -> str:
+    """Refuse text that cannot be stored as UTF-8 (JSON allows lone surrogates such as "\\ud800")."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains an unpaired surrogate (not valid Unicode text)") from None
+    return value
+
+
+#: Every string a request carries: valid Unicode, so the state store can always write it.
+Text = Annotated[str, AfterValidator(_storable)]
+IdString = Annotated[Text, StringConstraints(max_length=MAX_ID_LENGTH)]
+FilterKey = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
+    user_id: Text = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
     filters: dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString] = Field(
@@ -71,12 +84,12 @@ class SimilarItemsResponse(BaseModel):
 class FeedbackEventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str = Field(min_length=1, max_length=512)
-    item_id: str = Field(min_length=1, max_length=512)
-    event_type: str = Field("click", min_length=1, max_length=64, description="One of the configured event weights.")
+    user_id: Text = Field(min_length=1, max_length=512)
+    item_id: Text = Field(min_length=1, max_length=512)
+    event_type: Text = Field("click", min_length=1, max_length=64, description="One of the configured event weights.")
     timestamp: float | None = Field(None, description="Unix seconds; the time of arrival when absent.")
     value: float | None = None
-    event_id: str | None = Field(None, min_length=1, max_length=256, description="Re-sending the same id is a no-op.")
+    event_id: Text | None = Field(None, min_length=1, max_length=256, description="Re-sending the same id is a no-op.")
 
 
 class FeedbackRequest(BaseModel):
@@ -92,9 +105,9 @@ class FeedbackResponse(BaseModel):
 
 class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    title: str = Field("", max_length=2000)
-    text: str = Field("", max_length=100_000)
-    categories: list[Annotated[str, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=100)
+    title: Text = Field("", max_length=2000)
+    text: Text = Field("", max_length=100_000)
+    categories: list[Annotated[Text, StringConstraints(max_length=256)]] = Field(default_factory=list, max_length=100)
 
 
 class ItemChangeResponse(BaseModel):
@@ -119,7 +132,9 @@ class EraseResponse(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model_dir: str = Field(min_length=1, max_length=4096, description="A model directory inside the configured model_roots.")
+    model_dir: Text = Field(
+        min_length=1, max_length=4096, description="An absolute path to a model directory inside the configured model_roots."
+    )
 
 
 class ReloadResponse(BaseModel):

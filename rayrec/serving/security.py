@@ -207,22 +207,49 @@ class RequestGuard:
     def __init__(self, app, policy: Callable[[], GuardPolicy | None]) -> None:
         self.app = app
         self.policy = policy
-        self._protected: dict[int, bool] = {}
+        self._routes: dict[int, list[tuple[str, Any, bool]]] = {}
+
+    def _leaf_routes(self, app) -> list[tuple[str, Any, bool]]:
+        """(prefix, route, protected) for every leaf route, included routers walked (FastAPI
+        keeps ``include_router`` routes nested, and Serve re-mounts class-based routes so)."""
+        cached = self._routes.get(id(app))
+        if cached is not None:
+            return cached
+        leaves: list[tuple[str, Any, bool]] = []
+
+        def walk(router, prefix: str) -> None:
+            for route in getattr(router, "routes", ()):
+                original = getattr(route, "original_router", None)
+                if original is not None:  # FastAPI >= 0.137: an included router, resolved lazily
+                    context = getattr(route, "include_context", None)
+                    walk(original, prefix + (getattr(context, "prefix", "") or ""))
+                    continue
+                dependencies = getattr(route, "dependencies", ()) or ()
+                protected = any(isinstance(getattr(d, "dependency", None), WriteAccess) for d in dependencies)
+                leaves.append((prefix, route, protected))
+
+        walk(app, "")
+        self._routes[id(app)] = leaves
+        return leaves
 
     def _route(self, scope) -> tuple[str, bool]:
-        """The matched route's path template and whether it is protected (writes, admin)."""
+        """The matched route's path template and whether it is protected (writes, admin).
+
+        An unknown path counts as protected for any method but GET, HEAD and OPTIONS, so a
+        client without a key learns nothing about which write routes exist.
+        """
         from starlette.routing import Match
 
-        router = scope.get("app")
-        for route in getattr(router, "routes", ()):
-            match, _ = route.matches(scope)
+        path = scope.get("path", "")
+        for prefix, route, protected in self._leaf_routes(scope.get("app")):
+            if prefix:
+                if not path.startswith(prefix):
+                    continue
+                match, _ = route.matches({**scope, "path": path[len(prefix):]})
+            else:
+                match, _ = route.matches(scope)
             if match == Match.FULL:
-                protected = self._protected.get(id(route))
-                if protected is None:
-                    dependencies = getattr(route, "dependencies", ()) or ()
-                    protected = any(isinstance(getattr(d, "dependency", None), WriteAccess) for d in dependencies)
-                    self._protected[id(route)] = protected
-                return getattr(route, "path", "other"), protected
+                return prefix + getattr(route, "path", "other"), protected
         return "unmatched", scope.get("method", "GET") not in SAFE_METHODS
 
     async def __call__(self, scope, receive, send) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from rayrec.training.config import TrainConfig
 from rayrec.training.export import export_model_dir, loop_config_for
 from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import CHECKPOINT_FILE
+from rayrec.training.worker import CHECKPOINT_FILE, CheckpointError, load_training_state
 
 CHECKPOINTS_DIR = ".checkpoints"
 RUN_NAME = "rayrec-train"
@@ -92,10 +92,26 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_worker(loop_config, payload, context, log=lambda line: print(line, flush=True))
 
 
-def latest_checkpoint(checkpoint_root: Path) -> Path | None:
-    """The most recent complete checkpoint directory under ``checkpoint_root``, if any."""
-    candidates = [p.parent for p in checkpoint_root.glob(f"**/{CHECKPOINT_FILE}")]
-    return max(candidates, key=lambda p: (p / CHECKPOINT_FILE).stat().st_mtime, default=None)
+def latest_checkpoint(checkpoint_root: Path, log: Callable[[str], None] = print) -> Path | None:
+    """The most recent *readable* checkpoint directory under ``checkpoint_root``, if any.
+
+    A truncated or corrupt checkpoint (a crash while it was written, a bad disk) is skipped
+    with a line naming it, falling back to the one before.
+    """
+    candidates = []
+    for path in Path(checkpoint_root).glob(f"**/{CHECKPOINT_FILE}"):
+        try:
+            candidates.append((path.stat().st_mtime, path.parent))
+        except OSError:  # removed meanwhile
+            continue
+    for _, directory in sorted(candidates, key=lambda pair: pair[0], reverse=True):
+        try:
+            load_training_state(directory)
+        except CheckpointError as exc:
+            log(f"skipping unusable checkpoint: {exc}")
+            continue
+        return directory
+    return None
 
 
 def ensure_ray(num_cpus_needed: float) -> None:
@@ -117,13 +133,12 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     """Train with ``config.num_workers`` Ray Train workers and write the model directory."""
     import ray
     import ray.train
-    import torch
     from ray.train.torch import TorchTrainer
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_root = out_dir / CHECKPOINTS_DIR
-    resume_dir = latest_checkpoint(checkpoint_root) if resume else None
+    resume_dir = latest_checkpoint(checkpoint_root, log=log) if resume else None
     if resume and resume_dir is None:
         log(f"no checkpoint under {checkpoint_root}; starting from scratch")
     elif resume_dir is not None:
@@ -161,7 +176,7 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as directory:
-        saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+        saved = load_training_state(directory)
     log(f"training finished in {wall_seconds:.1f}s; best validation NDCG@10 "
         f"{saved['state']['best_ndcg']:.4f} at epoch {saved['state']['best_epoch']}")
     return export_model_dir(data, config, saved, out_dir,

@@ -17,12 +17,41 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
+from rayrec.errors import RayrecError
 from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.training.loop import StepProgress, next_item_metrics, train_one_epoch
 from rayrec.training.prepare import MIN_SEQUENCE, sequences_from_payload
 
 CHECKPOINT_FILE = "training_state.pt"
+#: What a complete checkpoint holds; anything less is a partial write.
+CHECKPOINT_KEYS = ("model", "optimizer", "state")
+
+
+class CheckpointError(RayrecError):
+    """A training checkpoint is missing, truncated, corrupt or incomplete; names its path."""
+
+
+def load_training_state(directory: str | Path) -> dict[str, Any]:
+    """The saved training state in checkpoint ``directory``, checked to be complete.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, cannot be unpickled
+    (truncated or corrupt) or lacks the model, optimizer or loop state.
+    """
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path}: file missing (an incomplete checkpoint directory)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "unusable"
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
+            "delete it to resume from an earlier checkpoint"
+        ) from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(saved, dict) or key not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
+    return saved
 
 
 class WorkerContext(Protocol):
@@ -90,7 +119,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     checkpoint = context.latest_checkpoint_dir()
     if checkpoint is not None:
         with checkpoint as directory:
-            saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+            saved = load_training_state(directory)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]

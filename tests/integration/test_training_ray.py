@@ -4,8 +4,10 @@ import json
 import os
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,20 +117,25 @@ def _free_port() -> int:
 def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
     ray_bin = Path(sys.executable).parent / "ray"
     port, dashboard_port = _free_port(), _free_port()
+    # Token auth is switched on by a ~/.ray/auth_token left on the machine; this throwaway
+    # loopback cluster runs without it, on both ends.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Ray's unix sockets live under the temp dir, and pytest's tmp_path is too long for them.
+    short_temp = tempfile.mkdtemp(prefix="rr-", dir="/tmp")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={tmp_path / 'ray'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={short_temp}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         address = f"http://127.0.0.1:{dashboard_port}"
         model_dir = tmp_path / "model"
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # the dashboard and its job agent take a while to come up
         while True:
             submitted = subprocess.run(
                 [str(ray_bin), "job", "submit", f"--address={address}", "--",
                  sys.executable, "-m", "rayrec", "train", "--interactions", str(synthetic_csv),
                  "--out", str(model_dir), "--epochs", "2", "--num-workers", "2"],
-                capture_output=True, text=True, timeout=600)
+                capture_output=True, text=True, timeout=600, env=env)
             if submitted.returncode == 0 or time.time() > deadline:
                 break
             time.sleep(3)  # the dashboard may still be starting
@@ -140,3 +147,4 @@ def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(short_temp, ignore_errors=True)

@@ -1,0 +1,45 @@
+# syntax=docker/dockerfile:1
+# The rayrec image: Ray, rayrec and every plugin under plugins/, for Ray head and worker
+# nodes alike (KubeRay pods, cluster-launcher VMs, or a single `docker run`).
+#
+#   docker build -t rayrec:0.1.0 .                                   # CPU
+#   docker build -t rayrec:0.1.0-gpu \
+#     --build-arg RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu \
+#     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .   # NVIDIA GPUs
+#
+# The base is Ray's own image, so every node runs the same Ray and Python (KubeRay's probes
+# and the cluster launcher expect its layout). deploy/kubernetes/*.yaml and deploy/cluster.yaml
+# refer to the tag rayrec:0.1.0: push it to a registry your cluster can pull from and change
+# the image there. tests/unit/test_deploy_manifests.py checks this file against the repository.
+ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-cpu
+FROM ${RAY_IMAGE}
+
+# torch comes from the PyTorch index first: from PyPI, pip would pull a CUDA build of several
+# GB even for CPU nodes. The range is pyproject.toml's.
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_REQUIREMENT="torch>=2.4,<2.14"
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
+
+WORKDIR /home/ray/rayrec
+RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_REQUIREMENT}"
+
+COPY --chown=ray:users pyproject.toml README.md ./
+COPY --chown=ray:users rayrec ./rayrec
+COPY --chown=ray:users plugins ./plugins
+COPY --chown=ray:users deploy ./deploy
+
+# One pip call, so each plugin's "rayrec" requirement resolves to this checkout; plugins/*/
+# takes every plugin package, present and future. The last two commands fail the build if
+# the package or a plugin cannot be imported.
+RUN pip install ".[redis]" plugins/*/ \
+ && rayrec plugins \
+ && python -c "import rayrec.serving.app, rayrec.training.trainer"
+
+# Ray Serve's HTTP proxy (the API and the demo page at /).
+EXPOSE 8000
+CMD ["rayrec", "--help"]

@@ -1,0 +1,307 @@
+"""The state-store contract, run against every built-in store: SQLite and Redis.
+
+Durability, idempotency, erasure, ordering, the catalogue and model generations must behave
+the same whichever store is configured. The Redis tests start their own ``redis-server``
+(AOF on, fsync on every write, no RDB snapshots) on a free port in a temporary directory and
+stop it by PID; they are skipped, with a message, when ``redis-server`` or the ``redis``
+client is not installed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from rayrec.components import FeedbackEvent
+from rayrec.state import open_state_store
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server process: durable (appendfsync always), started and stopped by PID."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert self.process.poll() is None, "redis-server exited at start"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+def _redis_usable() -> str | None:
+    if REDIS_SERVER is None:
+        return "redis-server is not installed (apt-get install redis-server)"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis client is not installed (pip install 'rayrec[redis]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    reason = _redis_usable()
+    if reason:
+        pytest.skip(reason)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    """A URL of an empty store of each kind (Redis: a fresh key prefix on the shared server)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    server = request.getfixturevalue("redis_server")
+    return f"{server.url}?prefix=test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def store(store_url):
+    s = open_state_store(store_url)
+    yield s
+    s.close()
+
+
+def ev(user, item, kind="click", event_id=None):
+    return FeedbackEvent(user_id=user, item_id=item, event_type=kind, event_id=event_id)
+
+
+def test_recent_events_are_oldest_first_and_bounded(store_url):
+    s = open_state_store(store_url, recent_limit=5)
+    for i in range(8):
+        s.append_events([ev("u", f"i{i}")])
+    state = s.user_state("u", limit=100)
+    assert [item for item, _ in state.recent] == ["i3", "i4", "i5", "i6", "i7"]
+    assert [item for item, _ in s.user_state("u", limit=2).recent] == ["i6", "i7"]
+    assert s.event_count("u") == 8  # the log keeps everything; only the recent state is bounded
+    assert s.user_state("nobody", limit=10).recent == []
+
+
+def test_resending_an_event_id_is_idempotent(store):
+    first = store.append_events([ev("u", "a", event_id="e1"), ev("u", "b", event_id="e2")])
+    again = store.append_events([ev("u", "a", event_id="e1"), ev("u", "c", event_id="e3")])
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (1, 1)
+    assert [i for i, _ in store.user_state("u", 10).recent] == ["a", "b", "c"]
+    # a duplicate inside one batch is also stored once; events without an id always append
+    store.append_events([ev("v", "x", event_id="d"), ev("v", "x", event_id="d"), ev("v", "y"), ev("v", "y")])
+    assert store.event_count("v") == 3
+    assert store.event_count() == 6
+
+
+def test_events_keep_their_fields(store):
+    event = FeedbackEvent(user_id="ü-1", item_id="i/1", event_type="rating", timestamp=1700000000.125, value=4.5,
+                          event_id="r-1")
+    store.append_events([event])
+    assert store.events("ü-1") == [event]
+
+
+def test_dislikes_are_remembered_beyond_the_recent_window(store_url):
+    s = open_state_store(store_url, recent_limit=2)
+    s.append_events([ev("u", "bad", "dislike")], dislike_types={"dislike"})
+    s.append_events([ev("u", f"i{i}") for i in range(5)], dislike_types={"dislike"})
+    state = s.user_state("u", 10)
+    assert state.disliked == {"bad"}
+    assert "bad" not in [i for i, _ in state.recent]
+
+
+def test_erase_user_deletes_events_and_records_the_erasure(store):
+    store.append_events([ev("u", "a", event_id="ua"), ev("u", "b", "dislike"), ev("other", "a")],
+                        dislike_types={"dislike"})
+    assert store.erase_user("u") == 2
+    state = store.user_state("u", 10)
+    assert state.recent == [] and state.disliked == set() and state.erased
+    assert store.event_count("u") == 0 and store.event_count("other") == 1 and store.event_count() == 1
+    assert store.events("u") == []
+    assert not store.user_state("other", 10).erased
+
+
+def test_catalog_versions_and_changes(store):
+    assert store.catalog_version() == 0
+    v1 = store.put_item("new", {"title": "New", "categories": ["Comedy"]})
+    v2 = store.delete_item("old")
+    v3 = store.put_item("new", {"title": "Newer"})
+    assert (v1, v2, v3) == (1, 2, 3) and store.catalog_version() == 3
+    changes = store.catalog_changes(0)
+    assert [(c.item_id, c.deleted, c.version) for c in changes] == [("old", True, 2), ("new", False, 3)]
+    assert changes[1].record == {"title": "Newer"}
+    assert store.catalog_changes(3) == []
+    assert [c.item_id for c in store.catalog_changes(2)] == ["new"]
+
+
+def test_model_generations(store):
+    assert store.model_generation() is None
+    first = store.ensure_model("/models/a")
+    assert store.ensure_model("/models/a") == first  # same dir on restart: no new generation
+    staged = store.stage_model("/models/b")
+    assert store.model_generation().generation == first.generation  # staged is not live
+    store.activate_model(staged)
+    assert store.model_generation().model_dir == "/models/b"
+    assert store.model_generation(first.generation).status == "retired"
+    bad = store.stage_model("/models/bad")
+    store.fail_model(bad)
+    assert store.model_generation(bad).status == "failed"
+    assert store.model_generation().generation == staged
+    assert store.model_generation(999) is None
+    with pytest.raises(KeyError):
+        store.activate_model(999)
+
+
+def _writer(url: str, worker: int, batches: int) -> None:
+    s = open_state_store(url)
+    for b in range(batches):
+        events = [ev(f"user{worker}", f"item{b}-{j}", event_id=f"w{worker}-b{b}-e{j}") for j in range(5)]
+        # every batch re-sends the previous batch's last event: idempotent under concurrency
+        if b:
+            events.append(ev(f"user{worker}", f"item{b - 1}-4", event_id=f"w{worker}-b{b - 1}-e4"))
+        s.append_events(events)
+    s.close()
+
+
+def test_concurrent_writers_from_several_processes_lose_nothing(store_url):
+    open_state_store(store_url).close()
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_writer, args=(store_url, w, 40)) for w in range(4)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    s = open_state_store(store_url)
+    assert s.event_count() == 4 * 40 * 5
+    for w in range(4):
+        recent = [item for item, _ in s.user_state(f"user{w}", 1000).recent]
+        assert recent == [f"item{b}-{j}" for b in range(40) for j in range(5)]
+
+
+_CRASHING_WRITER = textwrap.dedent(
+    """
+    import sys
+    from rayrec.components import FeedbackEvent
+    from rayrec.state import open_state_store
+    store = open_state_store(sys.argv[1])
+    i = 0
+    while True:
+        store.append_events([FeedbackEvent(user_id="u", item_id=f"i{i}", event_id=f"e{i}")])
+        print(f"e{i}", flush=True)  # acknowledged only after append_events returned
+        i += 1
+    """
+)
+
+
+def _acknowledged_by_killed_writer(url: str, count: int = 50, kill=None) -> list[str]:
+    """Run a writer that prints each acknowledged event id; SIGKILL it (or call ``kill``) after ``count``."""
+    proc = subprocess.Popen([sys.executable, "-c", _CRASHING_WRITER, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    acknowledged = []
+    try:
+        deadline = time.time() + 60
+        while len(acknowledged) < count and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acknowledged.append(line.strip())
+        if kill is not None:
+            kill()  # e.g. the store's server, while the writer is still writing
+            acknowledged += [line.strip() for line in proc.stdout if line.strip()]
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # no clean shutdown
+        proc.wait()
+    return acknowledged
+
+
+def test_acknowledged_events_survive_a_killed_writer(store_url):
+    acknowledged = _acknowledged_by_killed_writer(store_url)
+    assert len(acknowledged) == 50
+    logged = {e.event_id for e in open_state_store(store_url).events("u")}
+    assert set(acknowledged) <= logged
+
+
+def test_acknowledged_events_survive_a_killed_redis_server(tmp_path):
+    """kill -9 of redis-server itself mid-ingest: after a restart from the AOF, every event
+    the writer saw acknowledged is there."""
+    reason = _redis_usable()
+    if reason:
+        pytest.skip(reason)
+    server = RedisServer(tmp_path).start()
+    try:
+        acknowledged = _acknowledged_by_killed_writer(server.url, count=200, kill=lambda: server.stop(signal.SIGKILL))
+        assert len(acknowledged) >= 200
+        server.start()
+        store = open_state_store(server.url)
+        logged = {e.event_id for e in store.events("u")}
+        missing = set(acknowledged) - logged
+        assert not missing, f"{len(missing)} acknowledged events lost"
+        assert store.event_count() == len(logged)
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_both_stores_are_registered_as_components():
+    from rayrec import plugins
+
+    names = plugins.registry().names("state_store")
+    assert {"sqlite", "redis"} <= set(names)
+    assert plugins.registry().plugin_of("state_store", "redis") == "rayrec.builtin.state_stores"
+
+
+def test_redis_url_options_and_errors():
+    from rayrec.errors import ConfigError
+
+    pytest.importorskip("redis", reason="the redis client is not installed (pip install 'rayrec[redis]')")
+    port = free_port()  # nothing listens there
+    with pytest.raises(ConfigError, match="cannot reach Redis"):
+        open_state_store(f"redis://:secret@127.0.0.1:{port}/0")
+    try:
+        open_state_store(f"redis://:secret@127.0.0.1:{port}/0")
+    except ConfigError as exc:
+        assert "secret" not in str(exc)  # the password never appears in messages
