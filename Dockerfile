@@ -25,6 +25,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HUB_OFFLINE=1 \
     TRANSFORMERS_OFFLINE=1
 
+# Made by the image's unprivileged user (ray): pip builds the packages in place and writes
+# their metadata here, which a directory that WORKDIR created for root would refuse.
+RUN mkdir -p /home/ray/rayrec
 WORKDIR /home/ray/rayrec
 RUN pip install --index-url "${TORCH_INDEX_URL}" "${TORCH_REQUIREMENT}"
 
@@ -34,9 +37,10 @@ COPY --chown=ray:users plugins ./plugins
 COPY --chown=ray:users deploy ./deploy
 
 # One pip call, so each plugin's "rayrec" requirement resolves to this checkout; plugins/*/
-# takes every plugin package, present and future. The last two commands fail the build if
-# the package or a plugin cannot be imported.
-RUN pip install ".[redis]" plugins/*/ \
+# takes every plugin package, present and future. redis is the client of the Redis state
+# store that deploy/serve-cluster.yaml uses. The last two commands fail the build if the
+# package or a plugin cannot be imported.
+RUN pip install . "redis>=5" plugins/*/ \
  && rayrec plugins \
  && python -c "import rayrec.serving.app, rayrec.training.trainer"
 

@@ -223,7 +223,7 @@ def run_dataset(name: str, args, content_config: dict, log) -> dict:
     cold_records = [full.items.record(int(i)) for i in split.cold]
     with tempfile.TemporaryDirectory(prefix="rayrec-cold-start-") as model_dir:
         started = time.perf_counter()
-        train_prepared_in_process(warm_data, model_dir, config, holdout="last", log=log)
+        train_prepared_in_process(warm_data, model_dir, config, log=log)
         train_seconds = time.perf_counter() - started
         model = TrainedModel.load(model_dir)
         started = time.perf_counter()

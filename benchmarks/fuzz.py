@@ -34,12 +34,17 @@ def run_fuzz(base_url: str, headers: dict[str, str] | None = None, examples: int
     from hypothesis.errors import Unsatisfiable
     from schemathesis import GenerationMode
 
-    from schemathesis.checks import positive_data_acceptance
+    from schemathesis.config import SchemathesisConfig
+    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 
-    schema = schemathesis.openapi.from_url(base_url.rstrip("/") + "/openapi.json")
-    # Schema-valid requests may still be refused by configuration the schema cannot show
-    # (event types, filterable attributes, max_k, batch limits): a 4xx there is correct.
-    excluded = [positive_data_acceptance]
+    config = SchemathesisConfig.from_dict({"checks": {
+        # Schema-valid requests may still be refused by configuration the schema cannot show
+        # (event types, filterable attributes, max_k, batch limits): a 4xx there is correct.
+        "positive_data_acceptance": {"enabled": False},
+        # An invalid request may also be too large: 413 is a rejection too.
+        "negative_data_rejection": {"expected-statuses": [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]},
+    }})
+    schema = schemathesis.openapi.from_url(base_url.rstrip("/") + "/openapi.json", config=config)
     report: dict[str, Any] = {"operations": 0, "requests": 0, "server_errors": 0, "failures": 0,
                               "by_operation": {}, "examples": []}
     started = time.perf_counter()
@@ -57,8 +62,7 @@ def run_fuzz(base_url: str, headers: dict[str, str] | None = None, examples: int
             def exercise(case) -> None:
                 counts["requests"] += 1
                 try:
-                    response = case.call_and_validate(base_url=base_url, headers=headers, timeout=timeout_s,
-                                                      excluded_checks=excluded)
+                    response = case.call_and_validate(base_url=base_url, headers=headers, timeout=timeout_s)
                     status = response.status_code
                 except (Exception, BaseExceptionGroup) as exc:  # failed checks, transport errors: record, go on
                     status = getattr(getattr(exc, "response", None), "status_code", None)

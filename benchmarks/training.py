@@ -53,7 +53,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as checkpoints:
         context = LocalContext(Path(checkpoints))
         started = time.perf_counter()
-        run_worker(loop_config_for(config, "last", threads), data.to_payload(), context, log=lambda line: None)
+        run_worker(loop_config_for(config, threads), data.to_payload(), context, log=lambda line: None)
         plain_seconds = time.perf_counter() - started
     plain = median_throughput(context.reports)
 

@@ -13,12 +13,16 @@ TABLE_METRICS = ("HR@10", "NDCG@10", "MRR@10", "Recall@10", "HR@20", "NDCG@20", 
 
 
 def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines: bool = True,
-                           log=click.echo) -> dict[str, dict[str, float]]:
+                           log=click.echo, save_model: str | None = None) -> dict[str, dict[str, float]]:
     """Train on all but each user's last two items (second to last = validation, for early
     stopping and baseline tuning), then rank all items for the last one, history masked.
 
-    Returns ``{model name: metrics}``; item indices in the protocol are 0-based.
+    The model is trained exactly as ``rayrec train`` would be on the data without each user's
+    last item, so ``save_model`` keeps a directory whose ``rayrec recommend`` output scores
+    the same as reported here. Returns ``{method name: metrics}``.
     """
+    import dataclasses
+
     from rayrec.evaluation.baselines import ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
     from rayrec.evaluation.protocol import evaluate_ranking
     from rayrec.models.trained import TrainedModel
@@ -30,16 +34,18 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
     history0 = [np.concatenate([t, [v]]) if v >= 0 else t for t, v in zip(train0, validation0)]
     num_items = data.num_items
     results: dict[str, dict[str, float]] = {}
+    without_test = dataclasses.replace(data, sequences=[h + 1 for h in history0])
 
-    with tempfile.TemporaryDirectory(prefix="rayrec-evaluate-") as model_dir:
+    with tempfile.TemporaryDirectory(prefix="rayrec-evaluate-") as scratch:
+        model_dir = save_model or scratch
         if in_process:
             from rayrec.training.local import train_prepared_in_process
 
-            train_prepared_in_process(data, model_dir, config, holdout="last_two", log=log)
+            train_prepared_in_process(without_test, model_dir, config, log=log)
         else:
             from rayrec.training.trainer import train_distributed
 
-            train_distributed(data, model_dir, config, holdout="last_two", log=log)
+            train_distributed(without_test, model_dir, config, log=log)
         model = TrainedModel.load(model_dir)
 
         def model_scores(user_indices: np.ndarray) -> np.ndarray:
@@ -72,8 +78,10 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
 @click.option("--in-process", is_flag=True, help="Train in this process without Ray.")
 @click.option("--no-baselines", is_flag=True, help="Skip the popularity, EASE and item-kNN baselines.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--save-model", type=click.Path(file_okay=False), default=None,
+              help="Keep the evaluated model here (trained without each user's last item).")
 def evaluate(interactions, items, users, config_path, user_encoder, epochs, num_workers, in_process, no_baselines,
-             as_json):
+             as_json, save_model):
     """Leave-one-out evaluation (last = test, second to last = validation, full ranking)."""
     from rayrec.cli.train_cmd import load_training_data
     from rayrec.evaluation.protocol import format_table
@@ -83,7 +91,8 @@ def evaluate(interactions, items, users, config_path, user_encoder, epochs, num_
                                                "num_workers": num_workers})
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     data = load_training_data(interactions, items, users, config, echo=log)
-    results = evaluate_leave_one_out(data, config, in_process=in_process, baselines=not no_baselines, log=log)
+    results = evaluate_leave_one_out(data, config, in_process=in_process, baselines=not no_baselines, log=log,
+                                     save_model=save_model)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:

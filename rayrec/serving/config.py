@@ -57,10 +57,17 @@ class StageOptions(BaseModel):
         "503 and Retry-After (backpressure) instead of timing out; -1: no limit.",
     )
 
+    health_check_period_s: float = Field(
+        2.0,
+        gt=0,
+        description="How often Serve checks each replica; a killed replica is noticed (and replaced) within this.",
+    )
+
     def deployment_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
+            "health_check_period_s": self.health_check_period_s,
         }
         if self.autoscaling:
             options["autoscaling_config"] = dict(self.autoscaling)

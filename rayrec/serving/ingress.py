@@ -167,6 +167,11 @@ async def _replica_lost(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # Unknown paths (404) and methods (405) get the same body shape as every other error.
     message = str(exc.detail)
+    if exc.status_code == 400:  # FastAPI: a body that is not even text (undecodable bytes)
+        message = f"cannot parse the body as JSON ({message})"
+        return ErrorJSONResponse(
+            status_code=422, content={"message": f"body: {message}", "detail": [{"loc": ["body"], "msg": message, "type": "json_invalid"}]}
+        )
     return ErrorJSONResponse(
         status_code=exc.status_code,
         content={"message": f"{request.url.path}: {message}", "detail": [{"loc": ["path"], "msg": message, "type": "http"}]},

@@ -19,11 +19,10 @@ from rayrec.training.prepare import PreparedData
 MODEL_FORMAT = 1
 
 
-def loop_config_for(config: TrainConfig, holdout: str, threads: int) -> dict[str, Any]:
+def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
     """The plain-dict config every worker receives."""
     return {
         "model": config.model.model_dump(),
-        "holdout": holdout,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "learning_rate": config.learning_rate,

@@ -49,12 +49,12 @@ class LocalContext:
 
 
 def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: TrainConfig,
-                              holdout: str = "last", log: Callable[[str], None] = print) -> Path:
+                              log: Callable[[str], None] = print) -> Path:
     """Train on already-prepared data in this process and write the model directory."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="rayrec-checkpoints-") as checkpoints:
         context = LocalContext(Path(checkpoints))
-        loop_config = loop_config_for(config, holdout, threads=max(1, torch.get_num_threads()))
+        loop_config = loop_config_for(config, threads=max(1, torch.get_num_threads()))
         run_worker(loop_config, data.to_payload(), context, log=log)
         with context.latest_checkpoint_dir() as directory:
             saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)

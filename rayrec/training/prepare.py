@@ -38,18 +38,6 @@ class PreparedData:
     def num_interactions(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
-    def hold_out_last(self) -> tuple[list[np.ndarray], np.ndarray]:
-        """(train sequences, validation targets): each user's last item is the validation target
-        (users with fewer than 2 items keep everything and get target 0 = none)."""
-        train, targets = [], np.zeros(len(self.sequences), dtype=np.int64)
-        for user, sequence in enumerate(self.sequences):
-            if len(sequence) >= MIN_SEQUENCE:
-                train.append(sequence[:-1])
-                targets[user] = sequence[-1]
-            else:
-                train.append(sequence)
-        return train, targets
-
     def leave_one_out(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
         """(train sequences, validation targets, test targets), the last two items held out for
         users with at least 3 items (others: train only, targets 0)."""

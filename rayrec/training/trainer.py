@@ -128,7 +128,7 @@ def ensure_ray(num_cpus_needed: float) -> None:
                  include_dashboard=False, log_to_driver=True)
 
 
-def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConfig, *, holdout: str = "last",
+def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConfig, *,
                       resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train with ``config.num_workers`` Ray Train workers and write the model directory."""
     import ray
@@ -146,7 +146,7 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     run_name = f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
     threads = max(1, int(config.cpus_per_worker))
     ensure_ray(config.num_workers * config.cpus_per_worker)
-    loop_config = loop_config_for(config, holdout, threads)
+    loop_config = loop_config_for(config, threads)
     loop_config.update(
         payload_ref=ray.put(data.to_payload()),
         resume_dir=None if resume_dir is None else str(resume_dir),

@@ -67,20 +67,16 @@ class WorkerContext(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
 
-def _split(sequences: list[np.ndarray], holdout: str) -> tuple[list[np.ndarray], np.ndarray]:
-    """Training sequences and validation targets (0 = none) for ``holdout``.
-
-    "last": the last item of each user is the validation target (``rayrec train``).
-    "last_two": the second to last is validation and the last is never seen (``rayrec evaluate``).
-    """
-    cut = 1 if holdout == "last" else 2
+def _hold_out_last(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Training sequences and validation targets: each user's last item is held out for
+    validation (target 0 = none, for users with a single item)."""
     train, targets = [], np.zeros(len(sequences), dtype=np.int64)
     for user, sequence in enumerate(sequences):
-        if len(sequence) >= cut + 1:
-            train.append(sequence[: len(sequence) - cut])
-            targets[user] = sequence[len(sequence) - cut]
+        if len(sequence) >= MIN_SEQUENCE:
+            train.append(sequence[:-1])
+            targets[user] = sequence[-1]
         else:
-            train.append(sequence if holdout == "last" else sequence[: max(0, len(sequence) - 1)])
+            train.append(sequence)
     return train, targets
 
 
@@ -97,9 +93,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     seed = int(loop_config["seed"])
     model_config = ModelConfig(**loop_config["model"])
-    holdout = loop_config["holdout"]
     sequences = sequences_from_payload(payload)
-    train_sequences, validation_targets = _split(sequences, holdout)
+    train_sequences, validation_targets = _hold_out_last(sequences)
 
     torch.manual_seed(seed)
     model = build_two_tower(

@@ -189,7 +189,7 @@ def test_liking_an_item_changes_the_list_in_the_browser(server, page):
     assert after != before and liked not in after  # a liked item is seen, so it leaves the list
     assert len(after) == 10
     assert records[liked]["title"] in page.locator("#events").text_content()
-    calls = page.locator("#calls li").evaluate_all("nodes => nodes.map(n => n.children[0].textContent + ' ' + n.children[1].textContent)")
+    calls = page.locator("#calls li").evaluate_all("ns => ns.map(n => [...n.children].map(c => c.textContent).join(' '))")
     assert any(line.startswith("POST /feedback 200 · ") for line in calls), calls
     assert sum(line.startswith("POST /recommend 200 · ") for line in calls) == 2, calls
     assert "changed" in page.locator("#message").text_content()

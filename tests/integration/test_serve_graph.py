@@ -268,7 +268,8 @@ def test_erased_user_gets_non_personal_results(server):
         ("get", "/similar-items/i001?k=abc", None, 422, "k"),
         ("put", "/items/x1", {"title": "t", "categories": "Drama"}, 422, "categories"),
         ("delete", "/items/no-such-item", None, 404, "item_id"),
-        ("post", "/admin/reload", {"model_dir": "/no/such/model"}, 422, "model_dir"),
+        ("post", "/admin/reload", {"model_dir": "/no/such/model"}, 403, "model_dir"),  # outside the model roots
+        ("post", "/admin/reload", {"model_dir": "relative/model"}, 422, "model_dir"),
         ("post", "/admin/reload", {}, 422, "model_dir"),
     ],
 )

@@ -301,7 +301,8 @@ def test_pods_use_the_project_image_volumes_that_exist_and_sane_resources():
 def test_ray_clusters_match_the_image_and_start_params_fit_the_pods():
     from_image = dockerfile_args()["RAY_IMAGE"]
     image_ray_version = re.search(r":(\d+\.\d+\.\d+)-", from_image).group(1)
-    for obj, cluster in [(rayservice(), rayservice()["spec"]["rayClusterConfig"]), (rayjob(), rayjob()["spec"]["rayClusterSpec"])]:
+    clusters = [(rayservice(), rayservice()["spec"]["rayClusterConfig"]), (rayjob(), rayjob()["spec"]["rayClusterSpec"])]
+    for obj, cluster in clusters:
         where = f"{obj['kind']}/{obj['metadata']['name']}"
         assert cluster["rayVersion"] == image_ray_version, f"{where}: rayVersion differs from the Dockerfile's base image"
         for group, container in ray_groups(cluster):
@@ -325,10 +326,13 @@ def test_the_serving_workers_hold_every_replica_from_the_least_to_the_most():
     args, _, workers = serving_cluster()
     least = most = 0.0
     for _, stage in args.stages:
-        low, high = (stage.autoscaling["min_replicas"], stage.autoscaling["max_replicas"]) if stage.autoscaling else (stage.num_replicas,) * 2
-        least += low * stage.num_cpus
-        most += high * stage.num_cpus
-    cpus = lambda count: sum(group[count] * float(group["rayStartParams"]["num-cpus"]) for group in workers)  # noqa: E731
+        scaling = stage.autoscaling or {"min_replicas": stage.num_replicas, "max_replicas": stage.num_replicas}
+        least += scaling["min_replicas"] * stage.num_cpus
+        most += scaling["max_replicas"] * stage.num_cpus
+
+    def cpus(count: str) -> float:
+        return sum(group[count] * float(group["rayStartParams"]["num-cpus"]) for group in workers)
+
     assert least <= cpus("minReplicas"), f"the smallest graph needs {least} CPUs"
     assert most <= cpus("maxReplicas"), f"the largest graph needs {most} CPUs: raise maxReplicas or lower max_replicas"
     assert rayservice()["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
@@ -364,7 +368,7 @@ def test_the_training_job_writes_the_served_model_and_has_the_cpus_it_asks_for()
         assert any(PurePosixPath(path).is_relative_to(m) for m in mounts), f"{path} is not on the shared volume"
     needed = train.params["num_workers"] * TrainConfig().cpus_per_worker
     available = sum(g["minReplicas"] * float(g["rayStartParams"]["num-cpus"]) for g in cluster["workerGroupSpecs"])
-    assert needed <= available, f"{train.params['num_workers']} Ray Train workers need {needed} CPUs; the workers have {available}"
+    assert needed <= available, f"{train.params['num_workers']} Ray Train workers need {needed} CPUs; there are {available}"
     assert train.params["resume"], "a retried job (backoffLimit) should resume from the last checkpoint"
 
 
@@ -420,10 +424,11 @@ def dockerignored(path: str) -> bool:
     parts = PurePosixPath(path).parts
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for pattern in patterns:
-        bare = pattern.removeprefix("**/")
         for prefix in prefixes:
-            if fnmatch.fnmatch(prefix, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(PurePosixPath(prefix).name, bare)):
+            if fnmatch.fnmatch(prefix, pattern):
                 return True
+            if pattern.startswith("**/") and fnmatch.fnmatch(PurePosixPath(prefix).name, pattern.removeprefix("**/")):
+                return True  # **/name: at any depth
     return False
 
 
@@ -451,16 +456,48 @@ def test_the_dockerfile_copies_what_the_install_needs_and_nothing_that_is_ignore
     assert dockerignored(".venv") and dockerignored(".git")
 
 
+def dockerfile_pip_installs() -> list[list[str]]:
+    """The arguments of each ``pip install`` in a RUN instruction, up to the next ``&&``."""
+    installs = []
+    for instruction, rest in dockerfile_instructions():
+        if instruction != "RUN":
+            continue
+        words = shlex.split(rest)
+        for i in range(len(words) - 1):
+            if words[i : i + 2] == ["pip", "install"]:
+                args = []
+                for word in words[i + 2 :]:
+                    if word in SHELL_OPERATORS:
+                        break
+                    args.append(word)
+                installs.append(args)
+    return installs
+
+
 def test_the_dockerfile_installs_the_project_its_extras_and_every_plugin():
-    runs = " ".join(rest for instruction, rest in dockerfile_instructions() if instruction == "RUN")
-    install = re.search(r"pip install (\.\S*) (\S+)", runs.replace('"', ""))
-    project, plugins_glob = install.group(1), install.group(2)
-    extras = re.fullmatch(r"\.\[([\w,]+)\]", project).group(1).split(",")
+    [project_install] = [args for args in dockerfile_pip_installs() if any(a == "." or a.startswith(".[") for a in args)]
+    [project] = [a for a in project_install if a == "." or a.startswith(".[")]
+    named = re.fullmatch(r"\.(?:\[([\w,]+)\])?", project).group(1)
+    extras = named.split(",") if named else []
     for extra in extras:
         assert extra in PYPROJECT["project"]["optional-dependencies"], f"pyproject.toml has no extra [{extra}]"
+    [plugins_glob] = [a for a in project_install if a.startswith("plugins/")]
     plugins = {p.parent for p in REPO.glob("plugins/*/pyproject.toml")}
     assert plugins and plugins == {p.parent for p in REPO.glob(plugins_glob.rstrip("/") + "/pyproject.toml")}
+    # The cluster config's state store needs its client library in the image.
+    requirements = {Requirement(a).name for a in project_install if a != project and a != plugins_glob}
+    for extra in extras:
+        requirements |= {Requirement(r).name for r in PYPROJECT["project"]["optional-dependencies"][extra]}
+    state = AppArgs(**serve_configs()["serve-cluster.yaml"]["applications"][0]["args"]).state
+    if state.startswith(("redis://", "rediss://")):
+        assert "redis" in requirements, "the image lacks the redis client that the Redis state store imports"
+    runs = " ".join(rest for instruction, rest in dockerfile_instructions() if instruction == "RUN")
     assert "rayrec plugins" in runs  # the build fails if a plugin cannot load
+    # pip builds in the work directory as the image's user (ray): it must not be root's.
+    instructions = dockerfile_instructions()
+    [workdir] = [i for i, (instruction, _) in enumerate(instructions) if instruction == "WORKDIR"]
+    assert ("RUN", f"mkdir -p {instructions[workdir][1]}") in instructions[:workdir]
+    assert all(instruction != "USER" for instruction, _ in instructions)
 
 
 def test_the_dockerfile_base_image_and_torch_match_pyproject():
