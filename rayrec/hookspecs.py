@@ -79,4 +79,4 @@ def feedback_ingested(events: list[FeedbackEvent]) -> None:
 
 @hookspec
 def training_epoch_end(epoch: int, metrics: dict[str, Any]) -> None:
-    """Called on the training driver's first worker after each epoch with its metrics."""
+    """Called on the first training worker after each validated epoch (every ``eval_every``) with its metrics."""

@@ -42,10 +42,12 @@ def _training_curve(history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     epochs = [h["epoch"] for h in history]
+    validated = [h for h in history if h.get("val_ndcg@10") is not None]
     figure, (loss_axis, ndcg_axis) = plt.subplots(1, 2, figsize=(9, 3.5))
     loss_axis.plot(epochs, [h["loss"] for h in history], marker="o")
     loss_axis.set(xlabel="epoch", ylabel="training loss", title="Loss")
-    ndcg_axis.plot(epochs, [h["val_ndcg@10"] for h in history], marker="o", color="tab:green")
+    ndcg_axis.plot([h["epoch"] for h in validated], [h["val_ndcg@10"] for h in validated], marker="o",
+                   color="tab:green")
     ndcg_axis.set(xlabel="epoch", ylabel="validation NDCG@10", title="Validation NDCG@10")
     figure.tight_layout()
     figure.savefig(path, dpi=100)

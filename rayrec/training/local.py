@@ -14,7 +14,7 @@ from rayrec.schema import Dataset
 from rayrec.training.config import TrainConfig
 from rayrec.training.export import export_model_dir, loop_config_for
 from rayrec.training.prepare import PreparedData, prepare
-from rayrec.training.worker import CHECKPOINT_FILE, run_worker
+from rayrec.training.worker import CHECKPOINT_FILE, load_training_state, run_worker
 
 
 class LocalContext:
@@ -22,6 +22,7 @@ class LocalContext:
 
     rank = 0
     world_size = 1
+    device = torch.device("cpu")
 
     def __init__(self, checkpoint_root: Path) -> None:
         self.checkpoint_root = checkpoint_root
@@ -57,7 +58,7 @@ def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: T
         loop_config = loop_config_for(config, threads=max(1, torch.get_num_threads()))
         run_worker(loop_config, data.to_payload(), context, log=log)
         with context.latest_checkpoint_dir() as directory:
-            saved = torch.load(Path(directory) / CHECKPOINT_FILE, weights_only=False)
+            saved = load_training_state(directory)
     return export_model_dir(data, config, saved, out_dir)
 
 

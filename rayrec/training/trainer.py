@@ -27,6 +27,10 @@ class RayWorkerContext:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        import ray.train.torch
+
+        # cuda:<local rank> under use_gpu, else the CPU.
+        self.device = ray.train.torch.get_device()
         self._resume_dir = resume_dir
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
@@ -35,9 +39,9 @@ class RayWorkerContext:
         import torch
         import torch.distributed as dist
 
-        tensor = torch.tensor(values, dtype=torch.float64)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
-        return tensor.tolist()
+        return tensor.cpu().tolist()
 
     def all_reduce_gradients(self, model) -> None:
         """Average gradients over workers in one flat all-reduce (cheaper than one per tensor)."""

@@ -7,7 +7,6 @@ place that knows about Ray.
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
@@ -57,6 +56,7 @@ def load_training_state(directory: str | Path) -> dict[str, Any]:
 class WorkerContext(Protocol):
     rank: int
     world_size: int
+    device: torch.device  # where this worker's model and batches live
 
     def all_reduce_sum(self, values: list[float]) -> list[float]: ...
 
@@ -89,8 +89,9 @@ def _format_duration(seconds: float) -> str:
 
 def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: WorkerContext,
                log: Callable[[str], None] = print) -> None:
-    """Train, validate every ``eval_every`` epochs, checkpoint and stop early; resumable."""
+    """Train, checkpoint every epoch, validate every ``eval_every`` epochs and stop early; resumable."""
     torch.set_num_threads(max(1, int(loop_config["threads"])))
+    device = context.device
     seed = int(loop_config["seed"])
     model_config = ModelConfig(**loop_config["model"])
     sequences = sequences_from_payload(payload)
@@ -101,13 +102,13 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         model_config,
         payload["num_items"],
         ItemInputs(payload["category_ids"], payload["num_categories"], payload["content"]),
-    )
+    ).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"],
                                   weight_decay=loop_config["weight_decay"])
     loss_kind = model_config.resolved_loss(payload["num_items"])
     counts = np.bincount(np.concatenate(train_sequences) if train_sequences else np.zeros(0, np.int64),
                          minlength=payload["num_items"] + 1).astype(np.float64)
-    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1.0, counts.sum()))).float()
+    log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1.0, counts.sum()))).float().to(device)
 
     state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "evaluations_without_gain": 0,
                              "history": [], "best_model": None}
@@ -115,7 +116,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     if checkpoint is not None:
         with checkpoint as directory:
             saved = load_training_state(directory)
-        model.load_state_dict(saved["model"])
+        model.load_state_dict({k: v.to(device) for k, v in saved["model"].items()})
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         if context.rank == 0:
@@ -146,7 +147,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
             rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=on_step,
-            num_steps=steps_per_epoch,
+            num_steps=steps_per_epoch, device=device,
             after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
         )
         epoch_seconds = time.perf_counter() - epoch_started
@@ -154,41 +155,43 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         loss_sum, positions_sum = context.all_reduce_sum([loss * positions, float(positions)])
         state["epoch"] = epoch + 1
         is_last = epoch + 1 == epochs
-        if (epoch + 1) % eval_every and not is_last:
-            continue
-        sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
-                                 validation_targets[validation_users], model_config.max_len)
-        ndcg_sum, hit_sum, count = context.all_reduce_sum([sums["ndcg_sum"], sums["hit_sum"], float(sums["count"])])
-        ndcg = ndcg_sum / max(1.0, count)
-        hit_rate = hit_sum / max(1.0, count)
-        improved = ndcg > state["best_ndcg"]
-        if improved:
-            state.update(best_ndcg=ndcg, best_epoch=epoch + 1, evaluations_without_gain=0,
-                         best_model=copy.deepcopy(model.state_dict()))
-        else:
-            state["evaluations_without_gain"] += 1
-        samples_per_second = positions_sum / max(1e-9, epoch_seconds)
         metrics = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(1.0, positions_sum),
-            "val_ndcg@10": ndcg,
-            "val_hr@10": hit_rate,
-            "best_val_ndcg@10": state["best_ndcg"],
-            "best_epoch": state["best_epoch"],
-            "samples_per_second": samples_per_second,
+            "val_ndcg@10": None,
+            "val_hr@10": None,
+            "samples_per_second": positions_sum / max(1e-9, epoch_seconds),
             "epoch_seconds": epoch_seconds,
         }
+        validated = (epoch + 1) % eval_every == 0 or is_last
+        if validated:
+            sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
+                                     validation_targets[validation_users], model_config.max_len, device=device)
+            ndcg_sum, hit_sum, count = context.all_reduce_sum([sums["ndcg_sum"], sums["hit_sum"], float(sums["count"])])
+            metrics["val_ndcg@10"] = ndcg_sum / max(1.0, count)
+            metrics["val_hr@10"] = hit_sum / max(1.0, count)
+            if metrics["val_ndcg@10"] > state["best_ndcg"]:
+                state.update(best_ndcg=metrics["val_ndcg@10"], best_epoch=epoch + 1, evaluations_without_gain=0,
+                             best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+            else:
+                state["evaluations_without_gain"] += 1
+        metrics["best_val_ndcg@10"] = state["best_ndcg"]
+        metrics["best_epoch"] = state["best_epoch"]
         state["history"].append(metrics)
         stop = state["evaluations_without_gain"] >= int(loop_config["patience"]) or is_last
         if context.rank == 0:
-            from rayrec.plugins import load_plugins
-
-            load_plugins().hook.training_epoch_end(epoch=epoch + 1, metrics=dict(metrics))
             elapsed = time.perf_counter() - run_started
             eta = elapsed / epochs_this_run * (epochs - epoch - 1)
-            log(f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f} val NDCG@10 {ndcg:.4f} HR@10 {hit_rate:.4f} "
-                f"(best {state['best_ndcg']:.4f} @ {state['best_epoch']}) {samples_per_second:,.0f} samples/s "
+            validation = (f" val NDCG@10 {metrics['val_ndcg@10']:.4f} HR@10 {metrics['val_hr@10']:.4f}"
+                          f" (best {state['best_ndcg']:.4f} @ {state['best_epoch']})") if validated else ""
+            log(f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f}{validation} "
+                f"{metrics['samples_per_second']:,.0f} samples/s "
                 f"ETA {'early stop' if stop and not is_last else _format_duration(eta)}")
+            if validated:
+                from rayrec.plugins import load_plugins
+
+                load_plugins().hook.training_epoch_end(epoch=epoch + 1, metrics=dict(metrics))
+        # Every epoch is checkpointed, so a failure loses at most one epoch of work.
         with tempfile.TemporaryDirectory() as directory:
             checkpoint_dir = None
             if context.rank == 0:

@@ -41,7 +41,8 @@ def test_model_directory_round_trip_and_recommendations_exclude_history(tmp_path
     for name in ("config.json", "weights.pt", "item_embeddings.npy", "metrics.json", "training_curve.png"):
         assert (out / name).exists(), name
     metrics = json.loads((out / "metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == [2, 4]
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3, 4]  # a checkpoint every epoch
+    assert [h["epoch"] for h in metrics["history"] if h["val_ndcg@10"] is not None] == [2, 4]
 
     model = TrainedModel.load(out)
     assert len(model.item_ids) == len(set(dataset.interactions.item_id))
