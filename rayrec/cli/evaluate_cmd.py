@@ -49,7 +49,7 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
         model = TrainedModel.load(model_dir)
 
         def model_scores(user_indices: np.ndarray) -> np.ndarray:
-            vectors, _ = model.encode_histories([history0[u] for u in user_indices])
+            vectors, _ = model.encode_histories([history0[u] for u in user_indices], user_indices)
             return vectors @ model.item_embeddings.T
 
         name = f"rayrec ({config.model.user_encoder})"

@@ -36,6 +36,7 @@ class TrainedModel:
         self.max_len = int(config["train_config"]["model"]["max_len"])
         self.max_history = self.max_len
         self._category_index = {name: i + 1 for i, name in enumerate(config.get("category_vocab", []))}
+        self.user_features: np.ndarray | None = None  # (U, F) codes when trained with user features
 
     @property
     def item_ids(self) -> list[str]:
@@ -80,6 +81,7 @@ class TrainedModel:
         network = build_two_tower(
             train_config.model, num_items,
             ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content")),
+            num_user_feature_values=len(config.get("user_feature_vocab", [])),
         )
         try:
             network.load_state_dict(weights)
@@ -87,11 +89,16 @@ class TrainedModel:
             raise ModelError(f"{model_dir}: weights.pt does not match config.json ({exc})") from None
         network.eval()
         histories = np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1]) if len(lengths) else []
+        user_features = None
+        if network.user_feature_embedding is not None and (model_dir / "user_features.npy").exists():
+            user_features = np.load(model_dir / "user_features.npy")
         items = None
         if (model_dir / "items.jsonl").exists():
             items = [json.loads(line) for line in (model_dir / "items.jsonl").read_text().splitlines() if line]
-        return cls(model_dir, config, network, user_vocab, item_vocab, item_embeddings, item_popularity,
-                   histories, items)
+        model = cls(model_dir, config, network, user_vocab, item_vocab, item_embeddings, item_popularity,
+                    histories, items)
+        model.user_features = user_features
+        return model
 
     # -- the RecommenderModel protocol -------------------------------------------------------
     def training_history(self, user_id: str) -> list[str]:
@@ -102,18 +109,28 @@ class TrainedModel:
         return self._histories[user_index]
 
     @torch.no_grad()
-    def encode_histories(self, histories: Sequence[Sequence[int]]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def encode_histories(self, histories: Sequence[Sequence[int]], user_indices: Sequence[int | None] | None = None
+                         ) -> tuple[np.ndarray, list[np.ndarray]]:
         """(B, D) user vectors and per-user attribution over the last ``max_len`` positions.
 
         ``histories`` hold 0-based item indices, oldest first. The returned attribution for a
-        user has one weight per item of its (truncated) history, oldest first.
+        user has one weight per item of its (truncated) history, oldest first. ``user_indices``
+        (training users, None for others) select user features for models trained with them.
         """
         from rayrec.training.batches import left_pad
 
         clipped = [np.asarray(h, dtype=np.int64)[-self.max_len:] + 1 for h in histories]
         length = max(1, max((len(h) for h in clipped), default=1))
         sequences = torch.from_numpy(left_pad(clipped, length))
-        vectors = self.network.user_vectors(sequences).numpy().astype(np.float32)
+        features = None
+        if self.user_features is not None:
+            rows = list(user_indices) if user_indices is not None else [None] * len(clipped)
+            features = np.zeros((len(clipped), self.user_features.shape[1]), dtype=np.int64)
+            for row, user_index in enumerate(rows):
+                if user_index is not None:
+                    features[row] = self.user_features[user_index]
+            features = torch.from_numpy(features)
+        vectors = self.network.user_vectors(sequences, features).numpy().astype(np.float32)
         weights = self.network.attribution(sequences).numpy()
         attributions = [weights[row, length - len(h):] if len(h) else np.zeros(0, np.float32)
                         for row, h in enumerate(clipped)]
@@ -169,7 +186,7 @@ class TrainedModel:
         for start in range(0, len(user_indices), batch_size):
             rows = list(user_indices[start: start + batch_size])
             histories = [self._histories[u] for u in rows]
-            vectors, _ = self.encode_histories(histories)
+            vectors, _ = self.encode_histories(histories, rows)
             scores = vectors @ self.item_embeddings.T
             mask_history(scores, histories)
             best = top_k(scores, k)

@@ -61,7 +61,8 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     out_dir.mkdir(parents=True, exist_ok=True)
     state = saved["state"]
     weights = state["best_model"] if state.get("best_model") is not None else saved["model"]
-    model = build_two_tower(config.model, data.num_items, data.item_inputs)
+    model = build_two_tower(config.model, data.num_items, data.item_inputs,
+                            num_user_feature_values=len(data.user_feature_vocab))
     model.load_state_dict(weights)
     model.eval()
     with torch.no_grad():
@@ -79,6 +80,8 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     arrays = {k: v for k, v in {"category_ids": inputs.category_ids, "content": inputs.content}.items() if v is not None}
     if arrays:
         np.savez_compressed(out_dir / "item_features.npz", **arrays)
+    if data.user_features is not None:
+        np.save(out_dir / "user_features.npy", data.user_features)
     if data.items is not None:
         with open(out_dir / "items.jsonl", "w") as handle:
             for record in data.items.records():
@@ -95,6 +98,7 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
         "dim": int(item_embeddings.shape[1]),
         "category_vocab": data.category_vocab,
         "num_categories": inputs.num_categories,
+        "user_feature_vocab": data.user_feature_vocab,
         "content_dim": None if inputs.content is None else int(inputs.content.shape[1]),
         "dataset": data.name,
     }, indent=2))

@@ -44,6 +44,7 @@ def train_one_epoch(
     num_steps: int | None = None,
     after_backward: Callable[[], None] | None = None,
     device: torch.device | str = "cpu",
+    user_features: np.ndarray | None = None,
 ) -> tuple[float, int]:
     """One pass over ``users`` (this worker's shard) in shuffled batches.
 
@@ -66,7 +67,8 @@ def train_one_epoch(
         inputs, labels = next_item_batch([sequences[u] for u in batch_users], max_len, rng, crop_probability)
         inputs_t = torch.from_numpy(inputs).to(device)
         labels_t = torch.from_numpy(labels).to(device)
-        outputs = model.sequence_outputs(inputs_t)  # (B, L, D)
+        features_t = None if user_features is None else torch.from_numpy(user_features[batch_users]).to(device)
+        outputs = model.sequence_outputs(inputs_t, features_t)  # (B, L, D)
         supervised = labels_t > 0
         flat_outputs = outputs[supervised]
         flat_labels = labels_t[supervised]
@@ -94,22 +96,24 @@ def train_one_epoch(
 
 @torch.no_grad()
 def score_histories(model: TwoTowerModel, histories: list[np.ndarray], max_len: int,
-                    item_table: torch.Tensor | None = None, device: torch.device | str = "cpu") -> np.ndarray:
+                    item_table: torch.Tensor | None = None, device: torch.device | str = "cpu",
+                    user_features: np.ndarray | None = None) -> np.ndarray:
     """Scores of every item for each history: -> (B, N) float32 (vocabulary order, no padding).
 
-    ``histories`` hold 1-based item indices, oldest first.
+    ``histories`` hold 1-based item indices, oldest first; ``user_features``: (B, F) codes or None.
     """
     model.eval()
     table = model.item_table() if item_table is None else item_table
     sequences = torch.from_numpy(left_pad(histories, max_len)).to(device)
-    users = model.user_vectors(sequences)
+    features = None if user_features is None else torch.from_numpy(user_features).to(device)
+    users = model.user_vectors(sequences, features)
     return (users @ table[1:].T).cpu().numpy()
 
 
 @torch.no_grad()
 def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets: np.ndarray,
                       max_len: int, k: int = 10, batch_size: int = 256,
-                      device: torch.device | str = "cpu") -> dict[str, float]:
+                      device: torch.device | str = "cpu", user_features: np.ndarray | None = None) -> dict[str, float]:
     """Sums of NDCG@k and HR@k over users with a target (>= 1, 1-based), history masked.
 
     Returns sums and the count (not means) so data-parallel workers can add them up.
@@ -121,7 +125,8 @@ def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets
     for start in range(0, len(valid), batch_size):
         rows = valid[start: start + batch_size]
         batch_histories = [histories[r] for r in rows]
-        scores = score_histories(model, batch_histories, max_len, table, device)
+        features = None if user_features is None else user_features[rows]
+        scores = score_histories(model, batch_histories, max_len, table, device, features)
         for i, history in enumerate(batch_histories):
             scores[i, history - 1] = -np.inf
         target_scores = scores[np.arange(len(rows)), targets[rows] - 1]

@@ -11,7 +11,7 @@ from rayrec.data import build_vocabularies, preprocess, user_sequences
 from rayrec.errors import DataError
 from rayrec.models.factory import ItemInputs
 from rayrec.plugins import create_component
-from rayrec.schema import Dataset, Items, LoadReport, Vocabulary
+from rayrec.schema import Dataset, Items, LoadReport, Users, Vocabulary
 
 #: Users need this many interactions to contribute a next-item training example.
 MIN_SEQUENCE = 2
@@ -29,6 +29,8 @@ class PreparedData:
     category_vocab: list[str] = field(default_factory=list)
     items: Items | None = None  # metadata aligned to item_vocab, where the data had it
     report: LoadReport = field(default_factory=LoadReport)
+    user_features: np.ndarray | None = None  # (U, F) int64 "column=value" codes, 1-based, 0 = none
+    user_feature_vocab: list[str] = field(default_factory=list)
 
     @property
     def num_items(self) -> int:
@@ -61,6 +63,8 @@ class PreparedData:
             "category_ids": self.item_inputs.category_ids,
             "num_categories": self.item_inputs.num_categories,
             "content": self.item_inputs.content,
+            "user_features": self.user_features,
+            "num_user_feature_values": len(self.user_feature_vocab),
         }
 
 
@@ -100,6 +104,24 @@ def category_matrix(items: Items | None, num_items: int, category_vocab: list[st
     return matrix, category_vocab
 
 
+def user_feature_matrix(users: Users | None, user_vocab: Vocabulary) -> tuple[np.ndarray | None, list[str]]:
+    """(U, F) int64 codes of each user's categorical features as "column=value" (1-based, 0 =
+    missing), aligned to ``user_vocab``, and the names of the codes."""
+    if users is None or not users.features:
+        return None, []
+    columns = sorted(users.features)
+    names = sorted({f"{column}={value}" for column in columns for value in users.features[column] if value != ""})
+    code = {name: i + 1 for i, name in enumerate(names)}
+    row_of = {user_id: i for i, user_id in enumerate(users.user_id)}
+    matrix = np.zeros((len(user_vocab), len(columns)), dtype=np.int64)
+    for row, user_id in enumerate(user_vocab.ids):
+        at = row_of.get(user_id)
+        if at is not None:
+            for col, column in enumerate(columns):
+                matrix[row, col] = code.get(f"{column}={users.features[column][at]}", 0)
+    return matrix, names
+
+
 def item_content(items: Items | None, extractors: list[dict[str, Any]], num_items: int) -> np.ndarray | None:
     """(N + 1, T) float32 content vectors from the configured feature extractors, concatenated."""
     if not extractors:
@@ -130,6 +152,7 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
     items = _aligned_items(dataset, item_vocab)
     category_ids, category_vocab = category_matrix(items, len(item_vocab)) if use_categories else (None, [])
     content = item_content(items, item_feature_extractors or [], len(item_vocab))
+    user_features, user_feature_vocab = user_feature_matrix(dataset.users, user_vocab)
     return PreparedData(
         name=dataset.name,
         user_vocab=user_vocab,
@@ -139,4 +162,6 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
         category_vocab=category_vocab,
         items=items,
         report=dataset.report,
+        user_features=user_features,
+        user_feature_vocab=user_feature_vocab,
     )

@@ -102,7 +102,10 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         model_config,
         payload["num_items"],
         ItemInputs(payload["category_ids"], payload["num_categories"], payload["content"]),
+        num_user_feature_values=payload.get("num_user_feature_values", 0),
     ).to(device)
+    # User features reach the model only when it was built to use them.
+    user_features = payload.get("user_features") if model.user_feature_embedding is not None else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"],
                                   weight_decay=loop_config["weight_decay"])
     loss_kind = model_config.resolved_loss(payload["num_items"])
@@ -147,7 +150,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
             rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=on_step,
-            num_steps=steps_per_epoch, device=device,
+            num_steps=steps_per_epoch, device=device, user_features=user_features,
             after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
         )
         epoch_seconds = time.perf_counter() - epoch_started
@@ -166,7 +169,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         validated = (epoch + 1) % eval_every == 0 or is_last
         if validated:
             sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
-                                     validation_targets[validation_users], model_config.max_len, device=device)
+                                     validation_targets[validation_users], model_config.max_len, device=device,
+                                     user_features=None if user_features is None else user_features[validation_users])
             ndcg_sum, hit_sum, count = context.all_reduce_sum([sums["ndcg_sum"], sums["hit_sum"], float(sums["count"])])
             metrics["val_ndcg@10"] = ndcg_sum / max(1.0, count)
             metrics["val_hr@10"] = hit_sum / max(1.0, count)

@@ -303,10 +303,15 @@ def test_request_log_has_a_json_line_per_request(server):
 def load_benchmark(name: str):
     """A benchmarks/ script as a module: the test and the longer benchmark share one implementation."""
     import importlib.util
+    import sys
 
+    module_name = f"rayrec_benchmark_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
     path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"rayrec_benchmark_{name}", path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
     spec.loader.exec_module(module)
     return module
 

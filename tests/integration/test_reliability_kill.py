@@ -28,9 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def load_benchmark(name: str):
-    path = REPO / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"rayrec_benchmark_{name}", path)
+    """A benchmarks/ script as a module: the test and the benchmark share one implementation."""
+    module_name = f"rayrec_benchmark_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -84,13 +88,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 240) -> None
     raise AssertionError("the server did not become healthy")
 
 
-def processes_using(marker: str) -> list[int]:
-    """PIDs whose command line mentions ``marker`` (this test's Ray temp dir)."""
+def processes_of(ray_tmp: Path) -> list[int]:
+    """PIDs of every process of the server's Ray instance: they all inherited RAY_TMPDIR=ray_tmp
+    (Ray renames worker processes, so their command lines do not say which instance they are)."""
+    marker = f"RAY_TMPDIR={ray_tmp}\0".encode()
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             try:
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                if marker in (entry / "environ").read_bytes():
                     pids.append(int(entry.name))
             except OSError:
                 continue
@@ -98,17 +104,25 @@ def processes_using(marker: str) -> list[int]:
 
 
 def kill_everything(proc: subprocess.Popen, ray_tmp: Path) -> None:
-    """kill -9 the server's process group, then any Ray process it started outside that group."""
+    """kill -9 the server's process group at once, then every process of its Ray instance
+    that lives outside the group (started in sessions of their own): a crash of the whole server."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     proc.wait(timeout=30)
-    for pid in processes_using(str(ray_tmp)):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        survivors = processes_of(ray_tmp)
+        if not survivors:
+            return
+        for pid in survivors:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"processes of the killed server survive: {processes_of(ray_tmp)}")
 
 
 def test_kill_9_of_the_whole_server_mid_ingest_loses_no_acknowledged_event(tmp_path):

@@ -68,3 +68,20 @@ def test_home_cluster_items_dominate_recommendations(tmp_path):
         same_cluster.append(np.mean([c == user_cluster for c in clusters]))
     # 8 clusters: chance is 1/8.
     assert np.mean(same_cluster) > 0.6
+
+
+def test_user_features_reach_the_user_tower_when_enabled(tmp_path):
+    from rayrec.schema import Users
+
+    dataset = generate(SMALL)
+    user_ids = sorted(set(dataset.interactions.user_id))
+    dataset.users = Users(user_id=user_ids, features={"plan": ["free" if i % 2 else "paid" for i in range(len(user_ids))]})
+    config = TrainConfig(epochs=2, eval_every=2, model={"use_user_features": True, "dim": 16})
+    model = TrainedModel.load(train_in_process(dataset, tmp_path / "model", config, log=quiet))
+    assert model.user_features is not None and model.user_features.shape == (len(model.user_vocab), 1)
+    free = next(i for i, u in enumerate(model.user_vocab.ids) if dataset.users.features["plan"][user_ids.index(u)] == "free")
+    paid = next(i for i, u in enumerate(model.user_vocab.ids) if dataset.users.features["plan"][user_ids.index(u)] == "paid")
+    history = [model.training_history_indices(free)]
+    as_free, _ = model.encode_histories(history, [free])
+    as_paid, _ = model.encode_histories(history, [paid])
+    assert not np.allclose(as_free, as_paid)  # same history, different features, different vector
