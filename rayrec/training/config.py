@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(128, ge=1, description="Users per batch (global, split over workers).")
     learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    patience: int = Field(6, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
+    patience: int = Field(10, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
     eval_every: int = Field(2, ge=1, description="Validate (and checkpoint) every this many epochs.")
     crop_probability: float = Field(0.5, ge=0, le=1, description="Chance to train a long history on a random earlier window.")
     seed: int = Field(0, description="Random seed.")
