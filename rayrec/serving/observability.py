@@ -169,22 +169,38 @@ class _EnqueueOnly(logging.handlers.QueueHandler):
 
 
 class _JsonLines(logging.Handler):
-    """Writes ``record.request`` as one JSON line; flushed by the listener, not per line."""
+    """Collects ``record.request`` as JSON lines; :meth:`flush` writes them in one call.
 
-    def __init__(self, stream) -> None:
+    Whole lines per write: several ingress replicas may append to the same file, and an
+    append of one buffer is never interleaved with another process's.
+    """
+
+    max_pending_bytes = 1 << 16
+
+    def __init__(self, write) -> None:
         super().__init__()
-        self.stream = stream
+        self.write = write
+        self._pending: list[str] = []
+        self._pending_bytes = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             fields = getattr(record, "request", None) or {"message": record.getMessage()}
-            self.stream.write(json.dumps(fields, separators=(",", ":"), default=str) + "\n")
+            line = json.dumps(fields, separators=(",", ":"), default=str) + "\n"
         except Exception:  # a log line must never take the listener thread down
             self.handleError(record)
+            return
+        self._pending.append(line)
+        self._pending_bytes += len(line)
+        if self._pending_bytes >= self.max_pending_bytes:
+            self.flush()
 
     def flush(self) -> None:
+        if not self._pending:
+            return
+        data, self._pending, self._pending_bytes = "".join(self._pending), [], 0
         try:
-            self.stream.flush()
+            self.write(data)
         except (OSError, ValueError):
             pass
 
@@ -218,15 +234,27 @@ class RequestLog:
     """JSON-lines request log at ``path`` (appended; ``-`` for stderr); ``log`` only enqueues."""
 
     def __init__(self, path: str, flush_interval_s: float = 0.5) -> None:
+        import os
         import sys
 
         self.path = path
-        self._stream = sys.stderr if path == "-" else open(path, "a", buffering=1 << 16, encoding="utf-8")
+        self._fd: int | None = None
+        if path == "-":
+            def write(data: str) -> None:
+                sys.stderr.write(data)
+                sys.stderr.flush()
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+            def write(data: str) -> None:
+                encoded = data.encode("utf-8")
+                while encoded:  # a regular file takes it in one go; loop for the exotic case
+                    encoded = encoded[os.write(self._fd, encoded):]
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._logger = logging.Logger(f"rayrec.requests.{id(self)}")  # private: no propagation to root
         self._logger.propagate = False
         self._logger.addHandler(_EnqueueOnly(self._queue))
-        self._listener = _BatchingListener(self._queue, _JsonLines(self._stream), flush_interval_s)
+        self._listener = _BatchingListener(self._queue, _JsonLines(write), flush_interval_s)
         self._listener.start()
         self._closed = False
 
@@ -243,8 +271,11 @@ class RequestLog:
         self._listener.stop()  # handles what is queued, then joins the thread
         for handler in self._listener.handlers:
             handler.flush()
-        if self._stream is not None and self.path != "-":
-            self._stream.close()
+        if self._fd is not None:
+            import os
+
+            os.close(self._fd)
+            self._fd = None
 
     def __del__(self) -> None:  # pragma: no cover - best effort at interpreter exit
         try:

@@ -78,3 +78,27 @@ def test_request_log_writes_json_lines_and_costs_the_caller_little(tmp_path):
     assert [json.loads(line)["n"] for line in lines[-3:]] == [n - 3, n - 2, n - 1]
     print(json.dumps({"request_log_enqueue_us_per_call": round(per_call_us, 2)}))
     assert per_call_us < 200  # an enqueue, not a write (typically ~5 us)
+
+
+def test_two_writers_of_one_request_log_never_mix_lines(tmp_path):
+    """Every ingress replica on a machine may append to the same file: whole lines per write."""
+    import threading
+
+    path = tmp_path / "shared.jsonl"
+    logs = [RequestLog(str(path), flush_interval_s=0.01) for _ in range(2)]
+
+    def write(log: RequestLog, writer: int) -> None:
+        for i in range(5000):
+            log.log(writer=writer, n=i, route="/feedback", padding="x" * (i % 97))
+
+    threads = [threading.Thread(target=write, args=(log, w)) for w, log in enumerate(logs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for log in logs:
+        log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 10_000
+    for writer in (0, 1):
+        assert [line["n"] for line in lines if line["writer"] == writer] == list(range(5000))
