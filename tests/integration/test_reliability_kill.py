@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -193,3 +194,4 @@ def test_kill_9_of_the_whole_server_mid_ingest_loses_no_acknowledged_event(tmp_p
             except subprocess.TimeoutExpired:
                 pass
         kill_everything(proc, ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
