@@ -107,6 +107,7 @@ class ScoringContext(BaseModel):
     item_timestamps: dict[str, float] = {}  # last-seen time per item (unix seconds)
     item_categories: dict[str, list[str]] = {}  # categories per item, where known
     now: float | None = None
+    catalog: Any = None  # serving only: a rayrec.serving.scoring.CatalogView of the live catalogue
 
 
 class Scorer(Component):
@@ -121,7 +122,13 @@ class Scorer(Component):
 
 
 class CandidateSource(Component):
-    """Proposes item ids for a user beyond the embedding retrieval (e.g. popular, trending)."""
+    """Proposes item ids for a user beyond the embedding retrieval (e.g. new, trending).
+
+    ``candidates(context, k)`` returns up to ``k`` candidates. At serving time
+    ``context.catalog`` describes the live catalogue; the scoring stage adds proposed items
+    that are allowed for the user to the retrieved pool and scores them with the model, so
+    sources widen recall without bypassing the ranking.
+    """
 
     def candidates(self, context: ScoringContext, k: int) -> list[Candidate]:  # pragma: no cover
         raise NotImplementedError

@@ -25,6 +25,7 @@ LOAD_PLUGINS_ENV = "RAYREC_LOAD_PLUGINS"
 
 #: Built-in plugin modules, registered through the very hooks third parties use.
 BUILTIN_PLUGINS = (
+    "rayrec.builtin.candidate_sources",
     "rayrec.builtin.data_sources",
     "rayrec.builtin.encoders",
     "rayrec.builtin.feature_extractors",

@@ -67,6 +67,7 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too
     for kind, specs in (
         ("scorer", args.scorers),
+        ("candidate_source", args.candidate_sources),
         ("feature_extractor", args.feature_extractors),
         ("feedback_handler", args.feedback_handlers),
     ):

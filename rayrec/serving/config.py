@@ -106,6 +106,10 @@ class AppArgs(BaseModel):
     )
     ann: AnnOptions = AnnOptions()
     scorers: list[ComponentSpec] = Field(default_factory=list, description="Re-rankers applied after retrieval.")
+    candidate_sources: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name="new_items")],
+        description="Candidate sources whose items join the retrieved pool (scored by the model).",
+    )
     feature_extractors: list[ComponentSpec] = Field(
         default_factory=list, description="User-side feature extractors run by the preprocessor."
     )

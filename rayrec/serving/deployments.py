@@ -189,6 +189,7 @@ class CandidateScorer(_ModelStage):
         from rayrec import plugins
 
         self.scorers = components("scorer", args.scorers)
+        self.candidate_sources = components("candidate_source", args.candidate_sources)
         self.candidate_filters = [impl.function for impl in plugins.load_plugins().hook.filter_candidates.get_hookimpls()]
         self._init_stage(args)
         self._recall_probe: asyncio.Task | None = None
@@ -221,6 +222,7 @@ class CandidateScorer(_ModelStage):
             exact_search_max_items=self.args.exact_search_max_items,
             ann_options=self.args.ann.model_dump(),
             filter_seen=self.args.filter_seen,
+            candidate_sources=self.candidate_sources,
         )
 
     @timed

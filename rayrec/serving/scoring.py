@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rayrec.components import Candidate, Scorer, ScoringContext
+from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.bundle import RecommenderModel
 from rayrec.serving.errors import NotFoundError, RequestError
 from rayrec.serving.index import ItemIndex
@@ -23,6 +24,21 @@ CandidateFilter = Callable[..., "list[Candidate] | None"]
 EXPLANATION_ITEMS = 3
 #: History items contributing less than this share of the top contributor are left out.
 EXPLANATION_MIN_SHARE = 0.2
+
+
+@dataclass
+class CatalogView:
+    """The live catalogue as candidate sources see it (read-only by convention).
+
+    ``item_ids[i]`` has popularity ``popularity[i]`` (training interactions; 0 for new items);
+    ``records`` holds item metadata by id; ``trained_items`` are the ids the model was trained on,
+    so ``item_ids`` not in it were added later through ``PUT /items``.
+    """
+
+    item_ids: list[str]
+    popularity: np.ndarray
+    records: dict[str, dict[str, Any]]
+    trained_items: set[str]
 
 
 class ScorerLogic:
@@ -44,8 +60,10 @@ class ScorerLogic:
         exact_search_max_items: int = 250_000,
         ann_options: dict[str, int] | None = None,
         filter_seen: bool = True,
+        candidate_sources: Sequence[CandidateSource] = (),
     ) -> None:
         self.model = model
+        self.candidate_sources = list(candidate_sources)
         self.store = store
         self.scorers = list(scorers)
         self.candidate_filters = list(candidate_filters)
@@ -208,6 +226,12 @@ class ScorerLogic:
             rows, scores = self.index.search(user_vector, pool, allowed, exact=exact)
 
         candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
+        sources = {c.item_id: source for c in candidates}
+        if self.candidate_sources:
+            for candidate, name in self._sourced(request, user_vector, allowed, pool, set(sources)):
+                candidates.append(candidate)
+                sources[candidate.item_id] = name
+            candidates.sort(key=lambda c: -c.score)
         if rerank and candidates:
             candidates = self._rerank(candidates, request)
         candidates = candidates[: request.k]
@@ -219,11 +243,28 @@ class ScorerLogic:
                 {
                     "item_id": c.item_id,
                     "score": c.score,
-                    "explanation": {"because": because, "source": source},
+                    "explanation": {"because": because, "source": sources.get(c.item_id, source)},
                 }
                 for c, because in zip(candidates, explanations)
             ],
         }
+
+    def _sourced(self, request: PreparedRequest, user_vector: np.ndarray | None, allowed: np.ndarray, pool: int,
+                 already: set[str]):
+        """(candidate, source name) for items the candidate sources add to the pool, scored by the
+        model when there is a user vector (so they compete fairly), else by the source."""
+        context = ScoringContext(user_id=request.user_id, history=list(request.history_ids), now=time.time(),
+                                 catalog=CatalogView(self.index.row_ids, self.index.popularity, self.records,
+                                                     self.trained_items))
+        row_of = self.index.row_of
+        for source in self.candidate_sources:
+            for proposed in source.candidates(context, pool):
+                row = row_of.get(proposed.item_id)
+                if row is None or not allowed[row] or proposed.item_id in already:
+                    continue
+                already.add(proposed.item_id)
+                score = float(self.index.vectors[row] @ user_vector) if user_vector is not None else proposed.score
+                yield Candidate(item_id=proposed.item_id, score=score), source.name
 
     def _context(self, candidates: list[Candidate], request: PreparedRequest) -> ScoringContext:
         row_of = self.index.row_of

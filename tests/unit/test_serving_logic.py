@@ -339,3 +339,30 @@ def test_model_slots_load_lazily_and_keep_the_last_two(store):
     store.activate_model(g3)
     assert slots.get() == "logic-/m3"
     assert slots.loaded() == [g2, g3] and built == [1, g2, g3]
+
+
+class BoostNew(Scorer):
+    """Puts items that were added after training first (a 'freshness' re-ranker)."""
+
+    name = "boost-new-test"
+
+    def score(self, candidates, context):
+        return [c.model_copy(update={"score": c.score + (100.0 if c.item_id.startswith("new") else 0.0)})
+                for c in candidates]
+
+
+def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):
+    from rayrec.builtin.candidate_sources import NewItems
+
+    Pipeline(model, store).scorer.put_item("new-drama", ItemIn(title="Fresh", categories=["Drama"]))
+    # alice likes comedies: a drama is far down her list and outside the retrieved pool...
+    without_source = Pipeline(model, store, scorers=[BoostNew()]).recommend(user_id="alice", k=3)
+    assert "new-drama" not in [i["item_id"] for i in without_source["items"]]
+    # ...until the new-items source adds it, and the freshness re-ranker can put it first.
+    with_source = Pipeline(model, store, scorers=[BoostNew()], candidate_sources=[NewItems()]).recommend(
+        user_id="alice", k=3)
+    assert with_source["items"][0]["item_id"] == "new-drama"
+    assert with_source["items"][0]["explanation"]["source"] == "new_items"
+    # Without a re-ranker the model's own score decides: the drama stays out of alice's top 3.
+    plain = Pipeline(model, store, candidate_sources=[NewItems()]).ids(user_id="alice", k=3)
+    assert "new-drama" not in plain
