@@ -29,11 +29,12 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--in-process", action="store_true", help="Train without Ray.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument("--config", type=Path, default=None, help="Training config YAML (default: the defaults).")
     args = parser.parse_args()
 
     from rayrec.cli.evaluate_cmd import evaluate_leave_one_out
     from rayrec.cli.train_cmd import load_training_data
-    from rayrec.training.config import TrainConfig
+    from rayrec.training.config import load_train_config
 
     all_results = {}
     for name in args.datasets:
@@ -41,7 +42,7 @@ def main() -> None:
         if not path.exists():
             print(f"skipping {name}: {path} not found", file=sys.stderr)
             continue
-        config = TrainConfig(num_workers=args.num_workers)
+        config = load_train_config(args.config, num_workers=args.num_workers)
         data = load_training_data(str(path), None, None, config, echo=lambda line: None)
         started = time.perf_counter()
         results = evaluate_leave_one_out(data, config, in_process=args.in_process, log=lambda line: None)

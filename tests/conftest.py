@@ -12,6 +12,12 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Ray processes started by any test inherit this: a slow Serve proxy start under CI load must
+# not be taken for a dead proxy.
+from rayrec.serving.app import relax_proxy_health_checks  # noqa: E402
+
+relax_proxy_health_checks()
 #: Where the datasets may live, first match wins: $RAYREC_DATASETS, ../shared/datasets
 #: next to the repository (the usual layout), shared/datasets inside it (device copies).
 DATASET_DIRS = [

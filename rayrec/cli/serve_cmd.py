@@ -77,11 +77,12 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     import ray
     from ray import serve as ray_serve
 
-    from rayrec.serving.app import build_app, resolve_args
+    from rayrec.serving.app import build_app, relax_proxy_health_checks, resolve_args
 
     args = resolve_args(args)  # a bad model directory fails before Ray starts
     address = os.environ.get("RAY_ADDRESS")
     click.echo(f"starting Ray {'at ' + address if address else 'locally'} ...", err=True)
+    relax_proxy_health_checks()
     ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
     stop = threading.Event()
     try:

@@ -88,3 +88,20 @@ def build_app(args: AppArgs) -> Application:
     scorer = CandidateScorer.options(**_options(stages.scorer, args)).bind(args)
     feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
     return Ingress.options(**_options(stages.ingress, args)).bind(preprocessor, encoder, scorer, feedback, args)
+
+
+#: Ray Serve marks its HTTP proxy unhealthy after a few 5-10 s checks. On a busy 2-core laptop
+#: the proxy can take longer than that just to start, and is then killed in a loop.
+PROXY_PATIENCE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
+
+
+def relax_proxy_health_checks() -> None:
+    """Give the Serve proxy more time on busy machines; call before ``ray.init`` (the Ray
+    processes inherit the environment). Values already set by the user win."""
+    import os
+
+    for name, value in PROXY_PATIENCE_ENV.items():
+        os.environ.setdefault(name, value)

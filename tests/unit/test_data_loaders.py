@@ -243,7 +243,7 @@ def test_synthetic_directory_round_trips_through_load_dataset(tmp_path):
     config = SyntheticConfig(num_users=30, num_items=40, num_clusters=4, mean_events_per_user=8, seed=3)
     write_synthetic(tmp_path, config)
     from_disk = load_dataset(tmp_path)
-    in_memory = load_dataset(f"synthetic:users=30,items=40,clusters=4,events=8,seed=3")
+    in_memory = load_dataset("synthetic:users=30,items=40,clusters=4,events=8,seed=3")
     assert list(from_disk.interactions.user_id) == list(in_memory.interactions.user_id)
     assert list(from_disk.interactions.item_id) == list(in_memory.interactions.item_id)
     assert np.array_equal(from_disk.interactions.timestamp, in_memory.interactions.timestamp)
