@@ -71,7 +71,7 @@ def test_item_tower_without_ids_gives_equal_vectors_to_equal_content():
 
 def test_item_tower_with_categories_uses_them():
     categories = np.array([[0, 0], [1, 0], [1, 0], [2, 0]], dtype=np.int64)
-    model = build_two_tower(ModelConfig(dim=8, item_encoder_options={"use_id": False}), 3,
+    model = build_two_tower(ModelConfig(dim=8, item_encoder_options={"use_id": False, "use_categories": True}), 3,
                             ItemInputs(category_ids=categories, num_categories=2))
     table = model.item_table().detach()
     assert torch.allclose(table[1], table[2]) and not torch.allclose(table[1], table[3])
