@@ -32,7 +32,9 @@ from rayrec.training.local import train_in_process  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = SyntheticConfig(num_users=200, num_items=120, num_clusters=4, mean_events_per_user=15, seed=1)
-TRAIN = TrainConfig(epochs=6, eval_every=3, learning_rate=5e-3, model={"dim": 16, "max_len": 20})
+TRAIN = TrainConfig(epochs=6, eval_every=3, learning_rate=5e-3, model={"dim": 16, "max_len": 20,
+                    # categories let a 10-epoch model learn the synthetic topics; this tests serving, not quality
+                    "item_encoder_options": {"use_categories": True}})
 #: Chromium flags for a machine with no network and no display (and root, hence no sandbox).
 CHROMIUM_ARGS = [
     "--no-sandbox",

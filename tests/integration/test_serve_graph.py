@@ -31,7 +31,9 @@ from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402
 
 DATA = SyntheticConfig(num_users=300, num_items=200, num_clusters=4, mean_events_per_user=20, seed=0)
-TRAIN = TrainConfig(epochs=10, eval_every=5, learning_rate=5e-3, model={"dim": 16, "max_len": 20})
+TRAIN = TrainConfig(epochs=10, eval_every=5, learning_rate=5e-3, model={"dim": 16, "max_len": 20,
+                    # categories let a 10-epoch model learn the synthetic topics; this tests serving, not quality
+                    "item_encoder_options": {"use_categories": True}})
 
 
 def free_port() -> int:
@@ -310,11 +312,17 @@ def test_hot_reload_under_load_fails_no_request(server):
     for t in threads:
         t.start()
     try:
-        time.sleep(1.5)
+        deadline = time.time() + 60
+        while len(outcomes) < 20 and time.time() < deadline:  # the old model is under load first
+            time.sleep(0.1)
         response = client.post("/admin/reload", json={"model_dir": str(server["v2"])})
         assert response.status_code == 200, response.text
         assert response.json()["model_version"] == "reloaded-v2"
-        time.sleep(1.5)
+        # Keep the load on until plenty of requests ran after the swap (slow machines need longer).
+        after_swap = len(outcomes) + 40
+        deadline = time.time() + 120
+        while len(outcomes) < max(after_swap, 60) and time.time() < deadline:
+            time.sleep(0.1)
     finally:
         stop.set()
         for t in threads:
