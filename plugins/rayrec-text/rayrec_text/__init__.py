@@ -13,10 +13,13 @@ from rayrec.hookspecs import hookimpl
 from rayrec_text.cache import EmbeddingCache, content_hash
 from rayrec_text.extractor import EncodeStats, TextEncoder, encode_query, item_text
 from rayrec_text.model import DEFAULT_MODEL, load_sentence_model, resolve_model_dir
+from rayrec_text.tower import ContentItemEncoder, ContentItemTower
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ContentItemEncoder",
+    "ContentItemTower",
     "DEFAULT_MODEL",
     "EmbeddingCache",
     "EncodeStats",
@@ -32,3 +35,8 @@ __all__ = [
 @hookimpl
 def register_feature_extractors(register):
     register(TextEncoder)
+
+
+@hookimpl
+def register_encoders(register):
+    register(ContentItemEncoder)

@@ -1,0 +1,88 @@
+"""Tests for content_item_tower: the id part is dropped for a share of items in training only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+import rayrec_text
+from rayrec import plugins
+from rayrec_text import ContentItemTower
+
+NUM_ITEMS, DIM, CONTENT_DIM = 400, 8, 6
+
+
+@pytest.fixture
+def text_plugin(register_rayrec_plugin) -> str:
+    plugins.load_plugins()
+    if plugins.pm.is_registered(rayrec_text):
+        return plugins.pm.get_name(rayrec_text)
+    return register_rayrec_plugin(rayrec_text)
+
+
+def build(options: dict, content: bool = True) -> ContentItemTower:
+    torch.manual_seed(0)
+    encoder = plugins.create_component("encoder", "content_item_tower", options)
+    features = torch.randn(NUM_ITEMS + 1, CONTENT_DIM) if content else None
+    return encoder.build(num_items=NUM_ITEMS, dim=DIM, content=features)
+
+
+def content_only(tower: ContentItemTower, index: torch.Tensor) -> torch.Tensor:
+    return tower.from_features(None, None, tower.content[index])
+
+
+def test_registers_as_an_item_encoder(text_plugin):
+    encoder = plugins.create_component("encoder", "content_item_tower", {})
+    assert encoder.kind == "item"
+    assert encoder.options.id_dropout == 0.5
+
+
+@torch.no_grad()
+def test_at_inference_trained_items_keep_their_whole_id_part(text_plugin):
+    tower = build({"id_dropout": 0.5}).eval()
+    index = torch.arange(1, NUM_ITEMS + 1)
+    expected = content_only(tower, index) + tower.id_embedding(index)
+    torch.testing.assert_close(tower(index), expected)
+    torch.testing.assert_close(tower(index), tower(index))  # deterministic
+
+
+@torch.no_grad()
+def test_in_training_about_id_dropout_of_the_items_are_content_only(text_plugin):
+    tower = build({"id_dropout": 0.3}).train()
+    index = torch.arange(1, NUM_ITEMS + 1)
+    vectors, side = tower(index), content_only(tower, index)  # one draw of the dropout mask
+    dropped = torch.isclose(vectors, side, atol=1e-6).all(dim=1)
+    assert 0.2 < dropped.float().mean().item() < 0.4
+    # The rest carry their full id part (no rescaling), exactly as at inference.
+    kept = ~dropped
+    torch.testing.assert_close(vectors[kept], (side + tower.id_embedding(index))[kept])
+
+
+@torch.no_grad()
+def test_id_dropout_extremes(text_plugin):
+    index = torch.arange(1, NUM_ITEMS + 1)
+    never = build({"id_dropout": 0.0}).train()
+    torch.testing.assert_close(never(index), content_only(never, index) + never.id_embedding(index))
+    always = build({"id_dropout": 1.0}).train()
+    torch.testing.assert_close(always(index), content_only(always, index))
+
+
+def test_gradients_reach_both_parts(text_plugin):
+    tower = build({"id_dropout": 0.5}).train()
+    tower(torch.arange(1, NUM_ITEMS + 1)).sum().backward()
+    assert tower.id_embedding.weight.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in tower.content_projection.parameters())
+
+
+def test_dropping_ids_without_content_to_fall_back_on_is_refused(text_plugin):
+    with pytest.raises(ValueError, match="item_features"):
+        build({"id_dropout": 0.5}, content=False)
+    assert build({"id_dropout": 0.0}, content=False).content is None  # plain id tower is fine
+
+
+@pytest.mark.parametrize("options", [{"id_dropout": 1.5}, {"id_dropout": -0.1}, {"dropout": 0.5}],
+                         ids=["above-one", "negative", "misspelt"])
+def test_bad_options_are_rejected(text_plugin, options):
+    with pytest.raises(ValidationError):
+        plugins.create_component("encoder", "content_item_tower", options)
