@@ -52,9 +52,16 @@ class FeatureExtractor(Component):
     """
 
     target: ClassVar[str] = "item"  # "item" or "user"
+    #: True when :meth:`encode_query` places free text in the same space as ``extract``'s
+    #: item vectors; such an extractor powers ``POST /search``.
+    supports_queries: ClassVar[bool] = False
 
     def extract(self, records: Sequence[dict[str, Any]]) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """``(dim,)`` float32 vector of a search query, comparable (cosine) with ``extract``'s rows."""
+        raise NotImplementedError(f"feature extractor {self.name!r} does not encode search queries")
 
 
 class Encoder(Component):

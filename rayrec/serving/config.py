@@ -94,6 +94,21 @@ class AnnOptions(BaseModel):
     ef_search: int = Field(256, ge=8, description="Search breadth; higher = better recall, slower.")
 
 
+class SearchOptions(BaseModel):
+    """``POST /search``: which extractor encodes queries and items, and how much the user's taste counts."""
+
+    model_config = ConfigDict(extra="forbid")
+    extractor: str | None = Field(
+        None,
+        description="A feature extractor that encodes queries (e.g. text_embedding from rayrec-text). Null: the "
+                    "model's own query-capable item feature if it was trained with one, else search is off.",
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of that extractor (when named).")
+    personalization: float = Field(
+        0.3, ge=0, le=1, description="Weight of the user's taste against text match when user_id is given.")
+    pool: int = Field(200, ge=1, le=10_000, description="Best text matches re-ranked by the user's taste.")
+
+
 class AppArgs(BaseModel):
     """Arguments of :func:`rayrec.serving.app.build_app` (also ``args:`` in ``deploy/serve.yaml``)."""
 
@@ -145,6 +160,7 @@ class AppArgs(BaseModel):
     request_log: str | None = Field(
         None, description="JSON-lines request log file, appended by every ingress replica ('-': stderr); off when unset."
     )
+    search: SearchOptions = Field(default_factory=SearchOptions, description="Natural-language search (POST /search).")
     ann_recall_probe_interval_s: float = Field(
         60.0, ge=0, description="How often each scorer samples the top-K index's recall@10 for the metrics; 0: never."
     )

@@ -27,7 +27,7 @@ from rayrec.serving.generations import ModelSlots
 from rayrec.serving.model_loading import item_records, load_model
 from rayrec.serving.observability import serving_metrics
 from rayrec.serving.preprocess import PreprocessorLogic
-from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest
+from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest, SearchRequest
 from rayrec.serving.scoring import ScorerLogic
 from rayrec.state import open_state_store
 from rayrec.state.base import ModelGeneration
@@ -223,6 +223,7 @@ class CandidateScorer(_ModelStage):
             ann_options=self.args.ann.model_dump(),
             filter_seen=self.args.filter_seen,
             candidate_sources=self.candidate_sources,
+            search=self.args.search,
         )
 
     @timed
@@ -233,6 +234,17 @@ class CandidateScorer(_ModelStage):
         self._start_recall_probe()
         logic = await self._logic(request.generation)
         return logic.recommend(request, user_vector, attributions)
+
+    @timed
+    @request_errors_as_values
+    async def search(
+        self, request: SearchRequest, prepared: PreparedRequest | None, user_vector: np.ndarray | None,
+        attributions: np.ndarray | None,
+    ) -> dict[str, Any]:
+        logic = await self._logic(prepared.generation if prepared is not None else None)
+        # The text model runs off the event loop (tens of ms); it releases the GIL while it computes.
+        query_vector = await asyncio.to_thread(logic.encode_query, request.query)
+        return logic.search(request, query_vector, prepared, user_vector, attributions)
 
     @timed
     @request_errors_as_values

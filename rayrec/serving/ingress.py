@@ -51,6 +51,8 @@ from rayrec.serving.schemas import (
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
+    SearchRequest,
+    SearchResponse,
     ReloadResponse,
     SimilarItemsResponse,
 )
@@ -229,6 +231,24 @@ class Ingress:
         if prepared.personalized:
             vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
         return StageError.raise_for(await self.scorer.recommend.remote(prepared, vector, attributions))
+
+    @app.post("/search", response_model=SearchResponse, responses=_errors(404))
+    async def search(self, request: SearchRequest) -> Any:
+        """Items whose content matches ``query``; with ``user_id``, blended with that user's taste.
+
+        404 when this server has no text model for search (see ``search`` in the app arguments).
+        """
+        if request.k > self.args.max_k:
+            raise RequestError("k", f"at most {self.args.max_k}")
+        prepared = vector = attributions = None
+        if request.user_id is not None:
+            prepared = await self.preprocessor.prepare.remote(
+                RecommendRequest(user_id=request.user_id, k=request.k, exclude_items=request.exclude_items,
+                                 filters=request.filters)
+            )
+            if prepared.personalized:
+                vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
+        return StageError.raise_for(await self.scorer.search.remote(request, prepared, vector, attributions))
 
     @app.post("/feedback", response_model=FeedbackResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
     async def feedback(self, body: FeedbackRequest) -> Any:

@@ -6,7 +6,9 @@ items of the user's recent history that contributed most to the recommendation (
 tower's attribution of each history position times that item's cosine similarity to the
 recommended item); ``source`` says what the list was built from: ``"history"`` (the user's
 own events), ``"session"`` (``recent_items`` sent with an anonymous request), ``"popular"``
-(nothing known about the user: most popular items) or ``"similar"`` (``/similar-items``).
+(nothing known about the user: most popular items), ``"similar"`` (``/similar-items``), or
+``"search"`` (``/search`` by text match alone; ``"search+history"`` and ``"search+session"``
+when blended with the user's taste).
 """
 
 from __future__ import annotations
@@ -58,9 +60,29 @@ class RecommendRequest(BaseModel):
     )
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain some text, not only whitespace")
+    return value
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    query: Annotated[Text, AfterValidator(_not_blank)] = Field(
+        min_length=1, max_length=1000, description='What to look for, in plain words, e.g. "funny animated films for kids".')
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    user_id: Text | None = Field(
+        None, min_length=1, max_length=512,
+        description="Personalise: blend text match with this user's taste (no effect for users without history).")
+    exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
+    filters: dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString] = Field(
+        default_factory=dict, max_length=MAX_FILTER_KEYS, description="Attribute filters, as in /recommend.")
+
+
 class Explanation(BaseModel):
     because: list[str] = Field(default_factory=list, description="History items that contributed most.")
-    source: str = Field("history", description="history | session | popular | similar")
+    source: str = Field("history", description="history | session | popular | similar | search | search+history | search+session")
 
 
 class RecommendedItem(BaseModel):
@@ -71,6 +93,13 @@ class RecommendedItem(BaseModel):
 
 class RecommendResponse(BaseModel):
     user_id: str
+    items: list[RecommendedItem]
+    model_version: str
+
+
+class SearchResponse(BaseModel):
+    query: str
+    user_id: str | None = None
     items: list[RecommendedItem]
     model_version: str
 

@@ -13,7 +13,9 @@ from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.bundle import RecommenderModel
 from rayrec.serving.errors import NotFoundError, RequestError
 from rayrec.serving.index import ItemIndex
-from rayrec.serving.schemas import ItemIn, PreparedRequest
+from rayrec.serving.config import SearchOptions
+from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
+from rayrec.serving.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class ScorerLogic:
         ann_options: dict[str, int] | None = None,
         filter_seen: bool = True,
         candidate_sources: Sequence[CandidateSource] = (),
+        search: SearchOptions | None = None,
     ) -> None:
         self.model = model
         self.candidate_sources = list(candidate_sources)
@@ -83,6 +86,8 @@ class ScorerLogic:
         self._attribute_masks: dict[tuple[str, str], np.ndarray] = {}
         self._attribute_names: set[str] | None = None
         self.catalog_version = 0
+        # Before the first refresh, so catalogue changes reach it like they reach the index.
+        self.text_search = TextSearch.for_model(model, self.index.row_ids, self.records, search) if search else None
         self.refresh()
 
     @property
@@ -98,12 +103,14 @@ class ScorerLogic:
         changes = self.store.catalog_changes(self.catalog_version)
         new_items: list[str] = []
         new_records: list[dict[str, Any]] = []
+        changed_text: dict[str, dict[str, Any]] = {}
         for change in changes:
             if change.deleted:
                 self.index.delete(change.item_id)
                 continue
             record = {"item_id": change.item_id, **change.record}
             self.records[change.item_id] = record
+            changed_text[change.item_id] = record
             if change.item_id in self.trained_items:
                 # A trained item keeps its learned vector; only its metadata changed.
                 self.index.revive(change.item_id)
@@ -120,6 +127,11 @@ class ScorerLogic:
                 vectors = None
             if vectors is not None:
                 self.index.upsert(new_items, vectors)
+        if self.text_search is not None:
+            try:
+                self.text_search.update(self.index, {i: r for i, r in changed_text.items() if i in self.index.row_of})
+            except Exception:  # same policy as above: unsearchable, never a failed request
+                logger.exception("cannot encode the text of %d catalogue items for search", len(changed_text))
         self._attribute_masks.clear()
         self._attribute_names = None
         self.catalog_version = max([version] + [c.version for c in changes])
@@ -319,6 +331,50 @@ class ScorerLogic:
             ranked = sorted((v, i) for i, v in totals.items() if v > 0 and v >= EXPLANATION_MIN_SHARE * best)
             result.append([i for _, i in reversed(ranked[-EXPLANATION_ITEMS:])])
         return result
+
+    # -- natural-language search ---------------------------------------------------------------
+    def encode_query(self, query: str) -> np.ndarray:
+        """The query's vector (seconds on first use: the text model loads); 404 when search is off."""
+        if self.text_search is None:
+            raise NotFoundError("search", SEARCH_OFF_MESSAGE)
+        return self.text_search.encode_query(query)
+
+    def search(
+        self,
+        request: SearchRequest,
+        query_vector: np.ndarray,
+        prepared: PreparedRequest | None = None,
+        user_vector: np.ndarray | None = None,
+        attributions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Items matching the query, blended with the user's taste when there is a user vector.
+
+        Items the user already saw stay findable (search is a lookup); dislikes and
+        ``exclude_items`` do not, and attribute filters apply as in ``recommend``.
+        """
+        if self.text_search is None:
+            raise NotFoundError("search", SEARCH_OFF_MESSAGE)
+        self.refresh()
+        excluded = set(request.exclude_items) | (prepared.exclude if prepared is not None else set())
+        allowed = self.index.allowed_mask(excluded)
+        attribute_mask = self._attribute_mask(request.filters)
+        if attribute_mask is not None:
+            allowed &= attribute_mask
+        rows, scores = self.text_search.search(query_vector, request.k, allowed, self.index, user_vector)
+        candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
+        personal = user_vector is not None and prepared is not None
+        source = f"search+{prepared.source}" if personal else "search"
+        explanations = (self._explain(candidates, prepared, attributions) if personal
+                        else [[] for _ in candidates])
+        return {
+            "query": request.query,
+            "user_id": request.user_id,
+            "model_version": self.model_version,
+            "items": [
+                {"item_id": c.item_id, "score": c.score, "explanation": {"because": because, "source": source}}
+                for c, because in zip(candidates, explanations)
+            ],
+        }
 
     # -- item to item ------------------------------------------------------------------------
     def similar(self, item_id: str, k: int) -> dict[str, Any]:

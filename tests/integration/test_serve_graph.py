@@ -337,3 +337,11 @@ def test_hot_reload_under_load_fails_no_request(server):
     assert client.get("/healthz").json()["model_version"] == "reloaded-v2"
     assert len(outcomes) > 50
     print(json.dumps({"requests_during_reload_test": len(outcomes)}))
+
+
+def test_search_without_a_text_model_says_how_to_turn_it_on(server):
+    # The model here has no query-capable item feature and no search extractor is configured.
+    response = server["client"].post("/search", json={"query": "space films", "k": 5})
+    assert response.status_code == 404
+    assert "search is not enabled" in response.json()["message"]
+    assert "text_embedding" in response.json()["message"]

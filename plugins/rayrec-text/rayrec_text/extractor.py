@@ -85,6 +85,7 @@ class TextEncoder(FeatureExtractor):
     name = "text_embedding"
     description = "Item title, text, categories and tags to sentence-encoder vectors (offline, cached)."
     target = "item"
+    supports_queries = True  # POST /search encodes queries with the same model
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -140,6 +141,10 @@ class TextEncoder(FeatureExtractor):
     def extract(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """(len(records), dim) float32 vectors of the records' text."""
         return self.encode_texts([item_text(record, self.options.fields) for record in records])
+
+    def encode_query(self, text: str) -> np.ndarray:
+        """(dim,) vector of a search query; queries are one-offs, so they skip the disk cache."""
+        return self.encode_texts([text], use_cache=False)[0]
 
     def encode_texts(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
         """(len(texts), dim) float32 vectors; cached ones come from disk, the rest are encoded."""
@@ -200,4 +205,4 @@ def encode_query(text: str, options: BaseModel | dict[str, Any] | None = None) -
     ``train_config.item_features``) so query and items share model and normalisation. Queries
     skip the disk cache; the loaded model is shared with the extractor in this process.
     """
-    return TextEncoder(options).encode_texts([text], use_cache=False)[0]
+    return TextEncoder(options).encode_query(text)

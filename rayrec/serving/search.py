@@ -1,0 +1,140 @@
+"""Natural-language search (``POST /search``): items whose text matches a query.
+
+A query-capable feature extractor (``supports_queries``, e.g. ``text_embedding`` from
+rayrec-text) puts the query and every item's text in one space; the best ``pool`` text
+matches (cosine) are kept. When the request names a user with history, those matches are
+re-ranked by a blend of text match and the user's taste (the model's score for the item),
+each standardised within the pool so that neither scale dominates by accident:
+
+    score = (1 - personalization) * z(text match) + personalization * z(user score)
+
+Which extractor: the one named in ``AppArgs.search``, else the model's own item feature
+when it was trained with a query-capable one (its stored item vectors are reused, nothing
+is re-encoded). Without either, search is off and ``/search`` answers 404 saying how to
+turn it on. Item vectors are kept row-aligned with the scorer's :class:`ItemIndex`, so the
+index's live/deleted mask and filters apply unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from rayrec.components import FeatureExtractor
+from rayrec.serving.config import SearchOptions
+from rayrec.serving.index import ItemIndex
+
+logger = logging.getLogger(__name__)
+
+SEARCH_OFF_MESSAGE = (
+    "search is not enabled on this server: serve a model trained with a query-capable item feature "
+    "(e.g. item_features: [{name: text_embedding}] from rayrec-text), or set search.extractor in the app arguments"
+)
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def _standardise(values: np.ndarray) -> np.ndarray:
+    spread = float(values.std())
+    return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
+
+
+def _has_text(record: dict[str, Any]) -> bool:
+    return any(record.get(name) for name in ("title", "text", "categories", "tags"))
+
+
+class TextSearch:
+    """Query and item text vectors, row-aligned with an :class:`ItemIndex`.
+
+    Rows whose item has no text at all are not searchable (an empty string would match every
+    query equally badly and fill results with noise).
+    """
+
+    def __init__(self, extractor: FeatureExtractor, vectors: np.ndarray, searchable: np.ndarray,
+                 options: SearchOptions) -> None:
+        self.extractor = extractor
+        self.vectors = _unit_rows(vectors)
+        self.searchable = np.asarray(searchable, dtype=bool)
+        self.options = options
+
+    @classmethod
+    def for_model(cls, model: Any, item_ids: Sequence[str], records: dict[str, dict[str, Any]],
+                  options: SearchOptions) -> "TextSearch | None":
+        """Search over ``item_ids`` (the index rows, in order), or None when search is off."""
+        from rayrec import plugins
+
+        extractor, stored = None, None
+        if options.extractor:
+            extractor = plugins.create_component("feature_extractor", options.extractor, options.options)
+            if not extractor.supports_queries:
+                raise ValueError(f"search.extractor: feature extractor {options.extractor!r} cannot encode queries")
+        else:
+            specs = (getattr(model, "config", None) or {}).get("train_config", {}).get("item_features", [])
+            for position, spec in enumerate(specs):
+                try:
+                    candidate = plugins.create_component("feature_extractor", spec["name"], spec.get("options"))
+                except Exception as exc:  # the plugin is not installed here: no search, but serve
+                    logger.warning("search is off: cannot create feature extractor %r (%s)", spec.get("name"), exc)
+                    continue
+                if candidate.supports_queries:
+                    extractor = candidate
+                    if len(specs) == 1:  # the tower's content buffer is exactly this extractor's output
+                        stored = _stored_content(model)
+                    break
+        if extractor is None:
+            return None
+        item_records = [records.get(item_id, {"item_id": item_id}) for item_id in item_ids]
+        if stored is not None and len(stored) == len(item_ids):
+            vectors = stored
+        else:
+            vectors = np.asarray(extractor.extract(item_records), dtype=np.float32)
+        searchable = np.array([_has_text(r) for r in item_records], dtype=bool)
+        search = cls(extractor, vectors, searchable, options)
+        search.encode_query("warm-up")  # load the text model now, not on the first user's query
+        return search
+
+    # -- catalogue changes ------------------------------------------------------------------
+    def update(self, index: ItemIndex, changed: dict[str, dict[str, Any]]) -> None:
+        """Follow the index after catalogue changes: new rows, and new text for ``changed`` items."""
+        missing = len(index.row_ids) - len(self.vectors)
+        if missing > 0:
+            self.vectors = np.concatenate([self.vectors, np.zeros((missing, self.vectors.shape[1]), np.float32)])
+            self.searchable = np.concatenate([self.searchable, np.zeros(missing, dtype=bool)])
+        if not changed:
+            return
+        rows = [index.row_of[item_id] for item_id in changed]
+        records = list(changed.values())
+        self.vectors[rows] = _unit_rows(self.extractor.extract(records))
+        self.searchable[rows] = [_has_text(r) for r in records]
+
+    # -- queries ----------------------------------------------------------------------------
+    def encode_query(self, query: str) -> np.ndarray:
+        vector = np.asarray(self.extractor.encode_query(query), dtype=np.float32).reshape(-1)
+        return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+    def search(self, query_vector: np.ndarray, k: int, allowed: np.ndarray, index: ItemIndex,
+               user_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and scores of the best ``k`` allowed items for the query, best first."""
+        allowed = allowed & self.searchable
+        text_scores = self.vectors @ query_vector
+        weight = self.options.personalization
+        if user_vector is None or weight == 0:
+            return ItemIndex.top_rows(text_scores, k, allowed)
+        rows, matches = ItemIndex.top_rows(text_scores, max(k, self.options.pool), allowed)
+        taste = index.vectors[rows] @ np.asarray(user_vector, dtype=np.float32)
+        blended = (1 - weight) * _standardise(matches) + weight * _standardise(taste)
+        order = np.argsort(-blended, kind="stable")[:k]
+        return rows[order], blended[order]
+
+
+def _stored_content(model: Any) -> np.ndarray | None:
+    """The content vectors the model was trained with, one row per item (padding row dropped)."""
+    content = getattr(getattr(getattr(model, "network", None), "item_tower", None), "content", None)
+    if content is None:
+        return None
+    return content[1:].detach().cpu().numpy().astype(np.float32)
