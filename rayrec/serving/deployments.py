@@ -271,8 +271,9 @@ class CandidateScorer(_ModelStage):
         version = logic.delete_item(item_id)
         return {"item_id": item_id, "catalog_version": version, "status": "deleted"}
 
-    async def model_version(self) -> str:
-        return (await self._logic()).model_version
+    async def status(self) -> dict[str, Any]:
+        logic = await self._logic()
+        return {"model_version": logic.model_version, "search": logic.text_search is not None}
 
 
 @serve.deployment

@@ -322,7 +322,7 @@ class Ingress:
 
     @app.get("/healthz", response_model=HealthResponse, responses=READ)
     async def healthz(self) -> Any:
-        return {"status": "ok", "model_version": await self.scorer.model_version.remote()}
+        return {"status": "ok", **await self.scorer.status.remote()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     @app.get("/demo", response_class=HTMLResponse, include_in_schema=False)

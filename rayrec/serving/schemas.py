@@ -188,6 +188,7 @@ class ErrorResponse(BaseModel):
 class HealthResponse(BaseModel):
     status: str
     model_version: str
+    search: bool = Field(False, description="Whether POST /search is enabled (a text model for queries is loaded).")
 
 
 @dataclass

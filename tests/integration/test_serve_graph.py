@@ -343,5 +343,6 @@ def test_search_without_a_text_model_says_how_to_turn_it_on(server):
     # The model here has no query-capable item feature and no search extractor is configured.
     response = server["client"].post("/search", json={"query": "space films", "k": 5})
     assert response.status_code == 404
+    assert server["client"].get("/healthz").json()["search"] is False
     assert "search is not enabled" in response.json()["message"]
     assert "text_embedding" in response.json()["message"]

@@ -143,8 +143,9 @@ def test_bad_search_input_gets_a_4xx_naming_the_field(server, body, field):
     assert response.json()["message"].startswith(field), response.json()["message"]
 
 
-def test_search_is_in_the_openapi_schema(server):
+def test_search_is_in_the_openapi_schema_and_health_says_it_is_on(server):
     client, _ = server
     schema = client.get("/openapi.json").json()
     assert "/search" in schema["paths"]
+    assert client.get("/healthz").json()["search"] is True
     assert set(schema["components"]["schemas"]["SearchRequest"]["properties"]) >= {"query", "k", "user_id"}
