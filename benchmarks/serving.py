@@ -3,6 +3,7 @@
     python benchmarks/serving.py                      # 100,000 items, dimension 64
     python benchmarks/serving.py --access-log         # what request logging costs
     python benchmarks/serving.py --threads 2          # what BLAS/torch oversubscription costs
+    python benchmarks/serving.py --compare            # the Serve tunings side by side, one run
 
 Measures, on a local Ray with ``--num-cpus`` logical CPUs (2 by default, like the target
 machine; the load generator runs on the same cores):
@@ -66,7 +67,14 @@ def in_process(model_dir: Path, users: list[str], requests: int) -> dict:
         store.ensure_model(str(model_dir))
         pre = PreprocessorLogic(model, store, DEFAULT_EVENT_WEIGHTS)
         enc = UserEncoderLogic(model)
-        scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=10**9)
+        # The same candidate sources as the deployed scorer (AppArgs defaults: new_items).
+        from rayrec import plugins
+        from rayrec.serving.config import AppArgs
+
+        sources = [plugins.create_component("candidate_source", spec.name, spec.options)
+                   for spec in AppArgs(model_dir=str(model_dir)).candidate_sources]
+        scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=10**9,
+                             candidate_sources=sources)
         times = []
         for i in range(requests):
             started = time.perf_counter()
@@ -169,8 +177,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--access-log", action="store_true", help="turn Serve access logs on (off by default)")
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per replica")
     parser.add_argument("--scorer-replicas", type=int, default=1)
+    parser.add_argument("--replica-env", type=json.loads, default=None,
+                        help='JSON object replacing AppArgs.replica_env, e.g. \'{}\' for Serve\'s own defaults')
+    parser.add_argument("--cluster-env", type=json.loads, default={},
+                        help='JSON object of environment variables for the whole local Ray (proxy, controller, replicas)')
+    parser.add_argument("--compare", action="store_true",
+                        help="run the tuning variants one after another (fresh Ray each) and print them side by side")
     parser.add_argument("--out", help="write the results as JSON here")
     options = parser.parse_args(argv)
+    if options.compare:
+        return compare(options)
+    os.environ.update(options.cluster_env)  # before ray.init: the local Ray's processes inherit it
 
     import ray
     from ray import serve
@@ -199,7 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": options.access_log})
+        tuning = {} if options.replica_env is None else {"replica_env": options.replica_env}
         args = AppArgs(
+            **tuning,
             model_dir=str(model_dir),
             state=f"sqlite:///{workdir / 'state.db'}",
             access_log=options.access_log,
@@ -224,11 +243,53 @@ def main(argv: list[str] | None = None) -> dict:
     first = report["load"][0]
     report["e2e_p50_over_compute_p50"] = first["p50_ms"] / report["in_process"]["pipeline_p50_ms"]
     report["settings"] = {"access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
-                          "scorer_replicas": options.scorer_replicas, "loadavg_1m": os.getloadavg()[0]}
+                          "scorer_replicas": options.scorer_replicas, "replica_env": args.replica_env,
+                          "cluster_env": options.cluster_env, "loadavg_1m": os.getloadavg()[0]}
     print_report(report)
     if options.out:
         Path(options.out).write_text(json.dumps(report, indent=2))
     return report
+
+
+#: (label, extra flags): each change on its own against rayrec's defaults, and Serve's defaults.
+VARIANTS = [
+    ("rayrec defaults", []),
+    ("Serve's replica defaults (user code in a thread, router on its own loop)", ["--replica-env", "{}"]),
+    ("+ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between replicas)",
+     ["--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
+    ("access logs on", ["--access-log"]),
+    ("2 BLAS/torch threads per replica", ["--threads", "2"]),
+]
+
+
+def compare(options) -> dict:
+    """Every variant in a fresh process and a fresh Ray, same model size and load, one table."""
+    import subprocess
+
+    shared = ["--items", str(options.items), "--dim", str(options.dim), "--duration", str(options.duration),
+              "--concurrency", options.concurrency, "--freshness-trials", str(options.freshness_trials),
+              "--num-cpus", str(options.num_cpus)] + (["--model", options.model] if options.model else [])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, (label, flags) in enumerate(VARIANTS):
+            out = Path(tmp) / f"{number}.json"
+            print(f"== {label}", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, __file__, *shared, *flags, "--out", str(out)], check=True,
+                           stdout=subprocess.DEVNULL)
+            rows.append((label, json.loads(out.read_text())))
+    levels = [int(c) for c in options.concurrency.split(",")]
+    base = rows[0][1]["load"][0]["p50_ms"]
+    print(f"\n{options.items:,} items x {options.dim} dims; in-process pipeline p50 "
+          f"{rows[0][1]['in_process']['pipeline_p50_ms']:.2f} ms")
+    header = " | ".join(f"c={c} p50 / p99 ms, req/s" for c in levels)
+    print(f"| variant | {header} | p50 at c=1 vs rayrec defaults |")
+    print("|---|" + "---:|" * (len(levels) + 1))
+    for label, report in rows:
+        cells = " | ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}, {r['throughput_rps']:.0f}" for r in report["load"])
+        print(f"| {label} | {cells} | {report['load'][0]['p50_ms'] / base:.2f}x |")
+    if options.out:
+        Path(options.out).write_text(json.dumps(dict(rows), indent=2))
+    return dict(rows)
 
 
 def print_report(report: dict) -> None:

@@ -27,8 +27,7 @@ class NewItems(CandidateSource):
         catalog = context.catalog
         if catalog is None:
             return []
-        # Records keep insertion order, and an update moves nothing: the newest are last.
-        new = [item_id for item_id in catalog.records if item_id not in catalog.trained_items]
+        new = list(getattr(catalog, "added_items", ()))  # oldest first; an update moves nothing
         limit = min(k, self.options.max_items)
         return [Candidate(item_id=item_id, score=0.0) for item_id in reversed(new[-limit:])] if limit else []
 

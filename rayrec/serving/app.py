@@ -36,6 +36,7 @@ def _absolute_state_url(state: str) -> str:
 
 def _options(stage: StageOptions, args: AppArgs) -> dict[str, Any]:
     env = {name: str(args.threads_per_replica) if name.endswith("THREADS") else value for name, value in SINGLE_THREAD_ENV.items()}
+    env.update(args.replica_env)
     return {
         **stage.deployment_options(),
         # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the

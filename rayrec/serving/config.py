@@ -30,6 +30,14 @@ SINGLE_THREAD_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 
+#: Ray Serve replica settings that cut a hop's overhead: by default Serve runs user code in a
+#: second thread and a handle's router on a third event loop, and each hand-over between them
+#: costs a thread wake-up on two busy cores (see benchmarks/serving.py for what they bought).
+LOW_LATENCY_REPLICA_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+
 
 class ComponentSpec(BaseModel):
     """A registered component by name, with its options."""
@@ -138,6 +146,11 @@ class AppArgs(BaseModel):
         0.0, ge=0, description="Extra wait for a fuller batch; 0 batches only what queued meanwhile (no added latency)."
     )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
+    replica_env: dict[str, str] = Field(
+        default_factory=lambda: dict(LOW_LATENCY_REPLICA_ENV),
+        description="Environment variables of every replica (Ray Serve settings read in the replica); "
+                    "the default runs user code and the handle router on the replica's own event loop.",
+    )
     stages: Stages = Stages()
     access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")
     # -- security and limits (see README "Operating rayrec") -------------------------------
