@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,14 @@ class TwoTowerModel(nn.Module):
     def item_table(self) -> torch.Tensor:
         """All item vectors, row 0 = padding: (N + 1, D)."""
         return self._normalise(self.item_tower.table())
+
+    def auxiliary_item_views(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], float]]:
+        """Extra (item vectors of indices, loss weight) pairs the item tower wants trained against
+        the same targets, e.g. content-only vectors so items unseen in training rank well; the
+        training loop adds one loss per view. Empty for most towers."""
+        views = getattr(self.item_tower, "auxiliary_views", None)
+        return [((lambda index, view=view: self._normalise(view(index))), weight)
+                for view, weight in (views() if views else [])]
 
     def attribution(self, sequences: torch.Tensor) -> torch.Tensor:
         """Contribution of each history position to the user vector: (B, L) -> (B, L)."""

@@ -77,6 +77,13 @@ def train_one_epoch(
         else:
             loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, log_q,
                                         num_uniform_negatives, temperature)
+        for view, weight in model.auxiliary_item_views():
+            if loss_kind == "full":
+                table = view(torch.arange(model.item_tower.num_items + 1, device=device))  # with padding row 0
+                loss = loss + weight * full_softmax_loss(flat_outputs, table, flat_labels, temperature)
+            else:
+                loss = loss + weight * sampled_softmax_loss(flat_outputs, view, flat_labels, log_q,
+                                                            num_uniform_negatives, temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if after_backward is not None:

@@ -1,4 +1,5 @@
-"""Tests for content_item_tower: the id part is dropped for a share of items in training only."""
+"""Tests for content_item_tower: the content part is trained to stand alone (an extra loss over
+content-only vectors, and optionally id dropout), in training only."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def content_only(tower: ContentItemTower, index: torch.Tensor) -> torch.Tensor:
 def test_registers_as_an_item_encoder(text_plugin):
     encoder = plugins.create_component("encoder", "content_item_tower", {})
     assert encoder.kind == "item"
-    assert encoder.options.id_dropout == 0.5
+    assert (encoder.options.content_loss_weight, encoder.options.id_dropout) == (1.0, 0.0)
 
 
 @torch.no_grad()
@@ -75,14 +76,64 @@ def test_gradients_reach_both_parts(text_plugin):
     assert all(p.grad is not None for p in tower.content_projection.parameters())
 
 
-def test_dropping_ids_without_content_to_fall_back_on_is_refused(text_plugin):
+@torch.no_grad()
+def test_in_training_the_content_only_vectors_are_an_extra_view_with_its_weight(text_plugin):
+    tower = build({"content_loss_weight": 0.7}).train()
+    [(view, weight)] = tower.auxiliary_views()
+    index = torch.arange(1, NUM_ITEMS + 1)
+    assert weight == 0.7
+    torch.testing.assert_close(view(index), content_only(tower, index))  # what an unseen item gets
+    assert tower.eval().auxiliary_views() == []  # never at inference
+    assert build({"content_loss_weight": 0.0}).train().auxiliary_views() == []
+
+
+def test_the_extra_loss_trains_the_content_part_to_rank_on_its_own():
+    """A two-tower model whose content vectors carry the answer: with the extra loss the
+    content-only vectors learn to rank the targets; without it they are never asked to."""
+    from rayrec.models.losses import full_softmax_loss
+    from rayrec.models.two_tower import TwoTowerModel
+    from rayrec.models.mean_pool import MeanPoolTower
+
+    torch.manual_seed(0)
+    content = torch.randn(NUM_ITEMS + 1, CONTENT_DIM)
+    targets = torch.randint(1, NUM_ITEMS + 1, (256,))
+    queries = content[targets] + 0.1 * torch.randn(256, CONTENT_DIM)  # users "asking" for similar content
+
+    def trained_content_loss(weight: float) -> float:
+        torch.manual_seed(1)
+        tower = ContentItemTower(num_items=NUM_ITEMS, dim=DIM, content=content, use_id=True,
+                                 content_loss_weight=weight)
+        model = TwoTowerModel(tower, MeanPoolTower(DIM))
+        query_projection = torch.nn.Linear(CONTENT_DIM, DIM)
+        optimizer = torch.optim.Adam([*model.parameters(), *query_projection.parameters()], lr=0.02)
+        model.train()
+        for _ in range(150):
+            outputs = query_projection(queries)
+            loss = full_softmax_loss(outputs, model.item_table(), targets)
+            for view, w in model.auxiliary_item_views():
+                loss = loss + w * full_softmax_loss(outputs, view(torch.arange(NUM_ITEMS + 1)), targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            return full_softmax_loss(query_projection(queries), tower.content_vectors(torch.arange(NUM_ITEMS + 1)),
+                                     targets).item()
+
+    assert trained_content_loss(1.0) < 0.5 * trained_content_loss(0.0)
+
+
+def test_training_the_content_part_alone_without_content_is_refused(text_plugin):
     with pytest.raises(ValueError, match="item_features"):
         build({"id_dropout": 0.5}, content=False)
-    assert build({"id_dropout": 0.0}, content=False).content is None  # plain id tower is fine
+    with pytest.raises(ValueError, match="item_features"):
+        build({}, content=False)  # the extra loss is on by default
+    assert build({"content_loss_weight": 0.0}, content=False).content is None  # plain id tower is fine
 
 
-@pytest.mark.parametrize("options", [{"id_dropout": 1.5}, {"id_dropout": -0.1}, {"dropout": 0.5}],
-                         ids=["above-one", "negative", "misspelt"])
+@pytest.mark.parametrize("options", [{"id_dropout": 1.5}, {"id_dropout": -0.1}, {"dropout": 0.5},
+                                     {"content_loss_weight": -1}],
+                         ids=["above-one", "negative", "misspelt", "negative-weight"])
 def test_bad_options_are_rejected(text_plugin, options):
     with pytest.raises(ValidationError):
         plugins.create_component("encoder", "content_item_tower", options)
