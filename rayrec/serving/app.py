@@ -3,8 +3,11 @@
 ::
 
     HTTP ─► Ingress ─┬─► Preprocessor ─► UserEncoder (@serve.batch) ─► CandidateScorer
-                     ├─► CandidateScorer (/similar-items, PUT/DELETE /items)
+                     ├─► CandidateScorer (/similar-items, PUT/DELETE /items, /search)
                      └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
+
+That is ``topology: split`` (the default). ``topology: fused`` replaces the three read stages
+with one RecommendPipeline deployment running the same logic classes in process.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from ray.serve import Application
 
 from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions
-from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, UserEncoder
+from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, RecommendPipeline, UserEncoder
 from rayrec.serving.ingress import Ingress
 from rayrec.serving.model_loading import load_model
 from rayrec.serving.security import default_model_roots, load_api_keys, resolve_model_roots
@@ -84,11 +87,15 @@ def build_app(args: AppArgs) -> Application:
     store.ensure_model(args.model_dir)
     store.close()
     stages = args.stages
+    feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
+    ingress = Ingress.options(**_options(stages.ingress, args))
+    if args.topology == "fused":
+        pipeline = RecommendPipeline.options(**_options(stages.pipeline, args)).bind(args)
+        return ingress.bind(None, None, pipeline, feedback, args)
     preprocessor = Preprocessor.options(**_options(stages.preprocessor, args)).bind(args)
     encoder = UserEncoder.options(**_options(stages.user_encoder, args)).bind(args)
     scorer = CandidateScorer.options(**_options(stages.scorer, args)).bind(args)
-    feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
-    return Ingress.options(**_options(stages.ingress, args)).bind(preprocessor, encoder, scorer, feedback, args)
+    return ingress.bind(preprocessor, encoder, scorer, feedback, args)
 
 
 #: Ray Serve marks its HTTP proxy unhealthy after a few 5-10 s checks. On a busy 2-core laptop

@@ -12,6 +12,7 @@ import functools
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 import numpy as np
@@ -181,18 +182,37 @@ class UserEncoder(_ModelStage):
         return results
 
 
-@serve.deployment
-class CandidateScorer(_ModelStage):
-    stage = "scorer"
+class _CatalogueMethods:
+    """What the ingress asks of whichever deployment holds the scorer (CandidateScorer in the
+    split topology, RecommendPipeline in the fused one): catalogue reads and writes, item to
+    item, search, status. ``_scorer`` returns that deployment's ScorerLogic for a generation."""
 
-    def __init__(self, args: AppArgs) -> None:
+    stage: str
+
+    def _init_scoring(self, args: AppArgs) -> None:
         from rayrec import plugins
 
         self.scorers = components("scorer", args.scorers)
         self.candidate_sources = components("candidate_source", args.candidate_sources)
         self.candidate_filters = [impl.function for impl in plugins.load_plugins().hook.filter_candidates.get_hookimpls()]
-        self._init_stage(args)
         self._recall_probe: asyncio.Task | None = None
+
+    def _build_scorer(self, model: Any, model_dir: str) -> ScorerLogic:
+        return ScorerLogic(
+            model,
+            self.store,
+            item_records(model, model_dir),
+            scorers=self.scorers,
+            candidate_filters=self.candidate_filters,
+            exact_search_max_items=self.args.exact_search_max_items,
+            ann_options=self.args.ann.model_dump(),
+            filter_seen=self.args.filter_seen,
+            candidate_sources=self.candidate_sources,
+            search=self.args.search,
+        )
+
+    async def _scorer(self, generation: int | None = None) -> ScorerLogic:  # pragma: no cover - per class
+        raise NotImplementedError
 
     def _start_recall_probe(self) -> None:
         """Sample the index's recall@10 every ``ann_recall_probe_interval_s`` (started on first use:
@@ -203,28 +223,62 @@ class CandidateScorer(_ModelStage):
     async def _probe_recall_forever(self) -> None:
         while True:
             try:
-                logic = await self._logic()
+                scorer = await self._scorer()
                 # On the event loop, like every index change: a handful of queries, and exact
                 # search only when an ANN index exists (else recall is 1 by construction).
-                serving_metrics().record_ann_recall(logic.index.recall_at_k(samples=8, k=10))
+                serving_metrics().record_ann_recall(scorer.index.recall_at_k(samples=8, k=10))
             except Exception:
                 logger.exception("the ANN recall probe failed")
             await asyncio.sleep(self.args.ann_recall_probe_interval_s)
 
+    async def _search(self, scorer: ScorerLogic, request: SearchRequest, prepared: PreparedRequest | None,
+                      user_vector: np.ndarray | None, attributions: np.ndarray | None) -> dict[str, Any]:
+        # The text model runs off the event loop (tens of ms); it releases the GIL while it computes.
+        query_vector = await asyncio.to_thread(scorer.encode_query, request.query)
+        return scorer.search(request, query_vector, prepared, user_vector, attributions)
+
+    @timed
+    @request_errors_as_values
+    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
+        return (await self._scorer()).similar(item_id, k)
+
+    @timed
+    @request_errors_as_values
+    async def put_item(self, item_id: str, item: ItemIn) -> dict[str, Any]:
+        # On the event loop, not in a thread: the item index is only ever changed from the
+        # loop, so a concurrent recommend never sees it half updated.
+        version = (await self._scorer()).put_item(item_id, item)
+        return {"item_id": item_id, "catalog_version": version, "status": "upserted"}
+
+    @request_errors_as_values
+    async def item(self, item_id: str) -> dict[str, Any]:
+        return (await self._scorer()).item(item_id)
+
+    @timed
+    @request_errors_as_values
+    async def delete_item(self, item_id: str) -> dict[str, Any]:
+        version = (await self._scorer()).delete_item(item_id)
+        return {"item_id": item_id, "catalog_version": version, "status": "deleted"}
+
+    async def status(self) -> dict[str, Any]:
+        scorer = await self._scorer()
+        return {"model_version": scorer.model_version, "search": scorer.text_search is not None}
+
+
+@serve.deployment
+class CandidateScorer(_CatalogueMethods, _ModelStage):
+    stage = "scorer"
+
+    def __init__(self, args: AppArgs) -> None:
+        self.args = args
+        self._init_scoring(args)
+        self._init_stage(args)
+
     def _build(self, record: ModelGeneration) -> ScorerLogic:
-        model = load_model(record.model_dir)
-        return ScorerLogic(
-            model,
-            self.store,
-            item_records(model, record.model_dir),
-            scorers=self.scorers,
-            candidate_filters=self.candidate_filters,
-            exact_search_max_items=self.args.exact_search_max_items,
-            ann_options=self.args.ann.model_dump(),
-            filter_seen=self.args.filter_seen,
-            candidate_sources=self.candidate_sources,
-            search=self.args.search,
-        )
+        return self._build_scorer(load_model(record.model_dir), record.model_dir)
+
+    async def _scorer(self, generation: int | None = None) -> ScorerLogic:
+        return await self._logic(generation)
 
     @timed
     @request_errors_as_values
@@ -242,38 +296,71 @@ class CandidateScorer(_ModelStage):
         attributions: np.ndarray | None,
     ) -> dict[str, Any]:
         logic = await self._logic(prepared.generation if prepared is not None else None)
-        # The text model runs off the event loop (tens of ms); it releases the GIL while it computes.
-        query_vector = await asyncio.to_thread(logic.encode_query, request.query)
-        return logic.search(request, query_vector, prepared, user_vector, attributions)
+        return await self._search(logic, request, prepared, user_vector, attributions)
+
+
+@dataclass
+class PipelineLogic:
+    """The three read stages of one model generation, side by side in one process."""
+
+    preprocessor: PreprocessorLogic
+    encoder: UserEncoderLogic
+    scorer: ScorerLogic
+
+    @property
+    def model(self) -> Any:
+        return self.scorer.model
+
+    def prepare_and_encode(self, request: RecommendRequest):
+        prepared = self.preprocessor.prepare(request)
+        vector = attributions = None
+        if prepared.personalized:
+            [(vector, attributions)] = self.encoder.encode([prepared.history_indices])
+        return prepared, vector, attributions
+
+
+@serve.deployment
+class RecommendPipeline(_CatalogueMethods, _ModelStage):
+    """Preprocess, encode and score in one replica (``topology: fused``): the same logic classes
+    as the split graph, one handle hop instead of three. Scales as one unit; no request batching
+    across users (each request is encoded on its own, which is what batching does at low load)."""
+
+    stage = "pipeline"
+
+    def __init__(self, args: AppArgs) -> None:
+        self.args = args
+        self.extractors = components("feature_extractor", args.feature_extractors)
+        self._init_scoring(args)
+        self._init_stage(args)
+
+    def _build(self, record: ModelGeneration) -> PipelineLogic:
+        model = load_model(record.model_dir)  # one copy of the model for the three stages
+        return PipelineLogic(
+            PreprocessorLogic(model, self.store, self.args.event_weights, record.generation, self.extractors),
+            UserEncoderLogic(model),
+            self._build_scorer(model, record.model_dir),
+        )
+
+    async def _scorer(self, generation: int | None = None) -> ScorerLogic:
+        return (await self._logic(generation)).scorer
 
     @timed
     @request_errors_as_values
-    async def similar(self, item_id: str, k: int) -> dict[str, Any]:
-        return (await self._logic()).similar(item_id, k)
+    async def recommend_for(self, request: RecommendRequest) -> dict[str, Any]:
+        self._start_recall_probe()
+        logic = await self._logic()
+        return logic.scorer.recommend(*logic.prepare_and_encode(request))
 
     @timed
     @request_errors_as_values
-    async def put_item(self, item_id: str, item: ItemIn) -> dict[str, Any]:
-        # On the event loop, not in a thread: the item index is only ever changed from the
-        # loop, so a concurrent recommend never sees it half updated.
+    async def search_for(self, request: SearchRequest) -> dict[str, Any]:
         logic = await self._logic()
-        version = logic.put_item(item_id, item)
-        return {"item_id": item_id, "catalog_version": version, "status": "upserted"}
-
-    @request_errors_as_values
-    async def item(self, item_id: str) -> dict[str, Any]:
-        return (await self._logic()).item(item_id)
-
-    @timed
-    @request_errors_as_values
-    async def delete_item(self, item_id: str) -> dict[str, Any]:
-        logic = await self._logic()
-        version = logic.delete_item(item_id)
-        return {"item_id": item_id, "catalog_version": version, "status": "deleted"}
-
-    async def status(self) -> dict[str, Any]:
-        logic = await self._logic()
-        return {"model_version": logic.model_version, "search": logic.text_search is not None}
+        prepared = vector = attributions = None
+        if request.user_id is not None:
+            prepared, vector, attributions = logic.prepare_and_encode(
+                RecommendRequest(user_id=request.user_id, k=request.k, exclude_items=request.exclude_items,
+                                 filters=request.filters))
+        return await self._search(logic.scorer, request, prepared, vector, attributions)
 
 
 @serve.deployment

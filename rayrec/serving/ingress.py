@@ -192,15 +192,18 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 class Ingress:
     def __init__(
         self,
-        preprocessor: DeploymentHandle,
-        encoder: DeploymentHandle,
+        preprocessor: DeploymentHandle | None,
+        encoder: DeploymentHandle | None,
         scorer: DeploymentHandle,
         feedback: DeploymentHandle,
         args: AppArgs,
     ) -> None:
+        # Split topology: three read stages. Fused: ``scorer`` is the RecommendPipeline, which
+        # prepares and encodes too, and the other two are None.
         self.preprocessor = preprocessor
         self.encoder = encoder
         self.scorer = scorer
+        self.fused = preprocessor is None
         self.feedback = feedback
         self.args = args
         self.metrics = serving_metrics()
@@ -226,6 +229,8 @@ class Ingress:
     async def recommend(self, request: RecommendRequest) -> Any:
         if request.k > self.args.max_k:
             raise RequestError("k", f"at most {self.args.max_k}")
+        if self.fused:
+            return StageError.raise_for(await self.scorer.recommend_for.remote(request))
         prepared = await self.preprocessor.prepare.remote(request)
         vector = attributions = None
         if prepared.personalized:
@@ -240,6 +245,8 @@ class Ingress:
         """
         if request.k > self.args.max_k:
             raise RequestError("k", f"at most {self.args.max_k}")
+        if self.fused:
+            return StageError.raise_for(await self.scorer.search_for.remote(request))
         prepared = vector = attributions = None
         if request.user_id is not None:
             prepared = await self.preprocessor.prepare.remote(
@@ -302,7 +309,8 @@ class Ingress:
         generation = await self.feedback.stage_model.remote(model_dir)
         try:
             groups = await asyncio.gather(
-                *(self._preload_everywhere(handle, generation) for handle in (self.preprocessor, self.encoder, self.scorer))
+                *(self._preload_everywhere(handle, generation)
+                  for handle in (self.preprocessor, self.encoder, self.scorer) if handle is not None)
             )
             versions = [StageError.raise_for(version) for group in groups for version in group]
         except BaseException:

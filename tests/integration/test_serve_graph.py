@@ -1,8 +1,9 @@
 """End to end: the real Serve graph on a local Ray, over HTTP, with a real SQLite file.
 
 The model is a real two-tower model trained in-process on synthetic data with known clusters,
-so the tests can check that answers follow a user's cluster. One Ray + Serve start for the
-whole module (2 logical CPUs, like the target machine).
+so the tests can check that answers follow a user's cluster. One Ray + Serve start per
+topology (split: five deployments; fused: the three read stages in one), 2 logical CPUs like
+the target machine; every test runs against both.
 """
 
 from __future__ import annotations
@@ -70,8 +71,15 @@ def make_models(root):
     return load_model(v1), v1, v2
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+#: Two replicas of whatever holds the catalogue: a change made through one must reach the other.
+TOPOLOGIES = {
+    "split": {"stages": {"scorer": {"num_replicas": 2, "num_cpus": 0.25}}},
+    "fused": {"topology": "fused", "stages": {"pipeline": {"num_replicas": 2, "num_cpus": 0.25}}},
+}
+
+
+@pytest.fixture(scope="module", params=list(TOPOLOGIES))
+def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("serve")
     model, v1, v2 = make_models(root)
     state = root / "state.db"
@@ -82,7 +90,7 @@ def server(tmp_path_factory):
         args = AppArgs(
             model_dir=str(v1),
             state=f"sqlite:///{state}",
-            stages={"scorer": {"num_replicas": 2, "num_cpus": 0.25}},  # catalogue changes must reach both
+            **TOPOLOGIES[request.param],
             max_feedback_batch=100,
         )
         serve.run(build_app(args), name="rayrec", route_prefix="/")
