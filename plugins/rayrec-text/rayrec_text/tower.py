@@ -5,9 +5,10 @@ Trained with the id part always present, the model never sees such vectors and r
 items nowhere (measured: cold HR@10 at random level); trained without ids at all, it loses
 the per-item signal that warm recommendations live on. Two ways to get both, combinable:
 
-* ``content_loss_weight``: every step also scores the targets against the content-only vectors
-  of all items (a second softmax, this weight), so the content part learns to rank on its own
-  as in a content-only model, while the full vectors (content + id) serve items with history;
+* ``content_loss_weight``: every step adds a second softmax (this weight) in which each target,
+  represented by its content-only vector, must beat every other item's full vector: exactly
+  what a new item faces at serving time. The content part learns to rank on its own, on the
+  same scale as the full vectors (content + id) that serve items with history;
 * ``id_dropout``: a random share of items loses its id part at every training step
   (DropoutNet, Volkovs et al. 2017).
 """
@@ -70,7 +71,7 @@ class ContentItemEncoder(ItemEncoder):
 
         content_loss_weight: float = Field(
             1.0, ge=0,
-            description="Weight of the extra softmax over content-only item vectors at every step; 0 = off.")
+            description="Weight of the extra softmax where targets compete by their content-only vectors; 0 = off.")
         id_dropout: float = Field(
             0.0, ge=0, le=1,
             description="Chance an item's id part is dropped at a training step; 1 = content only.")

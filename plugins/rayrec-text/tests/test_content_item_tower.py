@@ -87,19 +87,20 @@ def test_in_training_the_content_only_vectors_are_an_extra_view_with_its_weight(
     assert build({"content_loss_weight": 0.0}).train().auxiliary_views() == []
 
 
-def test_the_extra_loss_trains_the_content_part_to_rank_on_its_own():
-    """A two-tower model whose content vectors carry the answer: with the extra loss the
-    content-only vectors learn to rank the targets; without it they are never asked to."""
+def test_the_extra_loss_teaches_content_only_targets_to_beat_full_vectors():
+    """The situation of a new item at serving time: its content-only vector must outscore the
+    other items' full (id + content) vectors. Users here "ask" for content; with the extra loss
+    content-only targets win that contest, without it they are never trained to."""
     from rayrec.models.losses import full_softmax_loss
-    from rayrec.models.two_tower import TwoTowerModel
     from rayrec.models.mean_pool import MeanPoolTower
+    from rayrec.models.two_tower import TwoTowerModel
 
     torch.manual_seed(0)
     content = torch.randn(NUM_ITEMS + 1, CONTENT_DIM)
     targets = torch.randint(1, NUM_ITEMS + 1, (256,))
-    queries = content[targets] + 0.1 * torch.randn(256, CONTENT_DIM)  # users "asking" for similar content
+    queries = content[targets] + 0.1 * torch.randn(256, CONTENT_DIM)
 
-    def trained_content_loss(weight: float) -> float:
+    def cold_ranking_loss(weight: float) -> float:
         torch.manual_seed(1)
         tower = ContentItemTower(num_items=NUM_ITEMS, dim=DIM, content=content, use_id=True,
                                  content_loss_weight=weight)
@@ -107,20 +108,21 @@ def test_the_extra_loss_trains_the_content_part_to_rank_on_its_own():
         query_projection = torch.nn.Linear(CONTENT_DIM, DIM)
         optimizer = torch.optim.Adam([*model.parameters(), *query_projection.parameters()], lr=0.02)
         model.train()
-        for _ in range(150):
+        for _ in range(150):  # the training loop's loss, on this toy problem
             outputs = query_projection(queries)
-            loss = full_softmax_loss(outputs, model.item_table(), targets)
+            table = model.item_table()
+            loss = full_softmax_loss(outputs, table, targets)
             for view, w in model.auxiliary_item_views():
-                loss = loss + w * full_softmax_loss(outputs, view(torch.arange(NUM_ITEMS + 1)), targets)
+                loss = loss + w * full_softmax_loss(outputs, table, targets, positive_vectors=view(targets))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            return full_softmax_loss(query_projection(queries), tower.content_vectors(torch.arange(NUM_ITEMS + 1)),
-                                     targets).item()
+            return full_softmax_loss(query_projection(queries), model.item_table(), targets,
+                                     positive_vectors=tower.content_vectors(targets)).item()
 
-    assert trained_content_loss(1.0) < 0.5 * trained_content_loss(0.0)
+    assert cold_ranking_loss(1.0) < 0.5 * cold_ranking_loss(0.0)
 
 
 def test_training_the_content_part_alone_without_content_is_refused(text_plugin):
