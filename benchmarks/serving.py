@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--access-log", action="store_true", help="turn Serve access logs on (off by default)")
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per replica")
     parser.add_argument("--scorer-replicas", type=int, default=1)
+    parser.add_argument("--topology", choices=["split", "fused"], default="split",
+                        help="split: five deployments; fused: preprocess + encode + score in one")
     parser.add_argument("--replica-env", type=json.loads, default=None,
                         help='JSON object replacing AppArgs.replica_env, e.g. \'{}\' for Serve\'s own defaults')
     parser.add_argument("--cluster-env", type=json.loads, default={},
@@ -223,7 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
             state=f"sqlite:///{workdir / 'state.db'}",
             access_log=options.access_log,
             threads_per_replica=options.threads,
-            stages={"scorer": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5}},
+            topology=options.topology,
+            stages={"scorer": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5},
+                    "pipeline": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5}},
         )
         started = time.perf_counter()
         serve.run(build_app(args), name="rayrec", route_prefix="/")
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     first = report["load"][0]
     report["e2e_p50_over_compute_p50"] = first["p50_ms"] / report["in_process"]["pipeline_p50_ms"]
-    report["settings"] = {"access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
+    report["settings"] = {"topology": options.topology, "access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
                           "scorer_replicas": options.scorer_replicas, "replica_env": args.replica_env,
                           "cluster_env": options.cluster_env, "loadavg_1m": os.getloadavg()[0]}
     print_report(report)
@@ -257,6 +261,9 @@ VARIANTS = [
     ("Serve's replica defaults (user code in a thread, router on its own loop)", ["--replica-env", "{}"]),
     ("+ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between replicas)",
      ["--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
+    ("topology: fused (one hop instead of three)", ["--topology", "fused"]),
+    ("fused + RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
+     ["--topology", "fused", "--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
     ("access logs on", ["--access-log"]),
     ("2 BLAS/torch threads per replica", ["--threads", "2"]),
 ]
