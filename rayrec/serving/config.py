@@ -192,6 +192,12 @@ class AppArgs(BaseModel):
             raise ValueError("at least one event type is needed")
         return value
 
+    def deployed_stages(self) -> dict[str, StageOptions]:
+        """The stages this topology deploys, by name (``stages`` also holds the other topology's)."""
+        names = ["ingress", "feedback"]
+        names += ["pipeline"] if self.topology == "fused" else ["preprocessor", "user_encoder", "scorer"]
+        return {name: getattr(self.stages, name) for name in names}
+
     @property
     def dislike_types(self) -> set[str]:
         return {name for name, weight in self.event_weights.items() if weight < 0}

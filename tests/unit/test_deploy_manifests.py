@@ -325,7 +325,7 @@ def serving_cluster() -> tuple[AppArgs, dict, list[dict]]:
 def test_the_serving_workers_hold_every_replica_from_the_least_to_the_most():
     args, _, workers = serving_cluster()
     least = most = 0.0
-    for _, stage in args.stages:
+    for stage in args.deployed_stages().values():
         scaling = stage.autoscaling or {"min_replicas": stage.num_replicas, "max_replicas": stage.num_replicas}
         least += scaling["min_replicas"] * stage.num_cpus
         most += scaling["max_replicas"] * stage.num_cpus
