@@ -6,45 +6,32 @@ import torch
 import torch.nn.functional as F
 
 
-def _positive_logits(outputs: torch.Tensor, positive_vectors: torch.Tensor, temperature: float) -> torch.Tensor:
-    return (outputs * positive_vectors).sum(dim=-1, keepdim=True) / temperature  # (M, 1)
-
-
 def full_softmax_loss(outputs: torch.Tensor, item_table: torch.Tensor, targets: torch.Tensor,
-                      temperature: float = 1.0, positive_vectors: torch.Tensor | None = None) -> torch.Tensor:
+                      temperature: float = 1.0) -> torch.Tensor:
     """Cross-entropy over the whole catalogue.
 
     outputs: (M, D) user vectors at the supervised positions; item_table: (N + 1, D) with the
     padding row 0; targets: (M,) int64 in 1..N. Padding can never be predicted.
-    positive_vectors: (M, D) another vector for each target (e.g. from its content alone) that
-    must win against the table's other items, as a new item must at serving time.
     """
     logits = outputs @ item_table.T / temperature  # (M, N + 1)
-    if positive_vectors is not None:
-        logits = logits.scatter(1, targets[:, None], _positive_logits(outputs, positive_vectors, temperature))
     logits[:, 0] = float("-inf")
     return F.cross_entropy(logits, targets)
 
 
 def sampled_softmax_loss(outputs: torch.Tensor, item_tower, targets: torch.Tensor, log_q: torch.Tensor,
-                         num_uniform_negatives: int = 1000, temperature: float = 1.0,
-                         positive_vectors: torch.Tensor | None = None) -> torch.Tensor:
+                         num_uniform_negatives: int = 1000, temperature: float = 1.0) -> torch.Tensor:
     """Sampled softmax with in-batch and uniform negatives and logQ correction.
 
     outputs: (M, D); targets: (M,) in 1..N; log_q: (N + 1,) log sampling probability of each item
     as an in-batch negative (its popularity share). In-batch negatives over-represent popular
     items, so their logits are corrected by subtracting log Q (Yi et al., 2019); uniform negatives
     have a constant Q and need no correction. A candidate equal to the row's own target is masked.
-    ``positive_vectors`` as in :func:`full_softmax_loss`.
     """
     num_items = log_q.shape[0] - 1
     uniform = torch.randint(1, num_items + 1, (num_uniform_negatives,), device=outputs.device)
     candidates = torch.cat([targets, uniform])  # (M + U,)
     candidate_vectors = item_tower(candidates)  # (M + U, D)
     logits = outputs @ candidate_vectors.T / temperature  # (M, M + U)
-    if positive_vectors is not None:  # row i's positive is column i
-        rows = torch.arange(len(targets), device=outputs.device)[:, None]
-        logits = logits.scatter(1, rows, _positive_logits(outputs, positive_vectors, temperature))
     correction = torch.cat([log_q[targets], torch.full_like(uniform, 0, dtype=log_q.dtype)
                             + torch.log(torch.tensor(1.0 / num_items, device=outputs.device))])
     logits = logits - correction

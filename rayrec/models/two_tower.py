@@ -55,9 +55,9 @@ class TwoTowerModel(nn.Module):
 
     def auxiliary_item_views(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], float]]:
         """Extra (item vectors of indices, loss weight) pairs from the item tower: the training loop
-        adds one loss per view in which each target, represented by the view's vector (e.g. its
-        content alone), must win against the other items' usual vectors, as an item unseen in
-        training must at serving time. Empty for most towers."""
+        adds one softmax per view, over the items as that view represents them (e.g. a random
+        share by content alone, as items unseen in training are at serving time). Empty for
+        most towers."""
         views = getattr(self.item_tower, "auxiliary_views", None)
         return [((lambda index, view=view: self._normalise(view(index))), weight)
                 for view, weight in (views() if views else [])]

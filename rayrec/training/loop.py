@@ -73,21 +73,18 @@ def train_one_epoch(
         flat_outputs = outputs[supervised]
         flat_labels = labels_t[supervised]
         if loss_kind == "full":
-            table = model.item_table()
-            loss = full_softmax_loss(flat_outputs, table, flat_labels, temperature)
+            loss = full_softmax_loss(flat_outputs, model.item_table(), flat_labels, temperature)
         else:
             loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, log_q,
                                         num_uniform_negatives, temperature)
-        # Each auxiliary view gives the targets another vector that must win against the same
-        # competitors (e.g. a target's content-only vector against every other item's full one).
+        # Extra softmaxes over other views of the items (e.g. some represented by content alone).
         for view, weight in model.auxiliary_item_views():
-            positives = view(flat_labels)
             if loss_kind == "full":
-                extra = full_softmax_loss(flat_outputs, table, flat_labels, temperature, positive_vectors=positives)
+                table = view(torch.arange(model.item_tower.num_items + 1, device=device))  # with padding row 0
+                loss = loss + weight * full_softmax_loss(flat_outputs, table, flat_labels, temperature)
             else:
-                extra = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, log_q,
-                                             num_uniform_negatives, temperature, positive_vectors=positives)
-            loss = loss + weight * extra
+                loss = loss + weight * sampled_softmax_loss(flat_outputs, view, flat_labels, log_q,
+                                                            num_uniform_negatives, temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if after_backward is not None:

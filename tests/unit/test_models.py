@@ -97,30 +97,6 @@ def test_sampled_softmax_prefers_the_right_item_and_is_finite():
     assert torch.isfinite(right) and right < wrong
 
 
-def test_a_targets_own_positive_vector_replaces_its_table_row_in_both_losses():
-    """positive_vectors: the target competes with another vector (e.g. its content alone)."""
-    table = torch.eye(4) * 5
-    outputs, targets = table[[2, 3]], torch.tensor([2, 3])
-    plain = full_softmax_loss(outputs, table, targets)
-    assert torch.allclose(full_softmax_loss(outputs, table, targets, positive_vectors=table[targets]), plain)
-    weak = full_softmax_loss(outputs, table, targets, positive_vectors=torch.zeros(2, 4))
-    assert weak > 1.0 > 0.1 > plain  # a zero vector scores 0 against rivals' 0: a three-way tie at best
-
-    torch.manual_seed(0)
-    tower = torch.nn.Embedding(11, 10)
-    with torch.no_grad():
-        tower.weight.copy_(torch.eye(11, 10) * 6)
-    targets = torch.tensor([1, 2, 3])
-    log_q = torch.log(torch.full((11,), 0.1))
-    torch.manual_seed(1)
-    same = sampled_softmax_loss(tower(targets), tower, targets, log_q, 20, positive_vectors=tower(targets))
-    torch.manual_seed(1)
-    plain = sampled_softmax_loss(tower(targets), tower, targets, log_q, 20)
-    torch.manual_seed(1)
-    weak = sampled_softmax_loss(tower(targets), tower, targets, log_q, 20, positive_vectors=torch.zeros(3, 10))
-    assert torch.allclose(same, plain) and weak > plain
-
-
 def test_next_item_batches_shift_by_one_and_left_pad():
     inputs, labels = next_item_batch([np.array([1, 2, 3, 4]), np.array([7, 8])], max_len=3)
     assert inputs.tolist() == [[1, 2, 3], [0, 0, 7]]

@@ -1,16 +1,17 @@
-"""``content_item_tower``: id embedding + content, trained so the content part also stands alone.
+"""``content_item_tower``: id embedding + content, trained so that content alone also ranks.
 
 An item unseen in training has no id embedding, so its vector is the content part alone.
 Trained with the id part always present, the model never sees such vectors and ranks new
 items nowhere (measured: cold HR@10 at random level); trained without ids at all, it loses
-the per-item signal that warm recommendations live on. Two ways to get both, combinable:
+the per-item signal that warm recommendations live on (and with ids dropped at random in the
+one softmax, warm items lose part of their training).
 
-* ``content_loss_weight``: every step adds a second softmax (this weight) in which each target,
-  represented by its content-only vector, must beat every other item's full vector: exactly
-  what a new item faces at serving time. The content part learns to rank on its own, on the
-  same scale as the full vectors (content + id) that serve items with history;
-* ``id_dropout``: a random share of items loses its id part at every training step
-  (DropoutNet, Volkovs et al. 2017).
+So every step has two softmaxes: the usual one over the full vectors (id + content), which
+is what items with history are served with, and a second one (weight ``content_loss_weight``)
+over a catalogue in which a random share ``id_dropout`` of the items, the target included, is
+represented by content alone (DropoutNet, Volkovs et al. 2017). The second is the serving
+situation of new items among trained ones: content-only vectors must rank right *and* on the
+same scale as full vectors (trained only as positives, they would crowd out every trained item).
 """
 
 from __future__ import annotations
@@ -23,58 +24,55 @@ from rayrec.models.item_tower import ItemTower
 
 
 class ContentItemTower(ItemTower):
-    """:class:`ItemTower` with ``id_dropout``: in training, each item row loses its id part
-    with that probability (no rescaling: at inference a trained item has its whole id part,
-    an unseen item none). Shapes as in ``ItemTower.from_features``: ``(M,) -> (M, D)``."""
+    """:class:`ItemTower` that also offers the training loop a mixed view of the items (see the
+    module docstring). Inference is exactly ``ItemTower``: trained items get id + content,
+    unseen ones (``from_features(None, ...)``) content alone. Shapes as in ``ItemTower``."""
 
-    def __init__(self, *args, id_dropout: float = 0.0, content_loss_weight: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= id_dropout <= 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1], got {id_dropout}")
         if content_loss_weight < 0:
             raise ValueError(f"content_loss_weight must be >= 0, got {content_loss_weight}")
-        if (id_dropout > 0 or content_loss_weight > 0) and self.content_projection is None and self.category_embedding is None:
-            raise ValueError("id_dropout and content_loss_weight need content vectors or categories to fall back on; "
-                             "configure item_features (e.g. text_embedding) or give the items categories")
+        if content_loss_weight > 0 and self.content_projection is None and self.category_embedding is None:
+            raise ValueError("content_loss_weight needs content vectors or categories to fall back on; configure "
+                             "item_features (e.g. text_embedding) or give the items categories")
         self.id_dropout = id_dropout
         self.content_loss_weight = content_loss_weight
 
     def content_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
         """Content-only vectors of vocabulary items (what an unseen item gets): (M,) -> (M, D)."""
-        return ItemTower.from_features(
-            self,
+        return self.from_features(
             None,
             self.category_ids[item_index] if self.category_ids is not None else None,
             self.content[item_index] if self.content is not None else None,
         )
 
-    def auxiliary_views(self):
-        """Trained against the same targets as the full vectors (see ``TwoTower.auxiliary_item_views``)."""
-        if not self.training or self.content_loss_weight == 0 or self.id_embedding is None:
-            return []
-        return [(self.content_vectors, self.content_loss_weight)]
-
-    def from_features(self, item_index, category_ids, content):
-        if not (self.training and self.id_dropout > 0 and self.id_embedding is not None and item_index is not None):
-            return super().from_features(item_index, category_ids, content)
-        side = super().from_features(None, category_ids, content)  # content + categories: (M, D)
+    def mixed_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
+        """(M,) -> (M, D): each row content-only with probability ``id_dropout``, else id + content."""
+        side = self.content_vectors(item_index)
         keep = torch.rand(item_index.shape[0], 1, device=side.device) >= self.id_dropout
         return side + keep.to(side.dtype) * self.id_embedding(item_index)
+
+    def auxiliary_views(self):
+        """The mixed view and its loss weight, in training only (see ``TwoTowerModel.auxiliary_item_views``)."""
+        if not self.training or self.content_loss_weight == 0 or self.id_embedding is None:
+            return []
+        return [(self.mixed_vectors, self.content_loss_weight)]
 
 
 class ContentItemEncoder(ItemEncoder):
     name = "content_item_tower"
-    description = "Id + content vectors, the content part also trained alone so unseen items rank well (cold start)."
+    description = "Id + content vectors, trained so content alone also ranks: items unseen in training rank well."
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
         content_loss_weight: float = Field(
-            1.0, ge=0,
-            description="Weight of the extra softmax where targets compete by their content-only vectors; 0 = off.")
+            1.0, ge=0, description="Weight of the second softmax, over the mixed catalogue; 0 = plain item_tower.")
         id_dropout: float = Field(
-            0.0, ge=0, le=1,
-            description="Chance an item's id part is dropped at a training step; 1 = content only.")
+            0.5, ge=0, le=1,
+            description="Share of items represented by content alone in the second softmax (target included).")
         # Off by default, as in the built-in item_tower (genre embeddings cost NDCG on MovieLens).
         use_categories: bool = Field(False, description="Include category embeddings where items have categories.")
 

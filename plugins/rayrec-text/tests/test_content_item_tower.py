@@ -1,5 +1,5 @@
-"""Tests for content_item_tower: the content part is trained to stand alone (an extra loss over
-content-only vectors, and optionally id dropout), in training only."""
+"""Tests for content_item_tower: full vectors at inference; in training, a second softmax over a
+catalogue where a random share of the items is represented by content alone."""
 
 from __future__ import annotations
 
@@ -36,61 +36,52 @@ def content_only(tower: ContentItemTower, index: torch.Tensor) -> torch.Tensor:
 def test_registers_as_an_item_encoder(text_plugin):
     encoder = plugins.create_component("encoder", "content_item_tower", {})
     assert encoder.kind == "item"
-    assert (encoder.options.content_loss_weight, encoder.options.id_dropout) == (1.0, 0.0)
+    assert (encoder.options.content_loss_weight, encoder.options.id_dropout) == (1.0, 0.5)
 
 
 @torch.no_grad()
-def test_at_inference_trained_items_keep_their_whole_id_part(text_plugin):
-    tower = build({"id_dropout": 0.5}).eval()
+def test_trained_items_always_get_their_whole_id_part_in_the_main_path(text_plugin):
+    tower = build({})
     index = torch.arange(1, NUM_ITEMS + 1)
     expected = content_only(tower, index) + tower.id_embedding(index)
-    torch.testing.assert_close(tower(index), expected)
-    torch.testing.assert_close(tower(index), tower(index))  # deterministic
+    torch.testing.assert_close(tower.eval()(index), expected)
+    torch.testing.assert_close(tower.train()(index), expected)  # no dropout outside the second softmax
 
 
 @torch.no_grad()
-def test_in_training_about_id_dropout_of_the_items_are_content_only(text_plugin):
+def test_the_mixed_view_represents_about_id_dropout_of_the_items_by_content_alone(text_plugin):
     tower = build({"id_dropout": 0.3}).train()
     index = torch.arange(1, NUM_ITEMS + 1)
-    vectors, side = tower(index), content_only(tower, index)  # one draw of the dropout mask
+    vectors, side = tower.mixed_vectors(index), content_only(tower, index)
     dropped = torch.isclose(vectors, side, atol=1e-6).all(dim=1)
     assert 0.2 < dropped.float().mean().item() < 0.4
-    # The rest carry their full id part (no rescaling), exactly as at inference.
-    kept = ~dropped
+    kept = ~dropped  # the rest carry their full id part, exactly as at inference
     torch.testing.assert_close(vectors[kept], (side + tower.id_embedding(index))[kept])
+    never, always = build({"id_dropout": 0.0}), build({"id_dropout": 1.0})
+    torch.testing.assert_close(never.mixed_vectors(index), never(index))
+    torch.testing.assert_close(always.mixed_vectors(index), content_only(always, index))
 
 
 @torch.no_grad()
-def test_id_dropout_extremes(text_plugin):
-    index = torch.arange(1, NUM_ITEMS + 1)
-    never = build({"id_dropout": 0.0}).train()
-    torch.testing.assert_close(never(index), content_only(never, index) + never.id_embedding(index))
-    always = build({"id_dropout": 1.0}).train()
-    torch.testing.assert_close(always(index), content_only(always, index))
+def test_the_mixed_view_is_offered_in_training_only_with_its_weight(text_plugin):
+    tower = build({"content_loss_weight": 0.7}).train()
+    [(view, weight)] = tower.auxiliary_views()
+    assert weight == 0.7 and view == tower.mixed_vectors
+    assert tower.eval().auxiliary_views() == []
+    assert build({"content_loss_weight": 0.0}).train().auxiliary_views() == []
 
 
-def test_gradients_reach_both_parts(text_plugin):
-    tower = build({"id_dropout": 0.5}).train()
-    tower(torch.arange(1, NUM_ITEMS + 1)).sum().backward()
+def test_gradients_reach_both_parts_through_the_mixed_view(text_plugin):
+    tower = build({}).train()
+    tower.mixed_vectors(torch.arange(1, NUM_ITEMS + 1)).sum().backward()
     assert tower.id_embedding.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in tower.content_projection.parameters())
 
 
-@torch.no_grad()
-def test_in_training_the_content_only_vectors_are_an_extra_view_with_its_weight(text_plugin):
-    tower = build({"content_loss_weight": 0.7}).train()
-    [(view, weight)] = tower.auxiliary_views()
-    index = torch.arange(1, NUM_ITEMS + 1)
-    assert weight == 0.7
-    torch.testing.assert_close(view(index), content_only(tower, index))  # what an unseen item gets
-    assert tower.eval().auxiliary_views() == []  # never at inference
-    assert build({"content_loss_weight": 0.0}).train().auxiliary_views() == []
-
-
-def test_the_extra_loss_teaches_content_only_targets_to_beat_full_vectors():
-    """The situation of a new item at serving time: its content-only vector must outscore the
-    other items' full (id + content) vectors. Users here "ask" for content; with the extra loss
-    content-only targets win that contest, without it they are never trained to."""
+def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trained_ones():
+    """Serving's situation on a toy problem: users "ask" for an item's content; at test time half
+    the catalogue is new (content-only vectors) and half trained (full vectors). With the second
+    softmax, new targets rank well; trained targets still do (new items do not crowd them out)."""
     from rayrec.models.losses import full_softmax_loss
     from rayrec.models.mean_pool import MeanPoolTower
     from rayrec.models.two_tower import TwoTowerModel
@@ -99,8 +90,10 @@ def test_the_extra_loss_teaches_content_only_targets_to_beat_full_vectors():
     content = torch.randn(NUM_ITEMS + 1, CONTENT_DIM)
     targets = torch.randint(1, NUM_ITEMS + 1, (256,))
     queries = content[targets] + 0.1 * torch.randn(256, CONTENT_DIM)
+    every_item = torch.arange(NUM_ITEMS + 1)
+    is_new = torch.rand(NUM_ITEMS + 1) < 0.5
 
-    def cold_ranking_loss(weight: float) -> float:
+    def test_losses(weight: float) -> tuple[float, float]:
         torch.manual_seed(1)
         tower = ContentItemTower(num_items=NUM_ITEMS, dim=DIM, content=content, use_id=True,
                                  content_loss_weight=weight)
@@ -108,28 +101,30 @@ def test_the_extra_loss_teaches_content_only_targets_to_beat_full_vectors():
         query_projection = torch.nn.Linear(CONTENT_DIM, DIM)
         optimizer = torch.optim.Adam([*model.parameters(), *query_projection.parameters()], lr=0.02)
         model.train()
-        for _ in range(150):  # the training loop's loss, on this toy problem
+        for _ in range(150):  # the training loop's losses, on this toy problem
             outputs = query_projection(queries)
-            table = model.item_table()
-            loss = full_softmax_loss(outputs, table, targets)
+            loss = full_softmax_loss(outputs, model.item_table(), targets)
             for view, w in model.auxiliary_item_views():
-                loss = loss + w * full_softmax_loss(outputs, table, targets, positive_vectors=view(targets))
+                loss = loss + w * full_softmax_loss(outputs, view(every_item), targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            return full_softmax_loss(query_projection(queries), model.item_table(), targets,
-                                     positive_vectors=tower.content_vectors(targets)).item()
+            served = torch.where(is_new[:, None], tower.content_vectors(every_item), tower(every_item))
+            losses = torch.nn.functional.cross_entropy(query_projection(queries) @ served.T, targets, reduction="none")
+            new_targets = is_new[targets]
+            return losses[new_targets].mean().item(), losses[~new_targets].mean().item()
 
-    assert cold_ranking_loss(1.0) < 0.5 * cold_ranking_loss(0.0)
+    new_with, trained_with = test_losses(1.0)
+    new_without, trained_without = test_losses(0.0)
+    assert new_with < 0.5 * new_without
+    assert trained_with < 0.5 * trained_without  # without it, content-only rows are uncalibrated noise
 
 
-def test_training_the_content_part_alone_without_content_is_refused(text_plugin):
+def test_the_second_softmax_without_content_to_fall_back_on_is_refused(text_plugin):
     with pytest.raises(ValueError, match="item_features"):
-        build({"id_dropout": 0.5}, content=False)
-    with pytest.raises(ValueError, match="item_features"):
-        build({}, content=False)  # the extra loss is on by default
+        build({}, content=False)
     assert build({"content_loss_weight": 0.0}, content=False).content is None  # plain id tower is fine
 
 
