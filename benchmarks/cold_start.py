@@ -44,11 +44,11 @@ HERE = Path(__file__).resolve().parent
 DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
 #: Warm items a user must have before a cold test or validation target.
 MIN_HISTORY = 3
-#: The content-aware model: text vectors into the item tower, no id embedding, so a vector
-#: depends only on content and an item unseen in training is no different from a trained one.
+#: The content-aware model: text vectors into content_item_tower (id + text, with a second
+#: softmax in which a random half of the items is represented by text alone, as new items are).
 CONTENT_CONFIG = {
     "item_features": [{"name": "text_embedding"}],
-    "model": {"item_encoder_options": {"use_id": False}},
+    "model": {"item_encoder": "content_item_tower"},
 }
 THROUGHPUT_SAMPLE = 1000
 COLD_METRICS = ("HR@10", "NDCG@10", "cold@10", "users")
@@ -307,7 +307,8 @@ def main() -> None:
     parser.add_argument("--cold-fraction", type=float, default=0.2, help="Share of items held out of training.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the cold-item draw and the random baseline.")
     parser.add_argument("--config", type=Path, default=None,
-                        help="Training config YAML of the content-aware model (default: text_embedding, use_id off).")
+                        help="Training config YAML of the content-aware model (default: text_embedding, "
+                             "content_item_tower).")
     parser.add_argument("--cache-dir", default=None, help="Vector cache directory (default: the plugin's).")
     parser.add_argument("--threads", type=int, default=2, help="Torch threads.")
     parser.add_argument("--skip-warm", action="store_true", help="Skip the two warm leave-one-out trainings.")

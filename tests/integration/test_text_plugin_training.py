@@ -58,14 +58,17 @@ def test_the_readme_config_snippet_is_a_valid_training_config(tmp_path, text_plu
               fields: [title, text, categories]
               cache_dir: ~/.cache/rayrec-text
         model:
+          item_encoder: content_item_tower
           item_encoder_options:
-            use_id: false
+            content_loss_weight: 1.0
+            id_dropout: 0.5
     """))
     config = load_train_config(path)
     [spec] = config.item_features
     extractor = create_component("feature_extractor", spec.name, spec.options)
     assert extractor.options.fields == ("title", "text", "categories")
-    assert config.model.item_encoder_options == {"use_id": False}
+    tower = create_component("encoder", config.model.item_encoder, config.model.item_encoder_options)
+    assert (tower.options.content_loss_weight, tower.options.id_dropout) == (1.0, 0.5)
 
 
 @pytest.mark.slow
