@@ -213,8 +213,8 @@ def test_rayrec_plugins_lists_the_installed_plugin():
     assert ENTRY_POINT_NAME in listing, f"plugins listed: {sorted(listing)}"
     row = listing[ENTRY_POINT_NAME]
     assert row["distribution"] == f"rayrec-text {rayrec_text.__version__}"
-    [component] = row["components"]
-    assert (component["kind"], component["name"]) == ("feature_extractor", "text_embedding")
-    options = {option["name"]: option for option in component["options"]}
+    components = {(c["kind"], c["name"]): c for c in row["components"]}
+    assert set(components) == {("feature_extractor", "text_embedding"), ("encoder", "content_item_tower")}
+    options = {option["name"]: option for option in components["feature_extractor", "text_embedding"]["options"]}
     assert options["model"]["default"] == "all-MiniLM-L6-v2"
     assert options["fields"]["default"] == ["title", "text", "categories", "tags"]
