@@ -27,7 +27,7 @@ class NewItems(CandidateSource):
         catalog = context.catalog
         if catalog is None:
             return []
-        new = list(getattr(catalog, "added_items", ()))  # oldest first; an update moves nothing
+        new = catalog.added_items  # oldest first; an update moves nothing
         limit = min(k, self.options.max_items)
         return [Candidate(item_id=item_id, score=0.0) for item_id in reversed(new[-limit:])] if limit else []
 

@@ -357,9 +357,7 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
         logic = await self._logic()
         prepared = vector = attributions = None
         if request.user_id is not None:
-            prepared, vector, attributions = logic.prepare_and_encode(
-                RecommendRequest(user_id=request.user_id, k=request.k, exclude_items=request.exclude_items,
-                                 filters=request.filters))
+            prepared, vector, attributions = logic.prepare_and_encode(request.as_recommend_request())
         return await self._search(logic.scorer, request, prepared, vector, attributions)
 
 

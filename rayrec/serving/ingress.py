@@ -231,11 +231,17 @@ class Ingress:
             raise RequestError("k", f"at most {self.args.max_k}")
         if self.fused:
             return StageError.raise_for(await self.scorer.recommend_for.remote(request))
+        prepared, vector, attributions = await self._prepare_and_encode(request)
+        return StageError.raise_for(await self.scorer.recommend.remote(prepared, vector, attributions))
+
+    async def _prepare_and_encode(self, request: RecommendRequest):
+        """Split topology: the user's state from the preprocessor, then their vector when they
+        have history -> (prepared, user vector or None, attributions or None)."""
         prepared = await self.preprocessor.prepare.remote(request)
         vector = attributions = None
         if prepared.personalized:
             vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
-        return StageError.raise_for(await self.scorer.recommend.remote(prepared, vector, attributions))
+        return prepared, vector, attributions
 
     @app.post("/search", response_model=SearchResponse, responses=_errors(404))
     async def search(self, request: SearchRequest) -> Any:
@@ -249,12 +255,7 @@ class Ingress:
             return StageError.raise_for(await self.scorer.search_for.remote(request))
         prepared = vector = attributions = None
         if request.user_id is not None:
-            prepared = await self.preprocessor.prepare.remote(
-                RecommendRequest(user_id=request.user_id, k=request.k, exclude_items=request.exclude_items,
-                                 filters=request.filters)
-            )
-            if prepared.personalized:
-                vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
+            prepared, vector, attributions = await self._prepare_and_encode(request.as_recommend_request())
         return StageError.raise_for(await self.scorer.search.remote(request, prepared, vector, attributions))
 
     @app.post("/feedback", response_model=FeedbackResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])

@@ -44,13 +44,17 @@ IdString = Annotated[Text, StringConstraints(max_length=MAX_ID_LENGTH)]
 FilterKey = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
 
 
+#: Attribute filters: an item is kept if, for every key, one of its values is listed.
+AttributeFilters = dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString]
+
+
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: Text = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
-    filters: dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString] = Field(
+    filters: AttributeFilters = Field(
         default_factory=dict,
         max_length=MAX_FILTER_KEYS,
         description='Attribute filters: an item is kept if, for every key, one of its values is listed, e.g. {"categories": ["Comedy"]}.',
@@ -76,8 +80,12 @@ class SearchRequest(BaseModel):
         None, min_length=1, max_length=512,
         description="Personalise: blend text match with this user's taste (no effect for users without history).")
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
-    filters: dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString] = Field(
+    filters: AttributeFilters = Field(
         default_factory=dict, max_length=MAX_FILTER_KEYS, description="Attribute filters, as in /recommend.")
+
+    def as_recommend_request(self) -> RecommendRequest:
+        """What the preprocessor and user encoder need to personalise this search (needs ``user_id``)."""
+        return RecommendRequest(user_id=self.user_id, k=self.k, exclude_items=self.exclude_items, filters=self.filters)
 
 
 class Explanation(BaseModel):

@@ -183,6 +183,15 @@ class ScorerLogic:
         return version
 
     # -- filters -----------------------------------------------------------------------------
+    def _allowed(self, excluded, filters: dict[str, Any]) -> tuple[np.ndarray, bool]:
+        """Rows that are live, not in ``excluded`` and pass the attribute ``filters``; and
+        whether any attribute filter applied."""
+        allowed = self.index.allowed_mask(excluded)
+        attribute_mask = self._attribute_mask(filters)
+        if attribute_mask is None:
+            return allowed, False
+        return allowed & attribute_mask, True
+
     def _attribute_mask(self, filters: dict[str, Any]) -> np.ndarray | None:
         if not filters:
             return None
@@ -228,10 +237,7 @@ class ScorerLogic:
         excluded = set(request.exclude)
         if self.filter_seen:
             excluded |= request.seen
-        allowed = self.index.allowed_mask(excluded)
-        attribute_mask = self._attribute_mask(request.filters)
-        if attribute_mask is not None:
-            allowed &= attribute_mask
+        allowed, filtered = self._allowed(excluded, request.filters)
 
         rerank = bool(self.scorers or self.candidate_filters)
         pool = min(max(2 * request.k, request.k + 20), 2000) if rerank else request.k
@@ -240,8 +246,8 @@ class ScorerLogic:
             rows, scores = ItemIndex.top_rows(self.index.popularity.copy(), pool, allowed)
         else:
             source = request.source
-            exact = attribute_mask is not None  # a filter can leave the ANN neighbourhood empty
-            rows, scores = self.index.search(user_vector, pool, allowed, exact=exact)
+            # A filter can leave the ANN neighbourhood empty.
+            rows, scores = self.index.search(user_vector, pool, allowed, exact=filtered)
 
         candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
         sources = {c.item_id: source for c in candidates}
@@ -362,10 +368,7 @@ class ScorerLogic:
             raise NotFoundError("search", SEARCH_OFF_MESSAGE)
         self.refresh()
         excluded = set(request.exclude_items) | (prepared.exclude if prepared is not None else set())
-        allowed = self.index.allowed_mask(excluded)
-        attribute_mask = self._attribute_mask(request.filters)
-        if attribute_mask is not None:
-            allowed &= attribute_mask
+        allowed, _ = self._allowed(excluded, request.filters)
         rows, scores = self.text_search.search(query_vector, request.k, allowed, self.index, user_vector)
         candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
         personal = user_vector is not None and prepared is not None
