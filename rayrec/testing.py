@@ -7,13 +7,51 @@ Use the ``register_rayrec_plugin`` fixture to register a plugin for one test onl
         assert "my-scorer" in rayrec.plugins.registry().names("scorer")
 
 Whatever the test does, the plugin is unregistered afterwards.
+
+``serve_locally(args)`` runs the real serving graph on a local Ray for end-to-end tests and
+yields its base URL::
+
+    with serve_locally(AppArgs(model_dir=..., state=...)) as url:
+        httpx.post(url + "/recommend", json={"user_id": "u1"})
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import contextlib
+import socket
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
+
+if TYPE_CHECKING:
+    from rayrec.serving.config import AppArgs
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_locally(args: "AppArgs", num_cpus: int = 2) -> Iterator[str]:
+    """Start a local Ray (``num_cpus`` logical CPUs, 2 like a small laptop) and the rayrec
+    graph on a free port, access logs off; yield ``http://127.0.0.1:PORT``; shut both down."""
+    import ray
+    from ray import serve
+
+    from rayrec.serving.app import build_app
+
+    port = free_port()
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+        serve.run(build_app(args), name="rayrec", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ from rayrec.components import FeedbackEvent
 from rayrec.serving.config import AppArgs
 from rayrec.serving.errors import ForbiddenError, RequestError, StageError
 from rayrec.serving.observability import RequestLog, serving_metrics
-from rayrec.serving.security import WRITE_ACCESS, GuardPolicy, RequestGuard, check_model_root, load_api_keys
 from rayrec.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_K,
@@ -51,11 +50,12 @@ from rayrec.serving.schemas import (
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
+    ReloadResponse,
     SearchRequest,
     SearchResponse,
-    ReloadResponse,
     SimilarItemsResponse,
 )
+from rayrec.serving.security import WRITE_ACCESS, GuardPolicy, RequestGuard, check_model_root, load_api_keys
 
 logger = logging.getLogger("ray.serve")
 

@@ -14,9 +14,7 @@ when blended with the user's taste).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 

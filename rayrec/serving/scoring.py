@@ -11,9 +11,9 @@ import numpy as np
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.bundle import RecommenderModel
+from rayrec.serving.config import SearchOptions
 from rayrec.serving.errors import NotFoundError, RequestError
 from rayrec.serving.index import ItemIndex
-from rayrec.serving.config import SearchOptions
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import httpx
@@ -25,8 +24,8 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate  # noqa: E402
-from rayrec.serving.app import build_app  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
+from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402
 
@@ -46,12 +45,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def chromium_path() -> str | None:
@@ -78,18 +71,9 @@ def server(tmp_path_factory):
         record = json.loads(line)
         records[record["item_id"]] = record
     version = json.loads((Path(model_dir) / "config.json").read_text())["model_version"]
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-        args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{root / 'state.db'}")
-        serve.run(build_app(args), name="rayrec", route_prefix="/")
-        url = f"http://127.0.0.1:{port}"
-        with httpx.Client(base_url=url, timeout=60) as client:
-            yield {"url": url, "client": client, "records": records, "model_version": version}
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{root / 'state.db'}")
+    with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield {"url": url, "client": client, "records": records, "model_version": version}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sqlite3
 import threading
 import time
@@ -25,9 +24,9 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # noqa: E402
-from rayrec.serving.app import build_app  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
 from rayrec.serving.model_loading import load_model  # noqa: E402
+from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402
 
@@ -35,12 +34,6 @@ DATA = SyntheticConfig(num_users=300, num_items=200, num_clusters=4, mean_events
 TRAIN = TrainConfig(epochs=10, eval_every=5, learning_rate=5e-3, model={"dim": 16, "max_len": 20,
                     # categories let a 10-epoch model learn the synthetic topics; this tests serving, not quality
                     "item_encoder_options": {"use_categories": True}})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Truth:
@@ -83,30 +76,9 @@ def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("serve")
     model, v1, v2 = make_models(root)
     state = root / "state.db"
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-        args = AppArgs(
-            model_dir=str(v1),
-            state=f"sqlite:///{state}",
-            **TOPOLOGIES[request.param],
-            max_feedback_batch=100,
-        )
-        serve.run(build_app(args), name="rayrec", route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield {
-                "client": client,
-                "model": model,
-                "truth": Truth(model),
-                "v1": v1,
-                "v2": v2,
-                "state": state,
-                "url": f"http://127.0.0.1:{port}",
-            }
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = AppArgs(model_dir=str(v1), state=f"sqlite:///{state}", **TOPOLOGIES[request.param], max_feedback_batch=100)
+    with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield {"client": client, "model": model, "truth": Truth(model), "v1": v1, "v2": v2, "state": state, "url": url}
 
 
 def recommend(client, **body):

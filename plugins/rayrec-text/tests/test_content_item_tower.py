@@ -7,19 +7,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-import rayrec_text
 from rayrec import plugins
 from rayrec_text import ContentItemTower
 
 NUM_ITEMS, DIM, CONTENT_DIM = 400, 8, 6
-
-
-@pytest.fixture
-def text_plugin(register_rayrec_plugin) -> str:
-    plugins.load_plugins()
-    if plugins.pm.is_registered(rayrec_text):
-        return plugins.pm.get_name(rayrec_text)
-    return register_rayrec_plugin(rayrec_text)
 
 
 def build(options: dict, content: bool = True) -> ContentItemTower:

@@ -8,8 +8,6 @@ the module, real HTTP, a real SQLite file, the real bundled sentence encoder.
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import numpy as np
 import pytest
@@ -19,22 +17,17 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # noqa: E402
+from rayrec.testing import serve_locally  # noqa: E402
 
 DATA = SyntheticConfig(num_users=300, num_items=200, num_clusters=4, mean_events_per_user=20, seed=0)
 JAZZ, COOKING, SPACE, GARDENING = range(4)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     import rayrec_text
+
     from rayrec import plugins
-    from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import train_in_process
@@ -51,17 +44,11 @@ def server(tmp_path_factory):
     )
     model_dir = train_in_process(generate(DATA), root / "model", config, log=lambda line: None)
     truth = synthetic_truth(DATA)
-    port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{root / 'state.db'}")
-        serve.run(build_app(args), name="rayrec", route_prefix="/")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
             yield client, truth
     finally:
-        serve.shutdown()
-        ray.shutdown()
         if registered_here:
             plugins.unregister_plugin(plugins.pm.get_name(rayrec_text))
 

@@ -38,15 +38,6 @@ def entry_point_installed() -> bool:
 
 
 @pytest.fixture
-def text_plugin(register_rayrec_plugin) -> str:
-    """The plugin's name in rayrec's plugin manager, registering it for this test if needed."""
-    plugins.load_plugins()
-    if plugins.pm.is_registered(rayrec_text):
-        return plugins.pm.get_name(rayrec_text)
-    return register_rayrec_plugin(rayrec_text)
-
-
-@pytest.fixture
 def encoder(text_plugin, tmp_path) -> TextEncoder:
     # Built through the registry, as training and serving do, with a private cache.
     return plugins.create_component("feature_extractor", "text_embedding", {"cache_dir": str(tmp_path / "cache")})
