@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from rayrec.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from rayrec.serving.app import build_app  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
 from rayrec.serving.toy_model import write_toy_model  # noqa: E402
+from rayrec.testing import free_port  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402
 
@@ -40,12 +40,6 @@ AUTH = {"Authorization": f"Bearer {FILE_KEY}"}
 MAX_BODY = 32 * 1024
 #: schemathesis examples per API operation in the default run (benchmarks/fuzz.py runs more).
 FUZZ_EXAMPLES = int(os.environ.get("RAYREC_FUZZ_EXAMPLES", "25"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def damaged_models(models: Path, trained: Path) -> dict[str, Path]:

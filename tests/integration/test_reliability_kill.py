@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import httpx
 import pytest
 
 from rayrec.serving.toy_model import write_toy_model
+from rayrec.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,12 +59,6 @@ def test_killing_a_replica_of_each_deployment_loses_no_acknowledged_event(tmp_pa
 
 
 # -- whole-process crash --------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: Path, state: Path, port: int, ray_tmp: Path, log: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)

@@ -25,14 +25,9 @@ import pytest
 
 from rayrec.components import FeedbackEvent
 from rayrec.state import open_state_store
+from rayrec.testing import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
