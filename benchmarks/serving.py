@@ -4,6 +4,7 @@
     python benchmarks/serving.py --access-log         # what request logging costs
     python benchmarks/serving.py --threads 2          # what BLAS/torch oversubscription costs
     python benchmarks/serving.py --compare            # the Serve tunings side by side, one run
+    python benchmarks/serving.py --topology ingress --direct-ingress   # the fastest setup here
 
 Measures, on a local Ray with ``--num-cpus`` logical CPUs (2 by default, like the target
 machine; the load generator runs on the same cores):
@@ -177,8 +178,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--access-log", action="store_true", help="turn Serve access logs on (off by default)")
     parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per replica")
     parser.add_argument("--scorer-replicas", type=int, default=1)
-    parser.add_argument("--topology", choices=["split", "fused"], default="split",
-                        help="split: five deployments; fused: preprocess + encode + score in one")
+    parser.add_argument("--topology", choices=["split", "fused", "ingress"], default="split",
+                        help="split: five deployments; fused: preprocess + encode + score in one; "
+                             "ingress: the ingress runs them itself")
+    parser.add_argument("--ingress-replicas", type=int, default=1)
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="Serve's direct ingress: send the load to the ingress replica's own port, not the proxy")
     parser.add_argument("--replica-env", type=json.loads, default=None,
                         help='JSON object replacing AppArgs.replica_env, e.g. \'{}\' for Serve\'s own defaults')
     parser.add_argument("--cluster-env", type=json.loads, default={},
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     if options.compare:
         return compare(options)
+    if options.direct_ingress:
+        from rayrec.serving.direct_ingress import DIRECT_INGRESS_ENV
+
+        options.cluster_env = {**DIRECT_INGRESS_ENV, **options.cluster_env}
     os.environ.update(options.cluster_env)  # before ray.init: the local Ray's processes inherit it
 
     import ray
@@ -226,13 +235,18 @@ def main(argv: list[str] | None = None) -> dict:
             access_log=options.access_log,
             threads_per_replica=options.threads,
             topology=options.topology,
-            stages={"scorer": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5},
+            stages={"ingress": {"num_replicas": options.ingress_replicas, "num_cpus": 0.25},
+                    "scorer": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5},
                     "pipeline": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5}},
         )
         started = time.perf_counter()
         serve.run(build_app(args), name="rayrec", route_prefix="/")
         report["startup_s"] = time.perf_counter() - started
         url = f"http://127.0.0.1:{port}"
+        if options.direct_ingress:
+            from rayrec.serving.direct_ingress import replica_urls
+
+            url = replica_urls()[0]  # one ingress replica (--ingress-replicas 1): its own port
         report["load"] = []
         for concurrency in [int(c) for c in options.concurrency.split(",")]:
             print(f"load at concurrency {concurrency} ...", file=sys.stderr)
@@ -246,8 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     first = report["load"][0]
     report["e2e_p50_over_compute_p50"] = first["p50_ms"] / report["in_process"]["pipeline_p50_ms"]
-    report["settings"] = {"topology": options.topology, "access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
-                          "scorer_replicas": options.scorer_replicas, "replica_env": args.replica_env,
+    report["settings"] = {"topology": options.topology, "direct_ingress": options.direct_ingress, "access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
+                          "scorer_replicas": options.scorer_replicas, "ingress_replicas": options.ingress_replicas,
+                          "replica_env": args.replica_env,
                           "cluster_env": options.cluster_env, "loadavg_1m": os.getloadavg()[0]}
     print_report(report)
     if options.out:
@@ -257,13 +272,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 #: (label, extra flags): each change on its own against rayrec's defaults, and Serve's defaults.
 VARIANTS = [
-    ("rayrec defaults", []),
+    ("rayrec defaults (topology split)", []),
     ("Serve's replica defaults (user code in a thread, router on its own loop)", ["--replica-env", "{}"]),
     ("+ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between replicas)",
      ["--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
     ("topology: fused (one hop instead of three)", ["--topology", "fused"]),
-    ("fused + RAY_SERVE_THROUGHPUT_OPTIMIZED=1",
-     ["--topology", "fused", "--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
+    ("topology: ingress (no hop on reads)", ["--topology", "ingress"]),
+    ("split + direct ingress (no proxy hop)", ["--direct-ingress"]),
+    ("fused + direct ingress", ["--topology", "fused", "--direct-ingress"]),
+    ("ingress + direct ingress", ["--topology", "ingress", "--direct-ingress"]),
     ("access logs on", ["--access-log"]),
     ("2 BLAS/torch threads per replica", ["--threads", "2"]),
 ]

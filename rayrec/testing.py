@@ -18,6 +18,7 @@ yields its base URL::
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -35,16 +36,26 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_locally(args: "AppArgs", num_cpus: int = 2) -> Iterator[str]:
+def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str] | None = None) -> Iterator[str]:
     """Start a local Ray (``num_cpus`` logical CPUs, 2 like a small laptop) and the rayrec
-    graph on a free port, access logs off; yield ``http://127.0.0.1:PORT``; shut both down."""
+    graph on a free port, access logs off; yield ``http://127.0.0.1:PORT``; shut both down.
+    ``cluster_env``: environment variables of the Ray processes (e.g. Serve feature flags)."""
     import ray
     from ray import serve
 
     from rayrec.serving.app import build_app
 
     port = free_port()
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    saved = {name: os.environ.get(name) for name in cluster_env or {}}
+    os.environ.update(cluster_env or {})
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    finally:  # the started processes keep what they inherited; later clusters start clean
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         serve.run(build_app(args), name="rayrec", route_prefix="/")

@@ -43,14 +43,21 @@ import click
 @click.option("--request-log", default=None, help="Append a JSON line per request to this file ('-': stderr).")
 @click.option(
     "--topology",
-    type=click.Choice(["split", "fused"]),
+    type=click.Choice(["split", "fused", "ingress"]),
     default=None,
     help="split (default): a deployment per stage; fused: preprocess, encode and score in one deployment "
-    "(fewer hops: lower latency on a small machine).",
+    "(fewer hops: lower latency on a small machine); ingress: the HTTP ingress replicas run them "
+    "(no hop on reads: lowest latency).",
+)
+@click.option(
+    "--direct-ingress",
+    is_flag=True,
+    help="Each ingress replica also answers HTTP on a port of its own (printed; from 30000 up), "
+    "skipping the Serve proxy: the lowest latency. --port keeps working through the proxy.",
 )
 def serve(model_dir: str, host: str, port: int, state: str, config_path: str | None, num_cpus: int | None,
           api_keys_file: str | None, model_roots: tuple[str, ...], request_log: str | None,
-          topology: str | None) -> None:
+          topology: str | None, direct_ingress: bool) -> None:
     """Serve recommendations over HTTP until Ctrl-C.
 
     Joins the Ray cluster in RAY_ADDRESS if set, else starts Ray locally. The API schema is
@@ -87,12 +94,17 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     import ray
     from ray import serve as ray_serve
 
+    from rayrec.serving import direct_ingress as direct
     from rayrec.serving.app import build_app, relax_proxy_health_checks, resolve_args
 
     args = resolve_args(args)  # a bad model directory fails before Ray starts
     address = os.environ.get("RAY_ADDRESS")
     click.echo(f"starting Ray {'at ' + address if address else 'locally'} ...", err=True)
     relax_proxy_health_checks()
+    if direct_ingress:
+        if address:
+            click.echo("--direct-ingress: the cluster must have been started with RAY_SERVE_ENABLE_DIRECT_INGRESS=1", err=True)
+        direct.enable_before_ray_starts()
     ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
     stop = threading.Event()
     try:
@@ -108,6 +120,12 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
             shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             click.echo(f"rayrec is serving model {args.model_dir} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
             click.echo(f"API schema: http://{shown_host}:{port}/openapi.json")
+            if direct_ingress:
+                urls = direct.replica_urls(host=shown_host)
+                for url in urls:
+                    click.echo(f"direct to an ingress replica (no proxy hop): {url}/")
+                if not urls:
+                    click.echo("direct ingress is not on in this Ray cluster; use the URL above", err=True)
             # Ctrl-C and SIGTERM only set a flag: a KeyboardInterrupt raised in the middle of
             # Ray's own calls could leave the cluster half shut down.
             previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

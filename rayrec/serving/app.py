@@ -7,7 +7,8 @@
                      └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
 
 That is ``topology: split`` (the default). ``topology: fused`` replaces the three read stages
-with one RecommendPipeline deployment running the same logic classes in process.
+with one RecommendPipeline deployment running the same logic classes in process, and
+``topology: ingress`` runs that pipeline inside each ingress replica (reads make no handle hop).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def build_app(args: AppArgs) -> Application:
     stages = args.stages
     feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
     ingress = Ingress.options(**_options(stages.ingress, args))
+    if args.topology == "ingress":
+        return ingress.bind(None, None, None, feedback, args)  # the ingress builds its own pipeline
     if args.topology == "fused":
         pipeline = RecommendPipeline.options(**_options(stages.pipeline, args)).bind(args)
         return ingress.bind(None, None, pipeline, feedback, args)

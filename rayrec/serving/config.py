@@ -147,11 +147,13 @@ class AppArgs(BaseModel):
         0.0, ge=0, description="Extra wait for a fuller batch; 0 batches only what queued meanwhile (no added latency)."
     )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
-    topology: Literal["split", "fused"] = Field(
+    topology: Literal["split", "fused", "ingress"] = Field(
         "split",
         description="split: Preprocessor, UserEncoder and CandidateScorer are separate deployments, each "
                     "scaled on its own; fused: one RecommendPipeline deployment runs the three stages in "
-                    "process (one handle hop instead of three: lower latency and CPU per request).",
+                    "process (one handle hop instead of three: lower latency and CPU per request); ingress: "
+                    "every ingress replica runs that pipeline itself (no handle hop on reads; the ingress "
+                    "stage's options size it).",
     )
     replica_env: dict[str, str] = Field(
         default_factory=lambda: dict(LOW_LATENCY_REPLICA_ENV),
@@ -195,7 +197,10 @@ class AppArgs(BaseModel):
     def deployed_stages(self) -> dict[str, StageOptions]:
         """The stages this topology deploys, by name (``stages`` also holds the other topology's)."""
         names = ["ingress", "feedback"]
-        names += ["pipeline"] if self.topology == "fused" else ["preprocessor", "user_encoder", "scorer"]
+        if self.topology == "fused":
+            names.append("pipeline")
+        elif self.topology == "split":
+            names += ["preprocessor", "user_encoder", "scorer"]
         return {name: getattr(self.stages, name) for name in names}
 
     @property

@@ -187,6 +187,26 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return ErrorJSONResponse(status_code=500, content={"message": "internal error; see the server log", "detail": []})
 
 
+class InProcessHandle:
+    """A stage object living in this replica, called with the DeploymentHandle convention
+    (``await handle.method.remote(...)``), so the routes do not care where the stage runs.
+    It has no ``broadcast``: a hot reload preloads here, other replicas load on first use."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return _InProcessMethod(getattr(self.target, name))
+
+
+class _InProcessMethod:
+    def __init__(self, method: Any) -> None:
+        self.method = method
+
+    def remote(self, *args: Any, **kwargs: Any) -> Any:
+        return self.method(*args, **kwargs)  # a coroutine; the route awaits it
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -194,12 +214,17 @@ class Ingress:
         self,
         preprocessor: DeploymentHandle | None,
         encoder: DeploymentHandle | None,
-        scorer: DeploymentHandle,
+        scorer: DeploymentHandle | None,
         feedback: DeploymentHandle,
         args: AppArgs,
     ) -> None:
         # Split topology: three read stages. Fused: ``scorer`` is the RecommendPipeline, which
-        # prepares and encodes too, and the other two are None.
+        # prepares and encodes too, and the other two are None. Ingress: all three are None and
+        # this replica runs its own RecommendPipeline, called like a handle.
+        if args.topology == "ingress":
+            from rayrec.serving.deployments import RecommendPipeline
+
+            scorer = InProcessHandle(RecommendPipeline.func_or_class(args))
         self.preprocessor = preprocessor
         self.encoder = encoder
         self.scorer = scorer
@@ -220,6 +245,10 @@ class Ingress:
         self.metrics.record_request(method, route, status, seconds)
         if self.request_log is not None:
             self.request_log.log(method=method, route=route, status=status, ms=round(seconds * 1000, 3), bytes_in=body_bytes)
+
+    def check_health(self) -> None:
+        if isinstance(self.scorer, InProcessHandle):
+            self.scorer.target.check_health()  # the state store of the in-process pipeline
 
     def __del__(self) -> None:
         if getattr(self, "request_log", None) is not None:
@@ -308,11 +337,12 @@ class Ingress:
         except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
             raise RequestError("model_dir", f"not a usable path ({exc})") from None
         generation = await self.feedback.stage_model.remote(model_dir)
+        holders = [handle for handle in (self.preprocessor, self.encoder, self.scorer) if handle is not None]
+        if isinstance(self.scorer, InProcessHandle):  # topology ingress: every ingress replica holds one
+            context = serve.get_replica_context()
+            holders = [serve.get_deployment_handle(context.deployment, context.app_name)]
         try:
-            groups = await asyncio.gather(
-                *(self._preload_everywhere(handle, generation)
-                  for handle in (self.preprocessor, self.encoder, self.scorer) if handle is not None)
-            )
+            groups = await asyncio.gather(*(self._preload_everywhere(handle, generation) for handle in holders))
             versions = [StageError.raise_for(version) for group in groups for version in group]
         except BaseException:
             await self.feedback.fail_model.remote(generation)
@@ -321,6 +351,10 @@ class Ingress:
         version = versions[0] if versions else ""
         logger.info("model generation %d (%s) from %s is live", generation, version, model_dir)
         return {"model_version": version, "generation": generation, "model_dir": model_dir}
+
+    async def preload(self, generation: int) -> Any:
+        """Topology ingress: load ``generation`` into this replica's pipeline (see ``reload``)."""
+        return await self.scorer.preload.remote(generation)
 
     @staticmethod
     async def _preload_everywhere(handle: DeploymentHandle, generation: int) -> list[str]:

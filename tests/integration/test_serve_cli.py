@@ -88,6 +88,35 @@ def test_rayrec_serve_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path):
     assert (tmp_path / "state.db").exists()
 
 
+def test_rayrec_serve_direct_ingress_prints_the_replica_url_which_answers(tmp_path):
+    model = write_toy_model(tmp_path / "model", num_items=300, dim=16)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rayrec", "serve", "--model", str(model), "--port", str(port), "--topology", "ingress",
+         "--direct-ingress", "--state", str(tmp_path / "state.db"), "--num-cpus", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 180
+        while not any("direct to an ingress replica" in line for line in lines):
+            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+            time.sleep(0.5)
+        [line] = [line for line in lines if "direct to an ingress replica" in line]
+        direct_url = line.split()[-1].rstrip("/")
+        assert direct_url != f"http://127.0.0.1:{port}"
+        response = httpx.post(direct_url + "/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
+        assert response.status_code == 200 and len(response.json()["items"]) == 3
+        proxied = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
+        assert proxied.json() == response.json()  # --port still answers, through the proxy
+    finally:
+        output = stop(proc)
+        reader.join(timeout=10)
+    assert proc.returncode == 0, "".join(lines)[-3000:] + output
+
+
 @pytest.mark.skipif(shutil.which("serve", path=str(Path(sys.executable).parent)) is None, reason="no serve CLI")
 def test_serve_run_deploy_yaml(tmp_path):
     model = write_toy_model(tmp_path / "model", num_items=300, dim=16)

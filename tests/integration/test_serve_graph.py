@@ -2,8 +2,8 @@
 
 The model is a real two-tower model trained in-process on synthetic data with known clusters,
 so the tests can check that answers follow a user's cluster. One Ray + Serve start per
-topology (split: five deployments; fused: the three read stages in one), 2 logical CPUs like
-the target machine; every test runs against both.
+topology (split: five deployments; fused: the three read stages in one; ingress: the ingress
+replicas run them), 2 logical CPUs like the target machine; every test runs against each.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def make_models(root):
 TOPOLOGIES = {
     "split": {"stages": {"scorer": {"num_replicas": 2, "num_cpus": 0.25}}},
     "fused": {"topology": "fused", "stages": {"pipeline": {"num_replicas": 2, "num_cpus": 0.25}}},
+    "ingress": {"topology": "ingress", "stages": {"ingress": {"num_replicas": 2, "num_cpus": 0.25}}},
 }
 
 
