@@ -39,6 +39,18 @@ def test_stage_options_become_deployment_options():
     assert _options(StageOptions(num_replicas=2), args)["num_replicas"] == 2
 
 
+@pytest.mark.parametrize(
+    "topology, stages",
+    [
+        ("split", {"ingress", "feedback", "preprocessor", "user_encoder", "scorer"}),
+        ("fused", {"ingress", "feedback", "pipeline"}),
+        ("ingress", {"ingress", "feedback"}),  # the ingress replicas run the read pipeline
+    ],
+)
+def test_each_topology_deploys_its_stages(topology, stages):
+    assert set(AppArgs(model_dir="m", topology=topology).deployed_stages()) == stages
+
+
 def test_app_args_errors_name_the_field():
     with pytest.raises(ValidationError, match="stages.scorer.num_cpus"):
         AppArgs(model_dir="m", stages={"scorer": {"num_cpus": 0}})
@@ -72,5 +84,5 @@ def test_cli_help_lists_the_options():
 
     result = CliRunner().invoke(cli, ["serve", "--help"])
     assert result.exit_code == 0
-    for option in ["--model", "--host", "--port", "--state", "--config"]:
+    for option in ["--model", "--host", "--port", "--state", "--config", "--topology", "--direct-ingress"]:
         assert option in result.output
