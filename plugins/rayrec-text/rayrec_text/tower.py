@@ -12,11 +12,16 @@ over a catalogue in which a random share ``id_dropout`` of the items, the target
 represented by content alone (DropoutNet, Volkovs et al. 2017). The second is the serving
 situation of new items among trained ones: content-only vectors must rank right *and* on the
 same scale as full vectors (trained only as positives, they would crowd out every trained item).
+
+Content alone goes through a projection of its own (``new_item_projection``): the projection
+in full vectors learns what to add to an id embedding, which is not what an item without one
+needs. On ml-100k this raised new items' HR@10 from 4.7x to 5.0x random (benchmarks/cold_start.py).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayrec.components import ItemEncoder
@@ -28,7 +33,8 @@ class ContentItemTower(ItemTower):
     module docstring). Inference is exactly ``ItemTower``: trained items get id + content,
     unseen ones (``from_features(None, ...)``) content alone. Shapes as in ``ItemTower``."""
 
-    def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0, **kwargs) -> None:
+    def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0,
+                 new_item_projection: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= id_dropout <= 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1], got {id_dropout}")
@@ -39,6 +45,29 @@ class ContentItemTower(ItemTower):
                              "item_features (e.g. text_embedding) or give the items categories")
         self.id_dropout = id_dropout
         self.content_loss_weight = content_loss_weight
+        # Content alone gets its own projection: the shared one learns a correction to the id
+        # embedding, which is not what an item without one needs.
+        self.new_item_projection = None
+        if new_item_projection and self.content_projection is not None:
+            width = self.content.shape[1]
+            self.new_item_projection = nn.Sequential(nn.Linear(width, self.dim), nn.GELU(), nn.Linear(self.dim, self.dim))
+        self.register_load_state_dict_pre_hook(self._without_missing_new_item_projection)
+
+    def _without_missing_new_item_projection(self, module, state_dict, prefix, *_) -> None:
+        # Weights saved before this projection existed: content alone keeps the shared one.
+        if self.new_item_projection is not None and not any(
+                key.startswith(prefix + "new_item_projection.") for key in state_dict):
+            self.new_item_projection = None
+
+    def from_features(self, item_index, category_ids, content):
+        """As ``ItemTower.from_features``; without ids (items unseen in training, and the
+        content-only rows of the mixed view), content goes through ``new_item_projection``."""
+        if item_index is not None or self.new_item_projection is None or content is None:
+            return super().from_features(item_index, category_ids, content)
+        vectors = self.new_item_projection(content)
+        if self.category_embedding is not None and category_ids is not None:
+            vectors = vectors + self.category_embedding(category_ids)
+        return vectors
 
     def content_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
         """Content-only vectors of vocabulary items (what an unseen item gets): (M,) -> (M, D)."""
@@ -50,9 +79,9 @@ class ContentItemTower(ItemTower):
 
     def mixed_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
         """(M,) -> (M, D): each row content-only with probability ``id_dropout``, else id + content."""
-        side = self.content_vectors(item_index)
-        keep = torch.rand(item_index.shape[0], 1, device=side.device) >= self.id_dropout
-        return side + keep.to(side.dtype) * self.id_embedding(item_index)
+        content_only = self.content_vectors(item_index)
+        keep = torch.rand(item_index.shape[0], 1, device=content_only.device) >= self.id_dropout
+        return torch.where(keep, self.forward(item_index), content_only)
 
     def auxiliary_views(self):
         """The mixed view and its loss weight, in training only (see ``TwoTowerModel.auxiliary_item_views``)."""
@@ -73,6 +102,9 @@ class ContentItemEncoder(ItemEncoder):
         id_dropout: float = Field(
             0.5, ge=0, le=1,
             description="Share of items represented by content alone in the second softmax (target included).")
+        new_item_projection: bool = Field(
+            True, description="Project content alone (new items) with its own layers, not the ones that "
+                              "complement the id embedding.")
         # Off by default, as in the built-in item_tower (genre embeddings cost NDCG on MovieLens).
         use_categories: bool = Field(False, description="Include category embeddings where items have categories.")
 
@@ -87,4 +119,5 @@ class ContentItemEncoder(ItemEncoder):
             use_id=True,
             id_dropout=self.options.id_dropout,
             content_loss_weight=self.options.content_loss_weight,
+            new_item_projection=self.options.new_item_projection,
         )

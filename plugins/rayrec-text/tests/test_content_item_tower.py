@@ -34,7 +34,7 @@ def test_registers_as_an_item_encoder(text_plugin):
 def test_trained_items_always_get_their_whole_id_part_in_the_main_path(text_plugin):
     tower = build({})
     index = torch.arange(1, NUM_ITEMS + 1)
-    expected = content_only(tower, index) + tower.id_embedding(index)
+    expected = tower.content_projection(tower.content[index]) + tower.id_embedding(index)
     torch.testing.assert_close(tower.eval()(index), expected)
     torch.testing.assert_close(tower.train()(index), expected)  # no dropout outside the second softmax
 
@@ -46,8 +46,8 @@ def test_the_mixed_view_represents_about_id_dropout_of_the_items_by_content_alon
     vectors, side = tower.mixed_vectors(index), content_only(tower, index)
     dropped = torch.isclose(vectors, side, atol=1e-6).all(dim=1)
     assert 0.2 < dropped.float().mean().item() < 0.4
-    kept = ~dropped  # the rest carry their full id part, exactly as at inference
-    torch.testing.assert_close(vectors[kept], (side + tower.id_embedding(index))[kept])
+    kept = ~dropped  # the rest are their full vectors, exactly as at inference
+    torch.testing.assert_close(vectors[kept], tower(index)[kept])
     never, always = build({"id_dropout": 0.0}), build({"id_dropout": 1.0})
     torch.testing.assert_close(never.mixed_vectors(index), never(index))
     torch.testing.assert_close(always.mixed_vectors(index), content_only(always, index))
@@ -67,9 +67,31 @@ def test_gradients_reach_both_parts_through_the_mixed_view(text_plugin):
     tower.mixed_vectors(torch.arange(1, NUM_ITEMS + 1)).sum().backward()
     assert tower.id_embedding.weight.grad.abs().sum() > 0
     assert all(p.grad is not None for p in tower.content_projection.parameters())
+    assert all(p.grad is not None for p in tower.new_item_projection.parameters())
 
 
-def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trained_ones():
+@torch.no_grad()
+def test_content_alone_goes_through_its_own_projection_unless_turned_off(text_plugin):
+    tower, shared = build({}).eval(), build({"new_item_projection": False}).eval()
+    content = tower.content[1:5]
+    torch.testing.assert_close(tower.from_features(None, None, content), tower.new_item_projection(content))
+    torch.testing.assert_close(shared.from_features(None, None, content), shared.content_projection(content))
+    assert shared.new_item_projection is None
+
+
+@torch.no_grad()
+def test_weights_saved_without_the_new_item_projection_still_load(text_plugin):
+    """Models trained before the option existed: content alone uses the shared projection."""
+    old = build({"new_item_projection": False})
+    tower = build({})
+    tower.load_state_dict(old.state_dict())
+    assert tower.new_item_projection is None
+    content = old.content[1:5]
+    torch.testing.assert_close(tower.from_features(None, None, content), old.from_features(None, None, content))
+
+
+@pytest.mark.parametrize("own_projection", [True, False], ids=["new-item-projection", "shared-projection"])
+def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trained_ones(own_projection):
     """Serving's situation on a toy problem: users "ask" for an item's content; at test time half
     the catalogue is new (content-only vectors) and half trained (full vectors). With the second
     softmax, new targets rank well; trained targets still do (new items do not crowd them out)."""
@@ -84,10 +106,10 @@ def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trai
     every_item = torch.arange(NUM_ITEMS + 1)
     is_new = torch.rand(NUM_ITEMS + 1) < 0.5
 
-    def test_losses(weight: float) -> tuple[float, float]:
+    def test_losses(weight: float) -> tuple[float, float, float]:
         torch.manual_seed(1)
         tower = ContentItemTower(num_items=NUM_ITEMS, dim=DIM, content=content, use_id=True,
-                                 content_loss_weight=weight)
+                                 content_loss_weight=weight, new_item_projection=own_projection)
         model = TwoTowerModel(tower, MeanPoolTower(DIM))
         query_projection = torch.nn.Linear(CONTENT_DIM, DIM)
         optimizer = torch.optim.Adam([*model.parameters(), *query_projection.parameters()], lr=0.02)
@@ -104,13 +126,19 @@ def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trai
         with torch.no_grad():
             served = torch.where(is_new[:, None], tower.content_vectors(every_item), tower(every_item))
             losses = torch.nn.functional.cross_entropy(query_projection(queries) @ served.T, targets, reduction="none")
+            alone = torch.nn.functional.cross_entropy(query_projection(queries) @ tower(every_item).T, targets,
+                                                      reduction="none")  # no new items at all
             new_targets = is_new[targets]
-            return losses[new_targets].mean().item(), losses[~new_targets].mean().item()
+            return (losses[new_targets].mean().item(), losses[~new_targets].mean().item(),
+                    alone[~new_targets].mean().item())
 
-    new_with, trained_with = test_losses(1.0)
-    new_without, trained_without = test_losses(0.0)
+    new_with, trained_with, trained_alone = test_losses(1.0)
+    new_without, trained_without, _ = test_losses(0.0)
     assert new_with < 0.5 * new_without
-    assert trained_with < 0.5 * trained_without  # without it, content-only rows are uncalibrated noise
+    # New items take little from trained targets: they keep most of the probability (CE 0.25 = 78%).
+    assert trained_alone < trained_with < 0.25
+    if not own_projection:  # without the second softmax, shared-projection content rows crowd them out
+        assert trained_with < 0.5 * trained_without
 
 
 def test_the_second_softmax_without_content_to_fall_back_on_is_refused(text_plugin):
