@@ -34,7 +34,7 @@ class ContentItemTower(ItemTower):
     unseen ones (``from_features(None, ...)``) content alone. Shapes as in ``ItemTower``."""
 
     def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0,
-                 new_item_projection: bool = True, text_only_loss_weight: float = 0.0, **kwargs) -> None:
+                 new_item_projection: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= id_dropout <= 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1], got {id_dropout}")
@@ -45,7 +45,6 @@ class ContentItemTower(ItemTower):
                              "item_features (e.g. text_embedding) or give the items categories")
         self.id_dropout = id_dropout
         self.content_loss_weight = content_loss_weight
-        self.text_only_loss_weight = text_only_loss_weight
         # Content alone gets its own projection: the shared one learns a correction to the id
         # embedding, which is not what an item without one needs.
         self.new_item_projection = None
@@ -86,12 +85,9 @@ class ContentItemTower(ItemTower):
 
     def auxiliary_views(self):
         """The mixed view and its loss weight, in training only (see ``TwoTowerModel.auxiliary_item_views``)."""
-        if not self.training or self.id_embedding is None:
+        if not self.training or self.content_loss_weight == 0 or self.id_embedding is None:
             return []
-        views = [(self.mixed_vectors, self.content_loss_weight)] if self.content_loss_weight > 0 else []
-        if self.text_only_loss_weight > 0:
-            views.append((self.content_vectors, self.text_only_loss_weight))
-        return views
+        return [(self.mixed_vectors, self.content_loss_weight)]
 
 
 class ContentItemEncoder(ItemEncoder):
@@ -109,8 +105,6 @@ class ContentItemEncoder(ItemEncoder):
         new_item_projection: bool = Field(
             True, description="Project content alone (new items) with its own layers, not the ones that "
                               "complement the id embedding.")
-        text_only_loss_weight: float = Field(
-            0.0, ge=0, description="Weight of a third softmax in which every item is represented by content alone.")
         # Off by default, as in the built-in item_tower (genre embeddings cost NDCG on MovieLens).
         use_categories: bool = Field(False, description="Include category embeddings where items have categories.")
 
@@ -126,5 +120,4 @@ class ContentItemEncoder(ItemEncoder):
             id_dropout=self.options.id_dropout,
             content_loss_weight=self.options.content_loss_weight,
             new_item_projection=self.options.new_item_projection,
-            text_only_loss_weight=self.options.text_only_loss_weight,
         )
