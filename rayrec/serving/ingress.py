@@ -190,7 +190,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 class InProcessHandle:
     """A stage object living in this replica, called with the DeploymentHandle convention
     (``await handle.method.remote(...)``), so the routes do not care where the stage runs.
-    It has no ``broadcast``: a hot reload preloads here, other replicas load on first use."""
+    It has no ``broadcast``: a hot reload broadcasts ``preload`` to the Ingress deployment."""
 
     def __init__(self, target: Any) -> None:
         self.target = target
