@@ -6,6 +6,8 @@ latency in benchmarks/serving.py). Same routes, same guard, same error answers.
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -20,9 +22,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def urls(tmp_path_factory):
     root = tmp_path_factory.mktemp("direct")
-    model = write_toy_model(root / "model", num_items=500, dim=16, num_users=50)
+    # 50,000 items: each answer takes a few ms, so a burst of requests really queues.
+    model = write_toy_model(root / "model", num_items=50_000, dim=32, num_users=50)
     args = AppArgs(model_dir=str(model), state=f"sqlite:///{root / 'state.db'}", topology="ingress",
-                   max_body_bytes=4096)
+                   max_body_bytes=4096, stages={"ingress": {"max_ongoing_requests": 2, "max_queued_requests": 2}})
     with serve_locally(args, cluster_env=DIRECT_INGRESS_ENV) as proxy_url:
         [direct_url] = replica_urls()  # one ingress replica, one port of its own
         assert direct_url != proxy_url
@@ -65,3 +68,20 @@ def test_bad_input_through_the_replica_port_gets_the_same_4xx(urls, method, path
     response = getattr(httpx, method)(urls["direct"] + path, timeout=30, **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["message"].startswith(field), response.json()
+
+
+def test_overload_on_the_replica_port_is_answered_503_with_retry_after(urls):
+    """Without the proxy, the replica itself refuses what exceeds 2 running + 2 queued requests."""
+
+    async def burst() -> list:
+        async with httpx.AsyncClient(base_url=urls["direct"], timeout=60) as client:
+            return await asyncio.gather(
+                *(client.post("/recommend", json={"user_id": f"user{i % 50}", "k": 100}) for i in range(60)),
+                return_exceptions=True,
+            )
+
+    responses = asyncio.run(burst())
+    assert not [r for r in responses if isinstance(r, Exception)]
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and statuses.count(200) >= 2 and 503 in statuses, statuses
+    assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
