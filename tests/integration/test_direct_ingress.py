@@ -16,7 +16,7 @@ from rayrec.serving.direct_ingress import DIRECT_INGRESS_ENV, replica_urls
 from rayrec.serving.toy_model import write_toy_model
 from rayrec.testing import serve_locally
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
