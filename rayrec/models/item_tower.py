@@ -67,17 +67,23 @@ class ItemTower(nn.Module):
         Any input may be None (e.g. ``item_index`` for items unseen in training).
         """
         parts = []
-        if self.id_embedding is not None and item_index is not None:
+        with_id = self.id_embedding is not None and item_index is not None
+        if with_id:
             parts.append(self.id_embedding(item_index))
         if self.category_embedding is not None and category_ids is not None:
             vectors = self.category_embedding(category_ids)
             # EmbeddingBag returns zeros for all-padding rows, which is the right "no category".
             parts.append(vectors)
         if self.content_projection is not None and content is not None:
-            parts.append(self.content_projection(content))
+            parts.append(self.project_content(content, with_id))
         if not parts:
             raise ValueError("the item tower has no inputs for these items (no id, categories or content)")
         return torch.stack(parts, dim=0).sum(dim=0)
+
+    def project_content(self, content: torch.Tensor, with_id: bool) -> torch.Tensor:
+        """(M, T) content vectors -> (M, D) content part; ``with_id``: whether an id embedding
+        is added to it (subclasses may project content alone differently)."""
+        return self.content_projection(content)
 
     def forward(self, item_index: torch.Tensor) -> torch.Tensor:
         """Vectors of vocabulary items: (...,) int64 indices (0 = padding) -> (..., D)."""

@@ -59,15 +59,12 @@ class ContentItemTower(ItemTower):
                 key.startswith(prefix + "new_item_projection.") for key in state_dict):
             self.new_item_projection = None
 
-    def from_features(self, item_index, category_ids, content):
-        """As ``ItemTower.from_features``; without ids (items unseen in training, and the
-        content-only rows of the mixed view), content goes through ``new_item_projection``."""
-        if item_index is not None or self.new_item_projection is None or content is None:
-            return super().from_features(item_index, category_ids, content)
-        vectors = self.new_item_projection(content)
-        if self.category_embedding is not None and category_ids is not None:
-            vectors = vectors + self.category_embedding(category_ids)
-        return vectors
+    def project_content(self, content: torch.Tensor, with_id: bool) -> torch.Tensor:
+        """Content next to an id embedding: the shared projection; content alone (items unseen
+        in training, and the content-only rows of the mixed view): ``new_item_projection``."""
+        if with_id or self.new_item_projection is None:
+            return super().project_content(content, with_id)
+        return self.new_item_projection(content)
 
     def content_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
         """Content-only vectors of vocabulary items (what an unseen item gets): (M,) -> (M, D)."""
