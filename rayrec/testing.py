@@ -21,6 +21,7 @@ import contextlib
 import os
 import socket
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+from unittest import mock
 
 import pytest
 
@@ -46,16 +47,9 @@ def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str
     from rayrec.serving.app import build_app
 
     port = free_port()
-    saved = {name: os.environ.get(name) for name in cluster_env or {}}
-    os.environ.update(cluster_env or {})
-    try:
+    # Only while Ray starts: its processes keep what they inherited, later clusters start clean.
+    with mock.patch.dict(os.environ, cluster_env or {}):
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-    finally:  # the started processes keep what they inherited; later clusters start clean
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         serve.run(build_app(args), name="rayrec", route_prefix="/")
