@@ -54,67 +54,71 @@ def env():
     return environment
 
 
-def test_rayrec_serve_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path):
-    model = write_toy_model(tmp_path / "model", num_items=300, dim=16)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rayrec", "serve", "--model", str(model), "--port", str(port),
-         "--state", str(tmp_path / "state.db"), "--num-cpus", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        deadline = time.time() + 180
-        while not any(f"{url}/" in line for line in lines):  # "prints the URL when ready"
-            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+class RayrecServe:
+    """``rayrec serve`` in a subprocess, its output collected line by line as it comes."""
+
+    def __init__(self, tmp_path: Path, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        model = write_toy_model(tmp_path / "model", num_items=300, dim=16)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rayrec", "serve", "--model", str(model), "--port", str(self.port),
+             "--state", str(tmp_path / "state.db"), "--num-cpus", "2", *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 180) -> str:
+        deadline = time.time() + timeout
+        while not any(text in line for line in self.lines):
+            assert self.proc.poll() is None and time.time() < deadline, self.output[-3000:]
             time.sleep(0.5)
-        assert wait_healthy(url, proc)["model_version"] == "toy-1"
-        response = httpx.post(url + "/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
+        return next(line for line in self.lines if text in line)
+
+    def ctrl_c(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        finally:
+            self.reader.join(timeout=10)
+        return self.proc.returncode
+
+
+def test_rayrec_serve_prints_the_url_serves_and_stops_on_ctrl_c(tmp_path):
+    server = RayrecServe(tmp_path)
+    try:
+        server.wait_for_line(f"{server.url}/")  # "prints the URL when ready"
+        assert wait_healthy(server.url, server.proc)["model_version"] == "toy-1"
+        response = httpx.post(server.url + "/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
         assert response.status_code == 200 and len(response.json()["items"]) == 3
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        reader.join(timeout=10)
-    output = "".join(lines)
-    assert proc.returncode == 0, output[-3000:]
-    assert "stopped" in output
+        returncode = server.ctrl_c()
+    assert returncode == 0, server.output[-3000:]
+    assert "stopped" in server.output
     assert (tmp_path / "state.db").exists()
 
 
 def test_rayrec_serve_direct_ingress_prints_the_replica_url_which_answers(tmp_path):
-    model = write_toy_model(tmp_path / "model", num_items=300, dim=16)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rayrec", "serve", "--model", str(model), "--port", str(port), "--topology", "ingress",
-         "--direct-ingress", "--state", str(tmp_path / "state.db"), "--num-cpus", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(), start_new_session=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
+    server = RayrecServe(tmp_path, "--topology", "ingress", "--direct-ingress")
     try:
-        deadline = time.time() + 180
-        while not any("direct to an ingress replica" in line for line in lines):
-            assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
-            time.sleep(0.5)
-        [line] = [line for line in lines if "direct to an ingress replica" in line]
-        direct_url = line.split()[-1].rstrip("/")
-        assert direct_url != f"http://127.0.0.1:{port}"
+        direct_url = server.wait_for_line("direct to an ingress replica").split()[-1].rstrip("/")
+        assert direct_url != server.url
         response = httpx.post(direct_url + "/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
         assert response.status_code == 200 and len(response.json()["items"]) == 3
-        proxied = httpx.post(f"http://127.0.0.1:{port}/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
+        proxied = httpx.post(server.url + "/recommend", json={"user_id": "user1", "k": 3}, timeout=30)
         assert proxied.json() == response.json()  # --port still answers, through the proxy
     finally:
-        output = stop(proc)
-        reader.join(timeout=10)
-    assert proc.returncode == 0, "".join(lines)[-3000:] + output
+        returncode = server.ctrl_c()
+    assert returncode == 0, server.output[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("serve", path=str(Path(sys.executable).parent)) is None, reason="no serve CLI")
