@@ -15,7 +15,10 @@ through ``TrainedModel.encode_items``, the code behind ``PUT /items``, and every
 the whole catalogue (warm and cold items together) with everything the user saw before the
 target masked. As in serving, cold items cannot enter the user tower's input sequence.
 
-- content-aware: the two-tower model trained with ``item_features: [text_embedding]``;
+- content-aware: the two-tower model trained with ``item_features: [text_embedding]``, new
+  items' scores calibrated onto the trained items' scale as serving does by default
+  (``new_items.calibrate``, :mod:`rayrec.models.new_items`; ``--new-item-boost`` sets the
+  boost); "raw new-item scores" is the same model without the calibration;
 - content-kNN: score = mean cosine similarity between an item's text vector and the text
   vectors of the user's history (cold items included, their text is known);
 - random: uniform scores (seeded), and its exact expectation ("random (expected)").
@@ -23,7 +26,8 @@ target masked. As in serving, cold items cannot enter the user tower's input seq
 A model that put every new item first would top that table, so the benchmark also shows the
 cost: for each test user, the first trained item after the cold test case is a second target,
 ranked with the new items in the catalogue and without them, and ``cold@10`` gives the share
-of top-10 slots that new items take.
+of top-10 slots that new items take. A last table shows the trade-off over
+``new_items.boost`` (same trained model, scores only).
 
 Warm quality. Leave-one-out NDCG@10 on all items (``rayrec evaluate`` protocol) of the
 content-aware model and of the id-only default; the first must not fall below the second.
@@ -249,9 +253,21 @@ def run_dataset(name: str, args, content_config: dict, log) -> dict:
         add_seconds = time.perf_counter() - started
         item_vectors = np.vstack([model.item_embeddings, cold_vectors])
 
-    def model_scores(cases: list[Case]) -> np.ndarray:
-        user_vectors, _ = model.encode_histories([c.model_history for c in cases])
-        return user_vectors @ item_vectors.T
+    def model_scores_with(calibration):
+        def model_scores(cases: list[Case]) -> np.ndarray:
+            user_vectors, _ = model.encode_histories([c.model_history for c in cases])
+            scores = user_vectors @ item_vectors.T
+            if calibration is not None:  # what serving does with new_items.calibrate (the default)
+                scores[:, num_warm:] = calibration.apply(user_vectors, scores[:, num_warm:])
+            return scores
+        return model_scores
+
+    def without_new_items(score_fn):
+        def scores(cases: list[Case]) -> np.ndarray:
+            result = score_fn(cases)
+            result[:, num_warm:] = -np.inf
+            return result
+        return scores
 
     def knn_scores(cases: list[Case]) -> np.ndarray:
         # Unit text vectors: the mean of cosines equals the cosine with the mean (unnormalised).
@@ -263,26 +279,35 @@ def run_dataset(name: str, args, content_config: dict, log) -> dict:
     def random_scores(cases: list[Case]) -> np.ndarray:
         return rng.random((len(cases), num_items), dtype=np.float32)
 
-    def model_scores_without_new_items(cases: list[Case]) -> np.ndarray:
-        scores = model_scores(cases)
-        scores[:, num_warm:] = -np.inf
-        return scores
-
-    methods = {"content-aware model": model_scores, "content-kNN": knn_scores, "random": random_scores}
+    calibration = None if args.raw_new_item_scores else model.new_item_calibration(args.new_item_boost)
+    model_scores = model_scores_with(calibration)
+    raw_scores = model_scores_with(None)
+    methods = {"content-aware model": model_scores, "same model, raw new-item scores": raw_scores,
+               "content-kNN": knn_scores, "random": random_scores}
+    if calibration is None:
+        del methods["same model, raw new-item scores"]
     cold = {split_name: {**{method: rank_cases(fn, cases, num_items, num_warm) for method, fn in methods.items()},
                          "random (expected)": expected_random(cases, num_items)}
             for split_name, cases in (("validation", split.validation), ("test", split.test))}
     # The other side of the trade: a model that ranks every new item first would win above.
     crowding = {"content-aware model": rank_cases(model_scores, split.warm_test, num_items, num_warm),
-                "same model, new items left out": rank_cases(model_scores_without_new_items, split.warm_test,
+                "same model, raw new-item scores": rank_cases(raw_scores, split.warm_test, num_items, num_warm),
+                "same model, new items left out": rank_cases(without_new_items(model_scores), split.warm_test,
                                                              num_items, num_warm)}
+    if calibration is None:
+        del crowding["same model, raw new-item scores"]
     result["cold_start"] = {**cold, "warm_targets_with_new_items": crowding, "train_seconds": train_seconds,
-                            "add_cold_items_seconds": add_seconds, "cold_items": len(split.cold)}
+                            "add_cold_items_seconds": add_seconds, "cold_items": len(split.cold),
+                            "new_item_boost": None if calibration is None else args.new_item_boost}
     print(f"trained in {train_seconds:.0f}s; {len(split.cold):,} cold items added through encode_items in "
           f"{add_seconds:.1f}s")
     print(format_rows(cold["test"], "cold-start test (targets: cold items; ranking: whole catalogue)"))
     print(format_rows(cold["validation"], "cold-start validation"))
     print(format_rows(crowding, "trained-item targets (the first after the cold test case), new items in the catalogue"))
+    if calibration is not None:
+        result["cold_start"]["boost_trade_off"] = trade_off = boost_trade_off(
+            calibration, model_scores_with, without_new_items, split, num_items, num_warm, args.boosts)
+        print(format_trade_off(trade_off))
 
     # -- warm quality --------------------------------------------------------------------------
     if not args.skip_warm:
@@ -295,6 +320,40 @@ def run_dataset(name: str, args, content_config: dict, log) -> dict:
         result["warm"] = warm
         print(format_rows(warm, "warm leave-one-out (all items)", metrics=("HR@10", "NDCG@10", "users")))
     return result
+
+
+def boost_trade_off(calibration, model_scores_with, without_new_items, split: ColdSplit, num_items: int,
+                    num_warm: int, boosts: list[float]) -> dict[str, dict]:
+    """Per ``new_items.boost``: new items' HR/NDCG@10 over random, their share of the top 10, and
+    the share of NDCG@10 that trained-item targets keep (same trained model, scores only)."""
+    random_test = expected_random(split.test, num_items)
+    random_validation = expected_random(split.validation, num_items)
+    without = rank_cases(without_new_items(model_scores_with(calibration)), split.warm_test, num_items, num_warm)
+    rows = {}
+    for boost in boosts:
+        scores = model_scores_with(calibration.with_boost(boost))
+        test = rank_cases(scores, split.test, num_items, num_warm)
+        validation = rank_cases(scores, split.validation, num_items, num_warm)
+        trained = rank_cases(scores, split.warm_test, num_items, num_warm)
+        rows[f"{boost:+.2f}"] = {
+            "test HR@10 x random": test["HR@10"] / random_test["HR@10"],
+            "test NDCG@10 x random": test["NDCG@10"] / random_test["NDCG@10"],
+            "validation NDCG@10 x random": validation["NDCG@10"] / random_validation["NDCG@10"],
+            "cold@10": test["cold@10"],
+            "trained targets keep": trained["NDCG@10"] / max(without["NDCG@10"], 1e-9),
+        }
+    return rows
+
+
+def format_trade_off(rows: dict[str, dict]) -> str:
+    lines = ["\nnew_items.boost trade-off (one trained model; boost in standard deviations of the user's scores)",
+             f"{'boost':>6}  {'test HR@10':>10}  {'test NDCG@10':>12}  {'val NDCG@10':>11}  {'cold@10':>7}  "
+             f"{'trained targets keep':>20}"]
+    for boost, row in rows.items():
+        lines.append(f"{boost:>6}  {row['test HR@10 x random']:>9.1f}x  {row['test NDCG@10 x random']:>11.1f}x  "
+                     f"{row['validation NDCG@10 x random']:>10.1f}x  {row['cold@10']:>7.0%}  "
+                     f"{row['trained targets keep']:>20.0%}")
+    return "\n".join(lines)
 
 
 def format_rows(rows: dict, title: str, metrics=COLD_METRICS) -> str:
@@ -336,6 +395,12 @@ def main() -> None:
                              "content_item_tower).")
     parser.add_argument("--cache-dir", default=None, help="Vector cache directory (default: the plugin's).")
     parser.add_argument("--threads", type=int, default=2, help="Torch threads.")
+    parser.add_argument("--new-item-boost", type=float, default=0.0,
+                        help="new_items.boost of the content-aware model's calibrated scores (serving's default: 0).")
+    parser.add_argument("--raw-new-item-scores", action="store_true",
+                        help="Compare new items' raw scores with trained items' (new_items.calibrate: false).")
+    parser.add_argument("--boosts", type=float, nargs="*", default=[-0.5, -0.25, 0.0, 0.25, 0.5],
+                        help="Boosts of the trade-off table.")
     parser.add_argument("--skip-warm", action="store_true", help="Skip the two warm leave-one-out trainings.")
     parser.add_argument("--verbose", action="store_true", help="Print the training log.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")

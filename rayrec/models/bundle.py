@@ -42,3 +42,7 @@ class RecommenderModel(Protocol):
     def encode_items(self, records: Sequence[dict]) -> np.ndarray:
         """(M, D) item vectors computed from content alone (title, text, categories) for items
         not in the trained vocabulary: the cold-start path of ``PUT /items``."""
+
+    # Optional: ``new_item_calibration(boost) -> NewItemCalibration | None`` puts the scores of
+    # encode_items vectors on the trained items' scale (rayrec.models.new_items); serving uses
+    # raw scores for models without it.

@@ -11,6 +11,7 @@ import torch
 
 from rayrec.errors import ModelError
 from rayrec.models.factory import ItemInputs, build_two_tower
+from rayrec.models.new_items import NewItemCalibration
 from rayrec.schema import Vocabulary
 
 REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.json", "item_embeddings.npy",
@@ -37,6 +38,7 @@ class TrainedModel:
         self.max_history = self.max_len
         self._category_index = {name: i + 1 for i, name in enumerate(config.get("category_vocab", []))}
         self.user_features: np.ndarray | None = None  # (U, F) codes when trained with user features
+        self._calibration: NewItemCalibration | None = None
 
     @property
     def item_ids(self) -> list[str]:
@@ -164,6 +166,36 @@ class TrainedModel:
             unknown = (category_ids == 0).all(dim=1).numpy()
             vectors[unknown] = self.item_embeddings.mean(axis=0)
         return vectors
+
+    @torch.no_grad()
+    def trained_items_from_content(self) -> np.ndarray | None:
+        """(N, D): every trained item's vector from its content alone, as if it were new (what
+        :meth:`encode_items` would give it). None when the model has no content inputs: new
+        items then all get the neutral mean vector."""
+        tower = self.network.item_tower
+        categories = tower.category_ids if tower.category_embedding is not None else None
+        content = tower.content if tower.content_projection is not None else None
+        if categories is None and content is None:
+            return None
+        rows = torch.arange(1, len(self.item_vocab) + 1)
+        vectors = tower.from_features(None, None if categories is None else categories[rows],
+                                      None if content is None else content[rows])
+        if self.network.similarity == "cosine":
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        vectors = vectors.numpy().astype(np.float32)
+        if content is None:  # as in encode_items: no known category -> the neutral vector
+            vectors[(categories[rows] == 0).all(dim=1).numpy()] = self.item_embeddings.mean(axis=0)
+        return vectors
+
+    def new_item_calibration(self, boost: float = 0.0) -> NewItemCalibration | None:
+        """Scores of items added after training, put on the trained items' scale (see
+        :mod:`rayrec.models.new_items`); None when the model has no content inputs."""
+        if self._calibration is None:
+            from_content = self.trained_items_from_content()
+            if from_content is None or len(from_content) < 2:
+                return None
+            self._calibration = NewItemCalibration.fit(self.item_embeddings, from_content)
+        return self._calibration.with_boost(boost)
 
     def _content_vectors(self, records: Sequence[dict]) -> np.ndarray:
         from rayrec.plugins import create_component

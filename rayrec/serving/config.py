@@ -118,6 +118,18 @@ class SearchOptions(BaseModel):
     pool: int = Field(200, ge=1, le=10_000, description="Best text matches re-ranked by the user's taste.")
 
 
+class NewItemOptions(BaseModel):
+    """Items added after training (``PUT /items``): how their content-only scores meet trained items'."""
+
+    model_config = ConfigDict(extra="forbid")
+    calibrate: bool = Field(
+        True, description="Put new items' scores on the trained items' scale per user (rayrec.models.new_items); "
+                          "off: raw scores.")
+    boost: float = Field(
+        0.0, ge=-5, le=5,
+        description="Standard deviations added to new items' calibrated scores: > 0 shows them more, < 0 less.")
+
+
 class AppArgs(BaseModel):
     """Arguments of :func:`rayrec.serving.app.build_app` (also ``args:`` in ``deploy/serve.yaml``)."""
 
@@ -183,6 +195,8 @@ class AppArgs(BaseModel):
         None, description="JSON-lines request log file, appended by every ingress replica ('-': stderr); off when unset."
     )
     search: SearchOptions = Field(default_factory=SearchOptions, description="Natural-language search (POST /search).")
+    new_items: NewItemOptions = Field(default_factory=NewItemOptions,
+                                      description="Scoring of items added after training.")
     ann_recall_probe_interval_s: float = Field(
         60.0, ge=0, description="How often each scorer samples the top-K index's recall@10 for the metrics; 0: never."
     )

@@ -209,6 +209,7 @@ class _CatalogueMethods:
             filter_seen=self.args.filter_seen,
             candidate_sources=self.candidate_sources,
             search=self.args.search,
+            new_items=self.args.new_items,
         )
 
     async def _scorer(self, generation: int | None = None) -> ScorerLogic:  # pragma: no cover - per class

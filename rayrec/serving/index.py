@@ -3,6 +3,9 @@
 Rows are append-only: a new or re-encoded item gets a new row and its old row dies, so the
 ANN index (which cannot update in place) and the exact matrix share the same row numbers.
 Dead rows and per-request exclusions are masked out of the results.
+
+Rows beyond the trained ones hold items added after training (vectors from content alone);
+with a :class:`NewItemCalibration` their scores are put on the trained items' scale per query.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+
+from rayrec.models.new_items import NewItemCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +32,8 @@ class ItemIndex:
 
     ``exact_max_items``: up to this many rows search is exact (``scores = E @ q``); above it an
     HNSW index (inner product) is built when faiss is installed, else search stays exact and
-    a log line says so.
+    a log line says so. ``new_item_calibration``: applied to the scores of rows added later
+    (the index's first rows are the trained items).
     """
 
     def __init__(
@@ -39,9 +45,12 @@ class ItemIndex:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 256,
+        new_item_calibration: NewItemCalibration | None = None,
     ) -> None:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.row_ids: list[str] = list(item_ids)
+        self.trained_rows = len(self.row_ids)
+        self.calibration = new_item_calibration
         self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
         self.vectors = vectors
         self.unit = self._normalize(vectors)
@@ -120,6 +129,23 @@ class ItemIndex:
         self.alive[row] = False
         return True
 
+    # -- scores -----------------------------------------------------------------------------
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """Scores of every row for ``query`` (D,) -> (rows,), new items' calibrated."""
+        scores = self.vectors @ query
+        if self.calibration is not None and len(scores) > self.trained_rows:
+            scores[self.trained_rows:] = self.calibration.apply(query, scores[self.trained_rows:])
+        return scores
+
+    def row_scores(self, rows, query: np.ndarray) -> np.ndarray:
+        """Scores of some rows: (M,) rows, (D,) query -> (M,), new items' calibrated."""
+        rows = np.asarray(rows, dtype=np.int64)
+        scores = self.vectors[rows] @ np.asarray(query, dtype=np.float32)
+        new = rows >= self.trained_rows
+        if self.calibration is not None and new.any():
+            scores[new] = self.calibration.apply(query, scores[new])
+        return scores
+
     # -- search -----------------------------------------------------------------------------
     def allowed_mask(self, excluded_ids) -> np.ndarray:
         """Live rows minus ``excluded_ids``; a fresh array the caller may narrow further."""
@@ -141,8 +167,7 @@ class ItemIndex:
             rows, scores = self._search_ann(query, k, allowed)
             if rows is not None:
                 return rows, scores
-        scores = self.vectors @ query
-        return self.top_rows(scores, k, allowed)
+        return self.top_rows(self.scores(query), k, allowed)
 
     def _search_ann(self, query: np.ndarray, k: int, allowed: np.ndarray):
         blocked = len(allowed) - int(np.count_nonzero(allowed))
@@ -155,7 +180,20 @@ class ItemIndex:
         keep = (rows >= 0)
         rows, scores = rows[keep], scores[keep]
         keep = allowed[rows]
-        rows, scores = rows[keep][:k], scores[keep][:k]
+        rows, scores = rows[keep], scores[keep]
+        if self.calibration is not None and len(self.row_ids) > self.trained_rows:
+            # The graph holds raw scores: new items are scored exactly, calibrated, and merged
+            # with the trained items it found (new items are the few added since training).
+            trained = rows < self.trained_rows
+            rows, scores = rows[trained][:k], scores[trained][:k]
+            if len(rows) < min(k, int(np.count_nonzero(allowed[: self.trained_rows]))):
+                return None, None
+            new_rows = self.trained_rows + np.flatnonzero(allowed[self.trained_rows:])
+            rows = np.concatenate([rows, new_rows])
+            scores = np.concatenate([scores, self.row_scores(new_rows, query)])
+            order = np.argsort(-scores, kind="stable")[:k]
+            return rows[order], scores[order]
+        rows, scores = rows[:k], scores[:k]
         if len(rows) < min(k, int(np.count_nonzero(allowed))):
             return None, None  # not enough survived the filters: fall back to exact
         return rows, scores
@@ -164,7 +202,7 @@ class ItemIndex:
         """Sampled recall@k of :meth:`search` against exact search, with live items as queries.
 
         1.0 without an ANN index (search is exact). Costs ``samples`` ANN queries and one
-        (samples, D) x (D, rows) product; used by the serving metrics' recall probe.
+        exact pass per sample; used by the serving metrics' recall probe.
         """
         if self.ann is None:
             return 1.0
@@ -173,10 +211,9 @@ class ItemIndex:
             return 1.0
         rng = np.random.default_rng(seed)
         queries = self.unit[rng.choice(live, size=min(samples, len(live)), replace=False)]
-        exact_scores = queries @ self.vectors.T  # (samples, rows)
         found = []
-        for query, scores in zip(queries, exact_scores):
-            exact_rows, _ = self.top_rows(scores, k, self.alive)
+        for query in queries:
+            exact_rows, _ = self.top_rows(self.scores(query), k, self.alive)
             ann_rows, _ = self.search(query, k, self.alive)
             if len(exact_rows):
                 found.append(len(set(exact_rows.tolist()) & set(ann_rows.tolist())) / len(exact_rows))

@@ -11,7 +11,7 @@ import numpy as np
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.bundle import RecommenderModel
-from rayrec.serving.config import SearchOptions
+from rayrec.serving.config import NewItemOptions, SearchOptions
 from rayrec.serving.errors import NotFoundError, RequestError
 from rayrec.serving.index import ItemIndex
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
@@ -45,6 +45,14 @@ class CatalogView:
     added_items: Sequence[str] = ()
 
 
+def new_item_calibration(model: RecommenderModel, options: NewItemOptions):
+    """The model's calibration of new items' scores, or None (off, or a model without one)."""
+    calibration = getattr(model, "new_item_calibration", None)
+    if not options.calibrate or calibration is None:
+        return None
+    return calibration(options.boost)
+
+
 class ScorerLogic:
     """Scores the catalogue for one user vector and returns the top ``k`` with explanations.
 
@@ -66,6 +74,7 @@ class ScorerLogic:
         filter_seen: bool = True,
         candidate_sources: Sequence[CandidateSource] = (),
         search: SearchOptions | None = None,
+        new_items: NewItemOptions | None = None,
     ) -> None:
         self.model = model
         self.candidate_sources = list(candidate_sources)
@@ -82,6 +91,7 @@ class ScorerLogic:
             hnsw_m=ann.get("m", 32),
             ef_construction=ann.get("ef_construction", 80),
             ef_search=ann.get("ef_search", 256),
+            new_item_calibration=new_item_calibration(model, new_items or NewItemOptions()),
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
         self.trained_items = set(model.item_ids)
@@ -287,7 +297,7 @@ class ScorerLogic:
                 if row is None or not allowed[row] or proposed.item_id in already:
                     continue
                 already.add(proposed.item_id)
-                score = float(self.index.vectors[row] @ user_vector) if user_vector is not None else proposed.score
+                score = float(self.index.row_scores([row], user_vector)[0]) if user_vector is not None else proposed.score
                 yield Candidate(item_id=proposed.item_id, score=score), source.name
 
     def _context(self, candidates: list[Candidate], request: PreparedRequest) -> ScoringContext:

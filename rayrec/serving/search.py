@@ -126,7 +126,7 @@ class TextSearch:
         if user_vector is None or weight == 0:
             return ItemIndex.top_rows(text_scores, k, allowed)
         rows, matches = ItemIndex.top_rows(text_scores, max(k, self.options.pool), allowed)
-        taste = index.vectors[rows] @ np.asarray(user_vector, dtype=np.float32)
+        taste = index.row_scores(rows, user_vector)
         blended = (1 - weight) * _standardise(matches) + weight * _standardise(taste)
         order = np.argsort(-blended, kind="stable")[:k]
         return rows[order], blended[order]

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 import pytest
 
+from rayrec.models.new_items import NewItemCalibration
 from rayrec.serving import index as index_module
 from rayrec.serving.index import ItemIndex
 
@@ -83,3 +84,31 @@ def test_hnsw_index_follows_catalogue_changes():
     index.delete("new")
     rows, _ = index.search(vectors[42], 3, index.allowed_mask([]))
     assert "new" not in {index.row_ids[r] for r in rows}
+
+
+def test_new_items_get_calibrated_scores_in_exact_and_hnsw_search_alike():
+    pytest.importorskip("faiss")
+    vectors = clustered(3000, 16)
+    ids = [f"i{i}" for i in range(3000)]
+    # Content alone gives a tenth of the full score: raw, a new item would sink below its twin.
+    calibration = NewItemCalibration.fit(vectors, 0.1 * vectors)
+    twins = [42, 1000, 2500]
+    new_ids = [f"new-{t}" for t in twins]
+    raw = ItemIndex(ids, vectors)
+    exact = ItemIndex(ids, vectors, new_item_calibration=calibration)
+    hnsw = ItemIndex(ids, vectors, exact_max_items=100, new_item_calibration=calibration)
+    assert hnsw.ann is not None
+    for index in (raw, exact, hnsw):
+        index.upsert(new_ids, 0.1 * vectors[twins])
+    for twin, new_id in zip(twins, new_ids):
+        query = vectors[twin]
+        allowed = exact.allowed_mask([])
+        rows, scores = exact.search(query, 50, allowed)
+        found = {exact.row_ids[r]: s for r, s in zip(rows, scores)}
+        assert found[new_id] == pytest.approx(found[f"i{twin}"], rel=1e-4)  # the twin's score
+        hnsw_rows, hnsw_scores = hnsw.search(query, 50, allowed)
+        assert {hnsw.row_ids[r] for r in hnsw_rows} == set(found)
+        np.testing.assert_allclose(hnsw_scores, scores, rtol=1e-4)
+        np.testing.assert_allclose(exact.row_scores(rows, query), scores, rtol=1e-5)
+        raw_rows, _ = raw.search(query, 50, allowed)
+        assert new_id not in {raw.row_ids[r] for r in raw_rows}
