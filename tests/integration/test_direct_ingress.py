@@ -76,7 +76,8 @@ def test_overload_on_the_replica_port_is_answered_503_with_retry_after(urls):
     async def burst() -> list:
         async with httpx.AsyncClient(base_url=urls["direct"], timeout=60) as client:
             return await asyncio.gather(
-                *(client.post("/recommend", json={"user_id": f"user{i % 50}", "k": 100}) for i in range(60)),
+                # k=1000: each answer takes long enough that a slow client still overlaps them
+                *(client.post("/recommend", json={"user_id": f"user{i % 50}", "k": 1000}) for i in range(100)),
                 return_exceptions=True,
             )
 
