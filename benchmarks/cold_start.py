@@ -18,7 +18,9 @@ target masked. As in serving, cold items cannot enter the user tower's input seq
 - content-aware: the two-tower model trained with ``item_features: [text_embedding]``, new
   items' scores calibrated onto the trained items' scale as serving does by default
   (``new_items.calibrate``, :mod:`rayrec.models.new_items`; ``--new-item-boost`` sets the
-  boost); "raw new-item scores" is the same model without the calibration;
+  boost); "raw new-item scores" is the same model without the calibration, and "every item
+  through text alone" scores trained items by their content alone too (where the model's
+  content view puts new items among trained ones);
 - content-kNN: score = mean cosine similarity between an item's text vector and the text
   vectors of the user's history (cold items included, their text is known);
 - random: uniform scores (seeded), and its exact expectation ("random (expected)").
@@ -282,7 +284,15 @@ def run_dataset(name: str, args, content_config: dict, log) -> dict:
     calibration = None if args.raw_new_item_scores else model.new_item_calibration(args.new_item_boost)
     model_scores = model_scores_with(calibration)
     raw_scores = model_scores_with(None)
+    text_alone_vectors = np.vstack([model.trained_items_from_content(), cold_vectors])
+
+    def text_alone_scores(cases: list[Case]) -> np.ndarray:
+        # Every item as if it were new: where the model's content view alone puts new items.
+        user_vectors, _ = model.encode_histories([c.model_history for c in cases])
+        return user_vectors @ text_alone_vectors.T
+
     methods = {"content-aware model": model_scores, "same model, raw new-item scores": raw_scores,
+               "same model, every item through text alone": text_alone_scores,
                "content-kNN": knn_scores, "random": random_scores}
     if calibration is None:
         del methods["same model, raw new-item scores"]
