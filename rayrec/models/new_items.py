@@ -66,9 +66,9 @@ class NewItemCalibration:
         """(B, D) user vectors -> per user (scale, offset), each (B,): calibrated = scale * raw + offset."""
         users = np.atleast_2d(np.asarray(user_vectors, dtype=np.float64))
         full_mean = users @ self.full_mean
-        full_std = np.sqrt(np.maximum(np.einsum("bd,de,be->b", users, self.full_covariance, users), 0.0))
+        full_std = np.sqrt(np.maximum(((users @ self.full_covariance) * users).sum(axis=1), 0.0))
         content_mean = users @ self.content_mean
-        content_std = np.sqrt(np.maximum(np.einsum("bd,de,be->b", users, self.content_covariance, users), 0.0))
+        content_std = np.sqrt(np.maximum(((users @ self.content_covariance) * users).sum(axis=1), 0.0))
         informative = content_std > FLAT_CONTENT * np.maximum(full_std, 1e-12)
         scale = np.where(informative, full_std / np.where(informative, content_std, 1.0), 0.0)
         offset = full_mean - scale * content_mean + self.boost * full_std
