@@ -21,6 +21,7 @@ items' exposure against trained items' (a table in the README of rayrec-text).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,8 +60,7 @@ class NewItemCalibration:
         return cls(full_mean, full_covariance, content_mean, content_covariance, float(boost))
 
     def with_boost(self, boost: float) -> "NewItemCalibration":
-        return NewItemCalibration(self.full_mean, self.full_covariance, self.content_mean, self.content_covariance,
-                                  float(boost))
+        return dataclasses.replace(self, boost=float(boost))
 
     def affine(self, user_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, D) user vectors -> per user (scale, offset), each (B,): calibrated = scale * raw + offset."""

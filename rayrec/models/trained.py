@@ -154,18 +154,9 @@ class TrainedModel:
         content = None
         if tower.content_projection is not None:
             content = torch.from_numpy(self._content_vectors(records))
-        has_content = content is not None or (category_ids is not None and bool((category_ids > 0).any()))
-        if not has_content:
+        if category_ids is None and content is None:
             return np.repeat(self.item_embeddings.mean(axis=0, keepdims=True), len(records), axis=0)
-        vectors = tower.from_features(None, category_ids, content)
-        if self.network.similarity == "cosine":
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
-        vectors = vectors.numpy().astype(np.float32)
-        if category_ids is not None and content is None:
-            # Items whose categories are all unknown get the neutral vector, not the zero vector.
-            unknown = (category_ids == 0).all(dim=1).numpy()
-            vectors[unknown] = self.item_embeddings.mean(axis=0)
-        return vectors
+        return self._vectors_from_content(category_ids, content)
 
     @torch.no_grad()
     def trained_items_from_content(self) -> np.ndarray | None:
@@ -173,18 +164,22 @@ class TrainedModel:
         :meth:`encode_items` would give it). None when the model has no content inputs: new
         items then all get the neutral mean vector."""
         tower = self.network.item_tower
-        categories = tower.category_ids if tower.category_embedding is not None else None
-        content = tower.content if tower.content_projection is not None else None
-        if categories is None and content is None:
-            return None
         rows = torch.arange(1, len(self.item_vocab) + 1)
-        vectors = tower.from_features(None, None if categories is None else categories[rows],
-                                      None if content is None else content[rows])
+        category_ids = tower.category_ids[rows] if tower.category_embedding is not None else None
+        content = tower.content[rows] if tower.content_projection is not None else None
+        if category_ids is None and content is None:
+            return None
+        return self._vectors_from_content(category_ids, content)
+
+    def _vectors_from_content(self, category_ids: torch.Tensor | None, content: torch.Tensor | None) -> np.ndarray:
+        """The item tower's vectors without ids, as serving uses them: unit length for cosine
+        models, and the neutral mean vector for items with no known category and no content."""
+        vectors = self.network.item_tower.from_features(None, category_ids, content)
         if self.network.similarity == "cosine":
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         vectors = vectors.numpy().astype(np.float32)
-        if content is None:  # as in encode_items: no known category -> the neutral vector
-            vectors[(categories[rows] == 0).all(dim=1).numpy()] = self.item_embeddings.mean(axis=0)
+        if content is None:  # not the zero vector EmbeddingBag gives all-padding rows
+            vectors[(category_ids == 0).all(dim=1).numpy()] = self.item_embeddings.mean(axis=0)
         return vectors
 
     def new_item_calibration(self, boost: float = 0.0) -> NewItemCalibration | None:
