@@ -40,3 +40,11 @@ class ModelError(RayrecError):
 
 class ConfigError(RayrecError):
     """A configuration file or option is invalid; the message names the field."""
+
+
+def validation_problems(exc) -> str:
+    """A pydantic ``ValidationError`` as one line: ``field.path: message; ...``."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )

@@ -16,7 +16,7 @@ class SASRecEncoder(UserEncoder):
         model_config = ConfigDict(extra="forbid")
         num_blocks: int = Field(2, ge=1, le=12, description="Transformer blocks.")
         num_heads: int = Field(1, ge=1, le=16, description="Attention heads; must divide dim.")
-        dropout: float = Field(0.2, ge=0, lt=1, description="Dropout on inputs, attention and feed-forward.")
+        dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on inputs, attention and feed-forward.")
 
     def build(self, *, dim: int, max_len: int, **_):
         from rayrec.models.sasrec import SASRecTower

@@ -85,10 +85,11 @@ def evaluate(interactions, items, users, config_path, user_encoder, epochs, num_
     """Leave-one-out evaluation (last = test, second to last = validation, full ranking)."""
     from rayrec.cli.train_cmd import load_training_data
     from rayrec.evaluation.protocol import format_table
-    from rayrec.training.config import load_train_config
+    from rayrec.training.config import check_components, load_train_config
 
     config = load_train_config(config_path, **{"model.user_encoder": user_encoder, "epochs": epochs,
                                                "num_workers": num_workers})
+    check_components(config)
     log = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     data = load_training_data(interactions, items, users, config, echo=log)
     results = evaluate_leave_one_out(data, config, in_process=in_process, baselines=not no_baselines, log=log,

@@ -29,20 +29,35 @@ def load_training_data(interactions: str, items: str | None, users: str | None, 
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--num-workers", type=click.IntRange(min=1), default=None, help="Ray Train data-parallel workers.")
 @click.option("--use-gpu", is_flag=True, default=None, help="Train on GPUs, one per worker.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT/.checkpoints.")
-@click.option("--in-process", is_flag=True, help="Train in this process without Ray (one worker).")
-def train(interactions, items, users, out_dir, config_path, user_encoder, epochs, num_workers, use_gpu, resume,
-          in_process):
-    """Train on every interaction in FILE, holding out each user's last one for early stopping."""
-    from rayrec.training.config import load_train_config
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Minutes the model search may take (default 15).")
+@click.option("--no-search", is_flag=True, help="Train the one configured model instead of searching.")
+@click.option("--resume", is_flag=True, help="Continue the configured model from OUT/.checkpoints (implies --no-search).")
+@click.option("--in-process", is_flag=True, help="Train the configured model in this process without Ray.")
+def train(interactions, items, users, out_dir, config_path, user_encoder, epochs, num_workers, use_gpu, budget,
+          no_search, resume, in_process):
+    """Train on every interaction in FILE and write a model directory.
 
-    config = load_train_config(config_path, **{"model.user_encoder": user_encoder, "epochs": epochs,
-                                               "num_workers": num_workers, "use_gpu": use_gpu})
+    By default a few candidate models (sequential, order-free, content-aware where the items
+    have text) are trained as Ray Tune trials, each validated on every user's last interaction,
+    and the best is kept; the table of what was tried is printed and kept in selection.json.
+    """
+    from rayrec.training.config import check_components, load_train_config
+
+    config = load_train_config(config_path, **{
+        "model.user_encoder": user_encoder, "epochs": epochs, "num_workers": num_workers, "use_gpu": use_gpu,
+        "search.budget_s": None if budget is None else budget * 60,
+        "search.enabled": False if (no_search or resume or in_process) else None})
+    check_components(config)
     data = load_training_data(interactions, items, users, config)
     if in_process:
         from rayrec.training.local import train_prepared_in_process
 
         path = train_prepared_in_process(data, out_dir, config)
+    elif config.search.enabled:
+        from rayrec.training.selection import select_and_train
+
+        path = select_and_train(data, out_dir, config)
     else:
         from rayrec.training.trainer import train_distributed
 

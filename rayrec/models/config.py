@@ -17,7 +17,7 @@ class ModelConfig(BaseModel):
     item_encoder: str = Field("item_tower", description="Registered item tower.")
     item_encoder_options: dict[str, Any] = Field(default_factory=dict, description="Options of the item tower.")
     dim: int = Field(64, ge=4, le=1024, description="Shared dimension of user and item vectors.")
-    max_len: int = Field(50, ge=2, le=2048, description="The user tower reads at most this many recent items.")
+    max_len: int = Field(200, ge=2, le=2048, description="The user tower reads at most this many recent items.")
     loss: Literal["auto", "full", "sampled"] = Field(
         "auto", description="full softmax, sampled softmax with logQ, or auto (full up to full_softmax_max_items).")
     full_softmax_max_items: int = Field(200_000, ge=1, description="Largest catalogue trained with the full softmax under loss=auto.")

@@ -37,9 +37,9 @@ def build_two_tower(config: ModelConfig, num_items: int, item_inputs: ItemInputs
     item_tower = item_encoder.build(
         num_items=num_items,
         dim=config.dim,
-        category_ids=None if item_inputs.category_ids is None else torch.from_numpy(item_inputs.category_ids),
+        category_ids=None if item_inputs.category_ids is None else torch.from_numpy(np.array(item_inputs.category_ids)),
         num_categories=item_inputs.num_categories,
-        content=None if item_inputs.content is None else torch.from_numpy(item_inputs.content),
+        content=None if item_inputs.content is None else torch.from_numpy(np.array(item_inputs.content)),
     )
     user_tower = user_encoder.build(dim=config.dim, max_len=config.max_len, num_items=num_items)
     return TwoTowerModel(item_tower, user_tower, similarity=config.similarity,

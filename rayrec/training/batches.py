@@ -35,3 +35,27 @@ def next_item_batch(sequences: list[np.ndarray], max_len: int, rng: np.random.Ge
         labels.append(window[1:])
     length = max(1, min(max_len, max(len(s) for s in inputs)))
     return left_pad(inputs, length), left_pad(labels, length)
+
+
+#: Batches sorted together by length: enough to keep similar lengths side by side, few enough
+#: that which users share a batch still changes from epoch to epoch.
+BUCKET_BATCHES = 32
+
+
+def length_bucketed_batches(users: np.ndarray, lengths: np.ndarray, batch_size: int,
+                            rng: np.random.Generator) -> list[np.ndarray]:
+    """``users`` split into batches of similar sequence length, in random order.
+
+    A batch is padded to its longest sequence, so mixing a 5-item history with a 200-item one
+    wastes most of the attention and softmax work on padding. Users are shuffled, sorted by
+    length within groups of ``BUCKET_BATCHES`` batches, cut into batches, and the batches
+    shuffled. ``lengths[u]`` is user u's (capped) sequence length.
+    """
+    order = rng.permutation(users)
+    group = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = order[start: start + group]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]

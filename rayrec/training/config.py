@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayrec.errors import ConfigError
+from rayrec.errors import ConfigError, UnknownComponentError, validation_problems
 from rayrec.models.config import ModelConfig
 
 
@@ -26,6 +26,17 @@ class FeatureSpec(BaseModel):
     options: dict = Field(default_factory=dict, description="Options of the feature extractor.")
 
 
+class SearchConfig(BaseModel):
+    """Model selection: which candidate models ``rayrec train`` tries, and for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Try several models and keep the best on validation (off: --no-search).")
+    budget_s: float = Field(900.0, gt=0, description="Wall-clock budget of the whole search, in seconds (--budget).")
+    candidates: list[str] | None = Field(
+        None, description="Candidate names to consider (sasrec, als, sasrec_text); unset: all that apply to the data.")
+
+
 class TrainConfig(BaseModel):
     """Everything ``rayrec train`` needs besides the data paths."""
 
@@ -37,16 +48,21 @@ class TrainConfig(BaseModel):
         default_factory=list, description="Feature extractors whose item vectors feed the item tower (content).")
     epochs: int = Field(200, ge=1, description="Upper bound on epochs; early stopping usually ends sooner.")
     batch_size: int = Field(128, ge=1, description="Users per batch (global, split over workers).")
-    learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (betas 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    patience: int = Field(10, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
-    eval_every: int = Field(2, ge=1, description="Validate (and checkpoint) every this many epochs.")
+    patience: int = Field(20, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
+    eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     crop_probability: float = Field(0.5, ge=0, le=1, description="Chance to train a long history on a random earlier window.")
     seed: int = Field(0, description="Random seed.")
-    num_workers: int = Field(1, ge=1, description="Ray Train data-parallel workers.")
+    num_workers: int | None = Field(
+        None, ge=1, description="Ray Train data-parallel workers; unset: one per 8 CPUs Ray sees.")
     use_gpu: bool = Field(False, description="Train on GPUs (one per worker).")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker; also its torch thread count.")
+    cpus_per_worker: float | None = Field(
+        None, gt=0, description="CPUs reserved per worker, also its torch thread count; unset: an equal share of all.")
     max_failures: int = Field(2, ge=0, description="Worker failures tolerated; training resumes from the last checkpoint.")
+    checkpoint_every_s: float = Field(
+        60.0, gt=0, description="Checkpoint (and report to Ray Train) at most this often, and at the end.")
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
 
 def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
@@ -75,8 +91,34 @@ def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
     try:
         return TrainConfig(**raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
         where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}invalid training config: {problems}") from None
+        raise ConfigError(f"{where}invalid training config: {validation_problems(exc)}") from None
+
+
+def check_components(config: TrainConfig) -> None:
+    """Create every component ``config`` names and build a tiny model from them.
+
+    A misspelt tower or extractor, or a bad option, then fails here in one line naming the
+    field, before any data is read or a Ray worker starts.
+    """
+    from rayrec.models.factory import build_two_tower
+    from rayrec.plugins import create_component
+
+    model = config.model
+    checks = [("model.user_encoder", "encoder", model.user_encoder, model.user_encoder_options, "user"),
+              ("model.item_encoder", "encoder", model.item_encoder, model.item_encoder_options, "item")]
+    checks += [(f"item_features[{i}]", "feature_extractor", spec.name, spec.options, None)
+               for i, spec in enumerate(config.item_features)]
+    for field, kind, name, options, tower in checks:
+        try:
+            component = create_component(kind, name, options)
+        except UnknownComponentError as exc:
+            raise ConfigError(f"{field}: {exc}") from None
+        except ValidationError as exc:
+            raise ConfigError(f"{field} {name!r}: invalid options: {validation_problems(exc)}") from None
+        if tower is not None and component.kind != tower:
+            raise ConfigError(f"{field}: {name!r} is a {component.kind} tower, not a {tower} tower")
+    try:
+        build_two_tower(model, num_items=2)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model: {exc}") from None

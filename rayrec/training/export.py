@@ -32,6 +32,7 @@ def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
         "crop_probability": config.crop_probability,
         "seed": config.seed,
         "threads": threads,
+        "checkpoint_every_s": config.checkpoint_every_s,
     }
 
 
@@ -106,7 +107,9 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     metrics = {
         "model_version": version,
         "best_epoch": state.get("best_epoch"),
+        "model_kind": "two_tower",
         "best_val_ndcg@10": state.get("best_ndcg"),
+        "best_val_hr@10": state.get("best_hr"),
         "epochs_trained": state.get("epoch"),
         "history": history,
         **(extra_metrics or {}),

@@ -3,7 +3,6 @@ in-process training. Nothing here knows about Ray."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -11,9 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
 from rayrec.models.losses import full_softmax_loss, sampled_softmax_loss
 from rayrec.models.two_tower import TwoTowerModel
-from rayrec.training.batches import left_pad, next_item_batch
+from rayrec.training.batches import left_pad, length_bucketed_batches, next_item_batch
 
 
 @dataclass
@@ -49,14 +49,15 @@ def train_one_epoch(
     """One pass over ``users`` (this worker's shard) in shuffled batches.
 
     ``sequences[u]`` are 1-based item indices. Every position predicts the next item.
+    Batches group users of similar history length (:func:`length_bucketed_batches`).
     ``num_steps`` pads the pass with repeated batches so all data-parallel workers take the
     same number of steps (gradient all-reduce needs every worker in every step).
     ``after_backward`` runs between backward and the optimizer step (gradient all-reduce).
     Returns (mean loss, supervised positions seen).
     """
     model.train()
-    order = rng.permutation(users)
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)] or [order]
+    lengths = np.fromiter((min(len(s), max_len + 1) for s in sequences), dtype=np.int64, count=len(sequences))
+    batches = length_bucketed_batches(np.asarray(users), lengths, batch_size, rng) or [np.asarray(users)]
     if num_steps is not None:
         while len(batches) < num_steps:
             batches.append(batches[len(batches) % max(1, len(batches))])
@@ -122,7 +123,8 @@ def score_histories(model: TwoTowerModel, histories: list[np.ndarray], max_len: 
 def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets: np.ndarray,
                       max_len: int, k: int = 10, batch_size: int = 256,
                       device: torch.device | str = "cpu", user_features: np.ndarray | None = None) -> dict[str, float]:
-    """Sums of NDCG@k and HR@k over users with a target (>= 1, 1-based), history masked.
+    """Sums of NDCG@k and HR@k over users with a target (>= 1, 1-based), history masked,
+    with :mod:`rayrec.evaluation.metrics`' rank and tie rule (the one ``rayrec evaluate`` uses).
 
     Returns sums and the count (not means) so data-parallel workers can add them up.
     """
@@ -137,14 +139,8 @@ def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets
         scores = score_histories(model, batch_histories, max_len, table, device, features)
         for i, history in enumerate(batch_histories):
             scores[i, history - 1] = -np.inf
-        target_scores = scores[np.arange(len(rows)), targets[rows] - 1]
-        ranks = (scores > target_scores[:, None]).sum(axis=1)
-        hits = ranks < k
-        hit_sum += float(hits.sum())
-        ndcg_sum += float((hits / np.log2(ranks + 2.0)).sum())
+        ranks = target_ranks(scores, targets[rows] - 1)
+        hit_sum += float(hit_rate_at_k(ranks, k).sum())
+        ndcg_sum += float(ndcg_at_k(ranks, k).sum())
         count += len(rows)
     return {"ndcg_sum": ndcg_sum, "hit_sum": hit_sum, "count": count}
-
-
-def eta_seconds(elapsed: float, done: int, total: int) -> float:
-    return math.inf if done == 0 else elapsed / done * (total - done)

@@ -165,3 +165,15 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
         user_features=user_features,
         user_feature_vocab=user_feature_vocab,
     )
+
+
+def with_item_features(data: PreparedData, config) -> PreparedData:
+    """``data`` with the content vectors of ``config.item_features`` (a selection candidate's
+    feature extractors); ``data`` itself when it already has content or none is configured."""
+    import dataclasses
+
+    if data.item_inputs.content is not None or not config.item_features:
+        return data
+    content = item_content(data.items, [f.model_dump() for f in config.item_features], data.num_items)
+    inputs = dataclasses.replace(data.item_inputs, content=content)
+    return dataclasses.replace(data, item_inputs=inputs)

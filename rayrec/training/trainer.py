@@ -124,17 +124,38 @@ def ensure_ray(num_cpus_needed: float) -> None:
 
     if ray.is_initialized():
         return
+    # Ray's own INFO and WARNING lines (every report, the placement-group cleaner polling a
+    # state API that needs the dashboard) drown the epoch lines; RAYREC_RAY_LOG_LEVEL=INFO shows them.
+    logging_config = ray.LoggingConfig(log_level=os.environ.get("RAYREC_RAY_LOG_LEVEL", "ERROR"))
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
+        ray.init(log_to_driver=True, logging_config=logging_config)
     else:
         # Logical CPUs: enough for the requested workers even on a 2-core laptop.
         ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1),
-                 include_dashboard=False, log_to_driver=True)
+                 include_dashboard=False, log_to_driver=True, logging_config=logging_config)
+
+
+def worker_layout(config: TrainConfig, cluster_cpus: float) -> tuple[int, float]:
+    """(workers, CPUs per worker) for ``config`` on a cluster with ``cluster_cpus`` CPUs.
+
+    Unset, the run takes every CPU Ray sees: one worker per 8 CPUs (a worker's torch threads
+    scale well up to about 8 on this model; past that data parallelism pays for its gradient
+    all-reduce), each with an equal share. Torch threads per worker = its whole CPUs.
+    """
+    cluster_cpus = max(1.0, float(cluster_cpus))
+    workers = config.num_workers or max(1, int(cluster_cpus // 8))
+    cpus = config.cpus_per_worker or max(1.0, float(int(cluster_cpus // workers)))
+    return workers, cpus
 
 
 def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConfig, *,
-                      resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train with ``config.num_workers`` Ray Train workers and write the model directory."""
+                      resume: bool = False, log: Callable[[str], None] = print,
+                      deadline: float | None = None, callbacks: list | None = None) -> Path:
+    """Train with Ray Train workers (see :func:`worker_layout`) and write the model directory.
+
+    ``deadline`` (unix time): stop after the last epoch that fits, keeping the best one so far.
+    ``callbacks``: Ray Train callbacks, e.g. Tune's report callback inside a selection trial.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -148,25 +169,29 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     elif resume_dir is not None:
         log(f"resuming from {resume_dir}")
     run_name = f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
-    threads = max(1, int(config.cpus_per_worker))
-    ensure_ray(config.num_workers * config.cpus_per_worker)
+    ensure_ray((config.num_workers or 1) * (config.cpus_per_worker or 1))
+    num_workers, cpus_per_worker = worker_layout(config, ray.cluster_resources().get("CPU", 1))
+    threads = max(1, int(cpus_per_worker))
+    log(f"training with {num_workers} worker(s) x {threads} thread(s)")
     loop_config = loop_config_for(config, threads)
     loop_config.update(
         payload_ref=ray.put(data.to_payload()),
         resume_dir=None if resume_dir is None else str(resume_dir),
         pid_dir=str(checkpoint_root / run_name / "worker_pids"),
+        deadline=deadline,
     )
-    resources = {"CPU": config.cpus_per_worker}
+    resources = {"CPU": cpus_per_worker}
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name,
             storage_path=str(checkpoint_root),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks,
             worker_runtime_env={"env_vars": {
                 **{name: str(threads) for name in THREAD_VARIABLES},
                 # Train's print patch would log every progress line a second time.
@@ -184,4 +209,5 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     log(f"training finished in {wall_seconds:.1f}s; best validation NDCG@10 "
         f"{saved['state']['best_ndcg']:.4f} at epoch {saved['state']['best_epoch']}")
     return export_model_dir(data, config, saved, out_dir,
-                            extra_metrics={"train_wall_seconds": wall_seconds, "num_workers": config.num_workers})
+                            extra_metrics={"train_wall_seconds": wall_seconds, "num_workers": num_workers,
+                                           "threads_per_worker": threads})

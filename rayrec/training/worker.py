@@ -67,9 +67,11 @@ class WorkerContext(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
 
-def _hold_out_last(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+def hold_out_last(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
     """Training sequences and validation targets: each user's last item is held out for
-    validation (target 0 = none, for users with a single item)."""
+    validation (target 0 = none, for users with a single item). Sequences are 1-based.
+
+    This is the validation split of every model ``rayrec train`` considers."""
     train, targets = [], np.zeros(len(sequences), dtype=np.int64)
     for user, sequence in enumerate(sequences):
         if len(sequence) >= MIN_SEQUENCE:
@@ -89,13 +91,14 @@ def _format_duration(seconds: float) -> str:
 
 def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: WorkerContext,
                log: Callable[[str], None] = print) -> None:
-    """Train, checkpoint every epoch, validate every ``eval_every`` epochs and stop early; resumable."""
+    """Train, validate every ``eval_every`` epochs and stop early (or at ``deadline``);
+    checkpoint every ``checkpoint_every_s`` and at the end; resumable."""
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     device = context.device
     seed = int(loop_config["seed"])
     model_config = ModelConfig(**loop_config["model"])
     sequences = sequences_from_payload(payload)
-    train_sequences, validation_targets = _hold_out_last(sequences)
+    train_sequences, validation_targets = hold_out_last(sequences)
 
     torch.manual_seed(seed)
     model = build_two_tower(
@@ -106,15 +109,17 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     ).to(device)
     # User features reach the model only when it was built to use them.
     user_features = payload.get("user_features") if model.user_feature_embedding is not None else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"],
+    # beta2 0.98 (not 0.999): item embeddings get sparse, bursty gradients, and the shorter
+    # second-moment memory trains them faster (the SASRec recipe).
+    optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"], betas=(0.9, 0.98),
                                   weight_decay=loop_config["weight_decay"])
     loss_kind = model_config.resolved_loss(payload["num_items"])
     counts = np.bincount(np.concatenate(train_sequences) if train_sequences else np.zeros(0, np.int64),
                          minlength=payload["num_items"] + 1).astype(np.float64)
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1.0, counts.sum()))).float().to(device)
 
-    state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_epoch": -1, "evaluations_without_gain": 0,
-                             "history": [], "best_model": None}
+    state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_hr": None, "best_epoch": -1,
+                             "evaluations_without_gain": 0, "history": [], "best_model": None}
     checkpoint = context.latest_checkpoint_dir()
     if checkpoint is not None:
         with checkpoint as directory:
@@ -143,6 +148,9 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             log(f"epoch {progress.epoch + 1}/{epochs} step {progress.step}/{progress.steps_in_epoch} "
                 f"loss {progress.loss:.4f} {progress.samples_per_second * context.world_size:,.0f} samples/s")
 
+    deadline = loop_config.get("deadline")  # unix time by which training must stop, or None
+    checkpoint_every_s = float(loop_config.get("checkpoint_every_s", 60.0))
+    last_checkpoint = time.perf_counter()
     for epoch in range(state["epoch"], epochs):
         epoch_started = time.perf_counter()
         loss, positions = train_one_epoch(
@@ -155,9 +163,23 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         )
         epoch_seconds = time.perf_counter() - epoch_started
         epochs_this_run += 1
-        loss_sum, positions_sum = context.all_reduce_sum([loss * positions, float(positions)])
         state["epoch"] = epoch + 1
         is_last = epoch + 1 == epochs
+        validated = (epoch + 1) % eval_every == 0 or is_last
+        sums = {"ndcg_sum": 0.0, "hit_sum": 0.0, "count": 0}
+        if validated:
+            sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
+                                     validation_targets[validation_users], model_config.max_len, device=device,
+                                     user_features=None if user_features is None else user_features[validation_users])
+        # Time-based decisions are rank 0's, summed into everyone's view, so all workers take
+        # the same branch (a report is a barrier every worker must reach).
+        now = time.perf_counter()
+        out_of_time = context.rank == 0 and deadline is not None and time.time() + epoch_seconds > deadline
+        checkpoint_due = context.rank == 0 and now - last_checkpoint >= checkpoint_every_s
+        (loss_sum, positions_sum, ndcg_sum, hit_sum, count, out_of_time_votes,
+         checkpoint_votes) = context.all_reduce_sum([loss * positions, float(positions), sums["ndcg_sum"],
+                                                    sums["hit_sum"], float(sums["count"]), float(out_of_time),
+                                                    float(checkpoint_due)])
         metrics = {
             "epoch": epoch + 1,
             "loss": loss_sum / max(1.0, positions_sum),
@@ -166,42 +188,52 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             "samples_per_second": positions_sum / max(1e-9, epoch_seconds),
             "epoch_seconds": epoch_seconds,
         }
-        validated = (epoch + 1) % eval_every == 0 or is_last
         if validated:
-            sums = next_item_metrics(model, [train_sequences[u] for u in validation_users],
-                                     validation_targets[validation_users], model_config.max_len, device=device,
-                                     user_features=None if user_features is None else user_features[validation_users])
-            ndcg_sum, hit_sum, count = context.all_reduce_sum([sums["ndcg_sum"], sums["hit_sum"], float(sums["count"])])
             metrics["val_ndcg@10"] = ndcg_sum / max(1.0, count)
             metrics["val_hr@10"] = hit_sum / max(1.0, count)
             if metrics["val_ndcg@10"] > state["best_ndcg"]:
-                state.update(best_ndcg=metrics["val_ndcg@10"], best_epoch=epoch + 1, evaluations_without_gain=0,
+                state.update(best_ndcg=metrics["val_ndcg@10"], best_hr=metrics["val_hr@10"], best_epoch=epoch + 1,
+                             evaluations_without_gain=0,
                              best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             else:
                 state["evaluations_without_gain"] += 1
         metrics["best_val_ndcg@10"] = state["best_ndcg"]
         metrics["best_epoch"] = state["best_epoch"]
         state["history"].append(metrics)
-        stop = state["evaluations_without_gain"] >= int(loop_config["patience"]) or is_last
+        early_stop = state["evaluations_without_gain"] >= int(loop_config["patience"])
+        stop = early_stop or is_last or out_of_time_votes > 0
         if context.rank == 0:
-            elapsed = time.perf_counter() - run_started
-            eta = elapsed / epochs_this_run * (epochs - epoch - 1)
             validation = (f" val NDCG@10 {metrics['val_ndcg@10']:.4f} HR@10 {metrics['val_hr@10']:.4f}"
                           f" (best {state['best_ndcg']:.4f} @ {state['best_epoch']})") if validated else ""
+            eta = _eta(state, loop_config, epoch + 1, epochs, now - run_started, epochs_this_run, stop,
+                       out_of_time_votes > 0)
             log(f"epoch {epoch + 1}/{epochs} loss {metrics['loss']:.4f}{validation} "
-                f"{metrics['samples_per_second']:,.0f} samples/s "
-                f"ETA {'early stop' if stop and not is_last else _format_duration(eta)}")
+                f"{metrics['samples_per_second']:,.0f} samples/s {eta}")
             if validated:
                 from rayrec.plugins import load_plugins
 
                 load_plugins().hook.training_epoch_end(epoch=epoch + 1, metrics=dict(metrics))
-        # Every epoch is checkpointed, so a failure loses at most one epoch of work.
-        with tempfile.TemporaryDirectory() as directory:
-            checkpoint_dir = None
-            if context.rank == 0:
-                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
-                           Path(directory) / CHECKPOINT_FILE)
-                checkpoint_dir = directory
-            context.report(metrics, checkpoint_dir)
+        # A report is a barrier and a checkpoint a write: both only every checkpoint_every_s
+        # (a failure then loses at most that much work) and at the end, not every epoch.
+        if stop or checkpoint_votes > 0:
+            with tempfile.TemporaryDirectory() as directory:
+                checkpoint_dir = None
+                if context.rank == 0:
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state},
+                               Path(directory) / CHECKPOINT_FILE)
+                    checkpoint_dir = directory
+                context.report(metrics, checkpoint_dir)
+            last_checkpoint = time.perf_counter()
         if stop:
             break
+
+
+def _eta(state: dict[str, Any], loop_config: dict[str, Any], epoch: int, epochs: int, elapsed: float,
+         epochs_this_run: int, stop: bool, out_of_time: bool) -> str:
+    """Time left, counting early stopping: without a better validation score, training ends
+    ``patience`` evaluations after the best one, which usually comes long before ``epochs``."""
+    if stop:
+        return "stopping (time budget)" if out_of_time else ("done" if epoch == epochs else "early stop")
+    evaluations_left = int(loop_config["patience"]) - state["evaluations_without_gain"]
+    epochs_left = min(epochs - epoch, evaluations_left * int(loop_config["eval_every"]))
+    return f"ETA {_format_duration(elapsed / max(1, epochs_this_run) * epochs_left)} (if no better epoch)"
