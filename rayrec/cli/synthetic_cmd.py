@@ -12,8 +12,11 @@ import click
 @click.option("--clusters", type=click.IntRange(min=1), default=10, show_default=True, help="Number of latent clusters.")
 @click.option("--events-per-user", type=click.FloatRange(min=0, min_open=True), default=40.0, show_default=True, help="Average events per user.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same data).")
+@click.option("--shuffle-order", is_flag=True,
+              help="Randomly permute each user's events in time, so their order carries no signal.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=100_000, show_default=True, help="Rows generated and written at a time.")
-def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_user: float, seed: int, chunk_size: int) -> None:
+def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_user: float, seed: int,
+              shuffle_order: bool, chunk_size: int) -> None:
     """Write interactions.csv, items.csv and users.csv with known clusters and sequences.
 
     The directory loads back with `rayrec train --data DIR`; synthetic.json holds the config,
@@ -26,7 +29,8 @@ def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_us
 
     try:
         config = SyntheticConfig(
-            num_users=users, num_items=items, num_clusters=clusters, mean_events_per_user=events_per_user, seed=seed
+            num_users=users, num_items=items, num_clusters=clusters, mean_events_per_user=events_per_user, seed=seed,
+            shuffle_order=shuffle_order,
         )
     except ValidationError as exc:
         raise ConfigError("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from None

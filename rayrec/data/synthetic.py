@@ -12,6 +12,10 @@ The latent structure, all recoverable from the config with :func:`synthetic_trut
 * **Sequences.** Each cluster's items have an order (think episodes of a series). With
   probability ``sequential_probability`` a home event is the next item after the user's last
   home item, so the last item predicts the next one far better than popularity does.
+* **Order, optionally none.** With ``shuffle_order`` each user's events are randomly
+  permuted among that user's timestamps (from a stream of its own, so the set of items per
+  user is the same as without it). The sequence order then carries no signal: a benchmark
+  that needs data where only *which* items a user has, not their order, can be learned.
 * **Content.** Titles, descriptions and categories use cluster-specific words (cluster 3 might
   be "jazz": saxophone, bebop, ...) plus shared filler words, so text models find similarity.
 * **Users** have an ``interest`` feature equal to their home theme 70% of the time, and a
@@ -100,6 +104,11 @@ class SyntheticConfig(BaseModel):
     time_span_days: float = Field(365.0, gt=0, description="Users start at a random time within this span.")
     mean_gap_seconds: float = Field(6 * 3600.0, gt=0, description="Average time between a user's events.")
     event_type: str = Field("click", description="event_type of every generated event.")
+    shuffle_order: bool = Field(
+        False,
+        description="Randomly permute each user's events among that user's timestamps, so their order carries "
+        "no signal (the items per user stay the same).",
+    )
 
     @model_validator(mode="after")
     def _enough_items(self) -> "SyntheticConfig":
@@ -269,6 +278,8 @@ def _block_events(config: SyntheticConfig, truth: SyntheticTruth, sampler: _Even
     first = block * USER_BLOCK
     users = np.arange(first, min(first + USER_BLOCK, config.num_users))
     counts = _events_per_user(config, rng, len(users))
+    # A stream of its own, so shuffling leaves every other draw (and each user's items) unchanged.
+    order_rng = np.random.default_rng([config.seed, 4, block]) if config.shuffle_order else None
     span_seconds = config.time_span_days * 86400.0
     user_column: list[str] = []
     item_column: list[int] = []
@@ -281,7 +292,14 @@ def _block_events(config: SyntheticConfig, truth: SyntheticTruth, sampler: _Even
         gaps = 1 + np.floor(rng.exponential(config.mean_gap_seconds, size=count))
         time_column.append((start + np.cumsum(gaps)).astype(np.int64))
         # Ratings: home-cluster events are liked (3-5), explorations less so (1-3).
-        value_column.append(np.where(at_home, rng.integers(3, 6, size=count), rng.integers(1, 4, size=count)))
+        values = np.where(at_home, rng.integers(3, 6, size=count), rng.integers(1, 4, size=count))
+        if order_rng is not None:
+            # Permute the events (item with its rating), not the timestamps, so rows stay in
+            # time order per user.
+            permutation = order_rng.permutation(count)
+            items = [items[i] for i in permutation.tolist()]
+            values = values[permutation]
+        value_column.append(values)
         user_column.extend([truth.user_ids[user]] * count)
         item_column.extend(items)
     total = len(item_column)

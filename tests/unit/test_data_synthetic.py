@@ -147,6 +147,42 @@ def test_timelines_increase_and_never_repeat_an_item(default_dataset):
         assert len(events) >= SyntheticConfig().min_events_per_user
 
 
+def test_shuffle_order_keeps_each_users_items_and_times_but_not_their_order(tmp_path):
+    config = SMALL.model_copy(update={"num_users": 1100})  # more than one block of users
+    ordered = generate(config).interactions
+    shuffled = generate(config.model_copy(update={"shuffle_order": True})).interactions
+
+    def timelines(data: Interactions) -> dict[str, list[tuple[int, str]]]:
+        by_user = defaultdict(list)
+        for user, item, timestamp in zip(data.user_id.tolist(), data.item_id.tolist(), data.timestamp.tolist()):
+            by_user[user].append((timestamp, item))
+        return {user: sorted(events) for user, events in by_user.items()}
+
+    before, after = timelines(ordered), timelines(shuffled)
+    assert before.keys() == after.keys()
+    for user in before:
+        assert {item for _, item in after[user]} == {item for _, item in before[user]}
+        assert [t for t, _ in after[user]] == [t for t, _ in before[user]]
+    changed = sum([i for _, i in after[user]] != [i for _, i in before[user]] for user in before)
+    assert changed > 0.95 * len(before)
+    # The cluster successor, which follows the previous item 40%+ of the time in order, is
+    # now near chance: the order carries no signal.
+    truth = synthetic_truth(config)
+    users, items = indices(shuffled.user_id), indices(shuffled.item_id)
+    same_user = users[1:] == users[:-1]
+    assert (truth.item_successor[items[:-1]] == items[1:])[same_user].mean() < 0.1
+    assert same_interactions(shuffled, generate(config.model_copy(update={"shuffle_order": True})).interactions)
+
+    from rayrec.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["synthetic", "--out", str(tmp_path), "--users", "1100", "--items", "200", "--clusters", "5",
+              "--events-per-user", "20", "--seed", "7", "--shuffle-order"],
+    )
+    assert result.exit_code == 0, result.output
+    assert same_interactions(load_dataset(tmp_path).interactions, shuffled)
+
+
 def test_item_text_uses_cluster_vocabularies(default_dataset):
     truth = synthetic_truth(SyntheticConfig())
     items = default_dataset.items
