@@ -1,1 +1,1 @@
-"""Two-tower models: item towers, user towers (one per file), losses, and the trained bundle."""
+"""Models: the two-tower towers (one per file), losses, implicit ALS, and the servable model directories."""

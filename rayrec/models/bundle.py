@@ -13,6 +13,18 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     item_features.npz      content/categorical inputs of the item tower, where used
     metrics.json           training curve and validation/test metrics
     training_curve.png     loss and validation NDCG per epoch
+
+``config.json``'s ``model_kind`` says how a history becomes a user vector (loading dispatches
+on it: :func:`rayrec.models.servable.load_model_dir`). Absent or ``"two_tower"``: the layout
+above. ``"als"`` (implicit ALS, :mod:`rayrec.models.als_model`): no weights.pt and no
+training_curve.png; instead::
+
+    item_factors.npy       (N, D) float32 ALS item factors (item_embeddings.npy holds the same)
+    category_factors.npy   (C, D) mean item factor per category of config.json's category_vocab,
+                           the vector of items added later, where the data had categories
+
+and config.json holds ``als_params`` (factors, regularization, alpha, iterations) and
+``max_history`` (the most recent events folded in per request).
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -12,37 +11,26 @@ import torch
 from rayrec.errors import ModelError
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.models.new_items import NewItemCalibration
+from rayrec.models.servable import ServableModel, load_model_dir, read_model_files
 from rayrec.schema import Vocabulary
 
 REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.json", "item_embeddings.npy",
                   "item_popularity.npy", "histories.npz")
 
 
-class TrainedModel:
+class TrainedModel(ServableModel):
     """A trained two-tower model loaded from its directory (see :mod:`rayrec.models.bundle`)."""
 
     def __init__(self, model_dir: Path, config: dict, network, user_vocab: Vocabulary, item_vocab: Vocabulary,
                  item_embeddings: np.ndarray, item_popularity: np.ndarray, histories: list[np.ndarray],
                  items: list[dict] | None) -> None:
-        self.model_dir = model_dir
-        self.config = config
+        super().__init__(model_dir, config, user_vocab, item_vocab, item_embeddings, item_popularity, histories, items)
         self.network = network
-        self.user_vocab = user_vocab
-        self.item_vocab = item_vocab
-        self.item_embeddings = item_embeddings
-        self.item_popularity = item_popularity
-        self._histories = histories
-        self.items = items
-        self.version = config["model_version"]
         self.max_len = int(config["train_config"]["model"]["max_len"])
         self.max_history = self.max_len
         self._category_index = {name: i + 1 for i, name in enumerate(config.get("category_vocab", []))}
         self.user_features: np.ndarray | None = None  # (U, F) codes when trained with user features
         self._calibration: NewItemCalibration | None = None
-
-    @property
-    def item_ids(self) -> list[str]:
-        return self.item_vocab.ids
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -51,35 +39,18 @@ class TrainedModel:
         from rayrec.training.config import TrainConfig
 
         model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise ModelError(f"{model_dir}: model directory not found")
-        missing = [name for name in REQUIRED_FILES if not (model_dir / name).exists()]
-        if missing:
-            raise ModelError(f"{model_dir}: not a complete rayrec model directory; missing {', '.join(missing)}")
+        files = read_model_files(model_dir, REQUIRED_FILES)
+        config = files.config
         try:
-            config = json.loads((model_dir / "config.json").read_text())
             train_config = TrainConfig(**config["train_config"])
-            user_vocab = Vocabulary.load(model_dir / "user_vocab.json")
-            item_vocab = Vocabulary.load(model_dir / "item_vocab.json")
-            item_embeddings = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
-            item_popularity = np.load(model_dir / "item_popularity.npy").astype(np.float32)
-            with np.load(model_dir / "histories.npz") as packed:
-                lengths, flat = packed["lengths"], packed["items"]
             features = {}
             if (model_dir / "item_features.npz").exists():
                 with np.load(model_dir / "item_features.npz") as packed:
                     features = {key: packed[key] for key in packed.files}
             weights = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
-        except ModelError:
-            raise
         except Exception as exc:  # corrupt or truncated files of any kind
             raise ModelError(f"{model_dir}: cannot read model files ({type(exc).__name__}: {exc})") from None
-        num_items = len(item_vocab)
-        if item_embeddings.shape != (num_items, config.get("dim", item_embeddings.shape[-1])) or item_embeddings.ndim != 2:
-            raise ModelError(f"{model_dir}: item_embeddings.npy has shape {item_embeddings.shape}, "
-                             f"expected ({num_items}, {config.get('dim')})")
-        if len(item_popularity) != num_items or len(lengths) != len(user_vocab) or int(lengths.sum()) != len(flat):
-            raise ModelError(f"{model_dir}: vocabularies, popularity and histories disagree in size")
+        num_items = len(files.item_vocab)
         network = build_two_tower(
             train_config.model, num_items,
             ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content")),
@@ -90,26 +61,15 @@ class TrainedModel:
         except (RuntimeError, KeyError) as exc:
             raise ModelError(f"{model_dir}: weights.pt does not match config.json ({exc})") from None
         network.eval()
-        histories = np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1]) if len(lengths) else []
         user_features = None
         if network.user_feature_embedding is not None and (model_dir / "user_features.npy").exists():
             user_features = np.load(model_dir / "user_features.npy")
-        items = None
-        if (model_dir / "items.jsonl").exists():
-            items = [json.loads(line) for line in (model_dir / "items.jsonl").read_text().splitlines() if line]
-        model = cls(model_dir, config, network, user_vocab, item_vocab, item_embeddings, item_popularity,
-                    histories, items)
+        model = cls(model_dir, config, network, files.user_vocab, files.item_vocab, files.item_embeddings,
+                    files.item_popularity, files.histories, files.items)
         model.user_features = user_features
         return model
 
     # -- the RecommenderModel protocol -------------------------------------------------------
-    def training_history(self, user_id: str) -> list[str]:
-        index = self.user_vocab.index_of(user_id)
-        return [] if index is None else self.item_vocab.decode(self._histories[index])
-
-    def training_history_indices(self, user_index: int) -> np.ndarray:
-        return self._histories[user_index]
-
     @torch.no_grad()
     def encode_histories(self, histories: Sequence[Sequence[int]], user_indices: Sequence[int | None] | None = None
                          ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -201,28 +161,7 @@ class TrainedModel:
             blocks.append(np.asarray(extractor.extract(list(records)), dtype=np.float32))
         return np.concatenate(blocks, axis=1)
 
-    # -- batch recommendation ----------------------------------------------------------------
-    def recommend_indices(self, user_indices: Sequence[int], k: int, batch_size: int = 512
-                          ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` item indices and scores for training users, their history excluded:
-        -> ((U, k) int64, (U, k) float32)."""
-        from rayrec.evaluation.metrics import mask_history, top_k
 
-        k = min(k, len(self.item_vocab))
-        all_items, all_scores = [], []
-        for start in range(0, len(user_indices), batch_size):
-            rows = list(user_indices[start: start + batch_size])
-            histories = [self._histories[u] for u in rows]
-            vectors, _ = self.encode_histories(histories, rows)
-            scores = vectors @ self.item_embeddings.T
-            mask_history(scores, histories)
-            best = top_k(scores, k)
-            all_items.append(best)
-            all_scores.append(np.take_along_axis(scores, best, axis=1))
-        if not all_items:
-            return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
-        return np.concatenate(all_items), np.concatenate(all_scores)
-
-
-def load_model(model_dir: str | Path) -> TrainedModel:
-    return TrainedModel.load(model_dir)
+def load_model(model_dir: str | Path) -> ServableModel:
+    """Load a model directory of any kind (``model_kind`` in config.json); see :mod:`rayrec.models.servable`."""
+    return load_model_dir(model_dir)

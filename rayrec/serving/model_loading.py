@@ -23,10 +23,10 @@ def load_model(model_dir: str | Path) -> RecommenderModel:
     if (path / TOY_MARKER).exists():
         return ToyModel.load(path)
     try:
-        from rayrec.models.trained import TrainedModel  # imported lazily: pulls in torch
+        from rayrec.models.trained import load_model as load_trained  # imported lazily: pulls in torch
     except ImportError as exc:  # pragma: no cover - only before the training layer exists
         raise ModelError(f"cannot load {str(model_dir)!r}: trained-model support is unavailable ({exc})") from exc
-    return TrainedModel.load(path)
+    return load_trained(path)  # any model_kind: two-tower, ALS
 
 
 def item_records(model: Any, model_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
@@ -35,7 +35,7 @@ def item_records(model: Any, model_dir: str | Path | None = None) -> dict[str, d
     if callable(records):
         records = records()
     if records is None:
-        records = getattr(model, "items", None)  # TrainedModel: the rows of items.jsonl
+        records = getattr(model, "items", None)  # trained models: the rows of items.jsonl
     if isinstance(records, dict):
         return records
     if isinstance(records, list):
