@@ -33,7 +33,8 @@ from packaging.specifiers import SpecifierSet
 
 from rayrec.cli import COMMANDS, cli
 from rayrec.serving.config import AppArgs
-from rayrec.training.config import TrainConfig
+from rayrec.training.config import load_train_config
+from rayrec.training.trainer import worker_layout
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -366,9 +367,15 @@ def test_the_training_job_writes_the_served_model_and_has_the_cpus_it_asks_for()
     mounts = [PurePosixPath(m["mountPath"]) for _, c in ray_groups(cluster) for m in c["volumeMounts"]]
     for path in (train.params["out_dir"], train.params["interactions"]):
         assert any(PurePosixPath(path).is_relative_to(m) for m in mounts), f"{path} is not on the shared volume"
-    needed = train.params["num_workers"] * TrainConfig().cpus_per_worker
     available = sum(g["minReplicas"] * float(g["rayStartParams"]["num-cpus"]) for g in cluster["workerGroupSpecs"])
-    assert needed <= available, f"{train.params['num_workers']} Ray Train workers need {needed} CPUs; there are {available}"
+    # The layout the job gets on this cluster (the head runs no work: num-cpus 0).
+    config = load_train_config(None, num_workers=train.params["num_workers"])
+    workers, cpus_per_worker = worker_layout(config, available)
+    assert workers == train.params["num_workers"]
+    needed = workers * cpus_per_worker
+    assert needed <= available, f"{workers} Ray Train workers need {needed} CPUs; there are {available}"
+    largest_pod = max(float(g["rayStartParams"]["num-cpus"]) for g in cluster["workerGroupSpecs"])
+    assert cpus_per_worker <= largest_pod, f"a worker needs {cpus_per_worker} CPUs; no pod has that many"
     assert train.params["resume"], "a retried job (backoffLimit) should resume from the last checkpoint"
 
 
