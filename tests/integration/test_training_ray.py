@@ -34,7 +34,7 @@ def run(args, **kwargs):
 def test_train_on_two_workers_then_recommend(tmp_path, synthetic_csv):
     model_dir = tmp_path / "model"
     trained = run(["train", "--interactions", str(synthetic_csv), "--out", str(model_dir),
-                   "--epochs", "4", "--num-workers", "2"])
+                   "--epochs", "4", "--num-workers", "2", "--no-search"])
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "val NDCG@10" in trained.stdout + trained.stderr
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -75,10 +75,10 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, synthetic_csv):
     model_dir = tmp_path / "model"
     config = tmp_path / "config.yaml"
     # Validate and checkpoint every epoch; no early stopping.
-    config.write_text("eval_every: 1\npatience: 1000\n")
+    config.write_text("eval_every: 1\npatience: 1000\ncheckpoint_every_s: 0.001\n")
     process = subprocess.Popen(
         RAYREC + ["train", "--interactions", str(synthetic_csv), "--out", str(model_dir), "--config", str(config),
-                  "--epochs", "30", "--num-workers", "2"],
+                  "--epochs", "30", "--num-workers", "2", "--no-search"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         checkpoints = model_dir / ".checkpoints"
@@ -133,7 +133,7 @@ def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
             submitted = subprocess.run(
                 [str(ray_bin), "job", "submit", f"--address={address}", "--",
                  sys.executable, "-m", "rayrec", "train", "--interactions", str(synthetic_csv),
-                 "--out", str(model_dir), "--epochs", "2", "--num-workers", "2"],
+                 "--out", str(model_dir), "--epochs", "2", "--num-workers", "2", "--no-search"],
                 capture_output=True, text=True, timeout=600, env=env)
             if submitted.returncode == 0 or time.time() > deadline:
                 break
