@@ -11,7 +11,10 @@ import pytest
 from rayrec.data import SyntheticConfig, write_synthetic
 
 RAYREC = [sys.executable, "-m", "rayrec"]
-CONFIG = "epochs: 8\neval_every: 2\nmodel:\n  dim: 32\n"
+# Eight epochs: the learning rate, history length and SASRec dropout sized for a short run
+# (the defaults suit long early-stopped ones).
+CONFIG = ("epochs: 8\neval_every: 2\nlearning_rate: 3.0e-3\n"
+          "model:\n  dim: 32\n  max_len: 50\n  user_encoder_options: {dropout: 0.2}\n")
 
 
 def _last_items(path):
