@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayrec.components import ItemEncoder, UserEncoder
@@ -17,6 +19,8 @@ class SASRecEncoder(UserEncoder):
         num_blocks: int = Field(2, ge=1, le=12, description="Transformer blocks.")
         num_heads: int = Field(1, ge=1, le=16, description="Attention heads; must divide dim.")
         dropout: float = Field(0.5, ge=0, lt=1, description="Dropout on inputs, attention and feed-forward.")
+        block_style: Literal["sasrec", "pre_norm"] = Field(
+            "sasrec", description="sasrec: the paper's block layout; pre_norm: a pre-norm transformer block.")
 
     def build(self, *, dim: int, max_len: int, **_):
         from rayrec.models.sasrec import SASRecTower

@@ -37,7 +37,9 @@ class ItemTower(nn.Module):
         self.use_id = use_id
         self.id_embedding = nn.Embedding(num_items + 1, dim, padding_idx=0) if use_id else None
         if self.id_embedding is not None:
-            nn.init.normal_(self.id_embedding.weight, std=dim**-0.5)
+            # Xavier-normal, as SASRec: small next to dim**-0.5 on large catalogues, so Adam's
+            # fixed-size steps move an item's vector far from its start within a few epochs.
+            nn.init.xavier_normal_(self.id_embedding.weight)
             with torch.no_grad():
                 self.id_embedding.weight[0].zero_()
         if category_ids is not None and num_categories > 0:

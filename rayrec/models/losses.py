@@ -13,9 +13,12 @@ def full_softmax_loss(outputs: torch.Tensor, item_table: torch.Tensor, targets: 
     outputs: (M, D) user vectors at the supervised positions; item_table: (N + 1, D) with the
     padding row 0; targets: (M,) int64 in 1..N. Padding can never be predicted.
     """
-    logits = outputs @ item_table.T / temperature  # (M, N + 1)
-    logits[:, 0] = float("-inf")
-    return F.cross_entropy(logits, targets)
+    # Leaving the padding row out of the product (rather than masking its column) spares a
+    # write over the whole (M, N) logits, which autograd would also have to keep.
+    logits = outputs @ item_table[1:].T
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.cross_entropy(logits, targets - 1)
 
 
 def sampled_softmax_loss(outputs: torch.Tensor, item_tower, targets: torch.Tensor, log_q: torch.Tensor,

@@ -11,19 +11,33 @@ from torch import nn
 from rayrec.models.user_tower import UserTower, masked_softmax
 
 
-class _Block(nn.Module):
-    """Pre-norm transformer block with causal attention over left-padded sequences."""
+#: Block layouts. ``sasrec`` is the paper's: the normalised sequence attends over the raw
+#: one and is the residual, then a normalised position-wise ReLU network with its own residual.
+#: ``pre_norm`` is the usual pre-norm transformer block (GELU), the layout before model format 2.
+BLOCK_STYLES = ("sasrec", "pre_norm")
 
-    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+
+class _Block(nn.Module):
+    """Transformer block with causal attention over left-padded sequences (see BLOCK_STYLES)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, style: str = "sasrec") -> None:
         super().__init__()
+        if style not in BLOCK_STYLES:
+            raise ValueError(f"unknown block style {style!r}; use one of {', '.join(BLOCK_STYLES)}")
+        self.style = style
         self.num_heads = num_heads
         self.attention_norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.attention_output = nn.Linear(dim, dim)
         self.feedforward_norm = nn.LayerNorm(dim)
-        self.feedforward = nn.Sequential(
-            nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
-        )
+        if style == "sasrec":
+            self.feedforward = nn.Sequential(
+                nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim)
+            )
+        else:
+            self.feedforward = nn.Sequential(
+                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+            )
         self.dropout = nn.Dropout(dropout)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,7 +47,13 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, want_weights: bool = False):
         """x: (B, L, D); allowed: (B, 1, L, L) bool, True where query t may attend key s."""
         batch, length, dim = x.shape
-        q, k, v = self.qkv(self.attention_norm(x)).chunk(3, dim=-1)
+        normalised = self.attention_norm(x)
+        if self.style == "sasrec":
+            dim_q = self.qkv.weight[:dim]
+            q = F.linear(normalised, dim_q, self.qkv.bias[:dim])
+            k, v = F.linear(x, self.qkv.weight[dim:], self.qkv.bias[dim:]).chunk(2, dim=-1)
+        else:
+            q, k, v = self.qkv(normalised).chunk(3, dim=-1)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         weights = None
         if want_weights:
@@ -45,6 +65,9 @@ class _Block(nn.Module):
                 q, k, v, attn_mask=allowed, dropout_p=self.dropout.p if self.training else 0.0
             )
         attended = attended.transpose(1, 2).reshape(batch, length, dim)
+        if self.style == "sasrec":
+            x = self.feedforward_norm(normalised + self.attention_output(attended))
+            return x + self.dropout(self.feedforward(x)), weights
         x = x + self.dropout(self.attention_output(attended))
         x = x + self.dropout(self.feedforward(self.feedforward_norm(x)))
         return x, weights
@@ -59,7 +82,7 @@ class SASRecTower(UserTower):
     """
 
     def __init__(self, dim: int, max_len: int = 200, num_blocks: int = 2, num_heads: int = 1,
-                 dropout: float = 0.2, **_: object) -> None:
+                 dropout: float = 0.5, block_style: str = "sasrec", **_: object) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
@@ -67,7 +90,12 @@ class SASRecTower(UserTower):
         self.position_embedding = nn.Embedding(max_len, dim)
         nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
         self.input_dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(dim, num_heads, dropout) for _ in range(num_blocks))
+        self.blocks = nn.ModuleList(_Block(dim, num_heads, dropout, block_style) for _ in range(num_blocks))
+        if block_style == "sasrec":
+            # The paper's Xavier-normal start (larger than torch's default for the projections).
+            for parameter in [self.position_embedding.weight, *self.blocks.parameters()]:
+                if parameter.dim() > 1:
+                    nn.init.xavier_normal_(parameter)
         self.final_norm = nn.LayerNorm(dim)
         self.scale = math.sqrt(dim)
 

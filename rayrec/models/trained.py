@@ -42,7 +42,7 @@ class TrainedModel(ServableModel):
         files = read_model_files(model_dir, REQUIRED_FILES)
         config = files.config
         try:
-            train_config = TrainConfig(**config["train_config"])
+            train_config = TrainConfig(**_with_format_1_defaults(config))
             features = {}
             if (model_dir / "item_features.npz").exists():
                 with np.load(model_dir / "item_features.npz") as packed:
@@ -160,6 +160,17 @@ class TrainedModel(ServableModel):
             extractor = create_component("feature_extractor", spec["name"], spec.get("options"))
             blocks.append(np.asarray(extractor.extract(list(records)), dtype=np.float32))
         return np.concatenate(blocks, axis=1)
+
+
+def _with_format_1_defaults(config: dict) -> dict:
+    """The training config of a model directory, with the defaults its format was written
+    with where they changed since: before format 2, SASRec blocks were pre-norm."""
+    train_config = config["train_config"]
+    if int(config.get("format", 1)) < 2:
+        model = train_config.setdefault("model", {})
+        if model.get("user_encoder", "sasrec") == "sasrec":
+            model.setdefault("user_encoder_options", {}).setdefault("block_style", "pre_norm")
+    return train_config
 
 
 def load_model(model_dir: str | Path) -> ServableModel:

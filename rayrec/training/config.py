@@ -53,6 +53,9 @@ class TrainConfig(BaseModel):
     patience: int = Field(20, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     crop_probability: float = Field(0.5, ge=0, le=1, description="Chance to train a long history on a random earlier window.")
+    final_fit_fraction: float = Field(
+        0.0, ge=0, le=1, description="After early stopping, train the best model this fraction of its epochs "
+        "more on the whole sequences, each user's held-out validation item included.")
     seed: int = Field(0, description="Random seed.")
     num_workers: int | None = Field(
         None, ge=1, description="Ray Train data-parallel workers; unset: one per 8 CPUs Ray sees.")

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import rayrec
 from rayrec.models.factory import build_two_tower
 from rayrec.training.config import TrainConfig
+from rayrec.training.model_dir import write_model_dir
 from rayrec.training.prepare import PreparedData
 
-MODEL_FORMAT = 1
+#: 2: SASRec's block layout became an option (``block_style``), the paper's by default.
+MODEL_FORMAT = 2
 
 
 def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
@@ -33,6 +31,7 @@ def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
         "seed": config.seed,
         "threads": threads,
         "checkpoint_every_s": config.checkpoint_every_s,
+        "final_fit_fraction": config.final_fit_fraction,
     }
 
 
@@ -69,52 +68,32 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     with torch.no_grad():
         item_embeddings = model.item_table()[1:].numpy().astype(np.float32)
     torch.save(weights, out_dir / "weights.pt")
-    np.save(out_dir / "item_embeddings.npy", item_embeddings)
-    popularity = np.bincount(np.concatenate(data.sequences) - 1, minlength=data.num_items).astype(np.float32)
-    np.save(out_dir / "item_popularity.npy", popularity)
-    data.user_vocab.save(out_dir / "user_vocab.json")
-    data.item_vocab.save(out_dir / "item_vocab.json")
-    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
-    np.savez_compressed(out_dir / "histories.npz", lengths=lengths,
-                        items=np.concatenate(data.sequences) - 1 if data.sequences else np.zeros(0, np.int64))
     inputs = data.item_inputs
     arrays = {k: v for k, v in {"category_ids": inputs.category_ids, "content": inputs.content}.items() if v is not None}
     if arrays:
         np.savez_compressed(out_dir / "item_features.npz", **arrays)
     if data.user_features is not None:
         np.save(out_dir / "user_features.npy", data.user_features)
-    if data.items is not None:
-        with open(out_dir / "items.jsonl", "w") as handle:
-            for record in data.items.records():
-                handle.write(json.dumps(record) + "\n")
-    version = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    (out_dir / "config.json").write_text(json.dumps({
-        "format": MODEL_FORMAT,
-        "rayrec_version": rayrec.__version__,
-        "model_version": version,
-        "train_config": config.model_dump(),
-        "num_items": data.num_items,
-        "num_users": len(data.user_vocab),
-        "num_interactions": data.num_interactions,
-        "dim": int(item_embeddings.shape[1]),
-        "category_vocab": data.category_vocab,
-        "num_categories": inputs.num_categories,
-        "user_feature_vocab": data.user_feature_vocab,
-        "content_dim": None if inputs.content is None else int(inputs.content.shape[1]),
-        "dataset": data.name,
-    }, indent=2))
     history = state.get("history", [])
-    metrics = {
-        "model_version": version,
-        "best_epoch": state.get("best_epoch"),
-        "model_kind": "two_tower",
-        "best_val_ndcg@10": state.get("best_ndcg"),
-        "best_val_hr@10": state.get("best_hr"),
-        "epochs_trained": state.get("epoch"),
-        "history": history,
-        **(extra_metrics or {}),
-    }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_model_dir(
+        out_dir, data, model_kind="two_tower", model_format=MODEL_FORMAT, item_embeddings=item_embeddings,
+        config={
+            "train_config": config.model_dump(),
+            "category_vocab": data.category_vocab,
+            "num_categories": inputs.num_categories,
+            "user_feature_vocab": data.user_feature_vocab,
+            "content_dim": None if inputs.content is None else int(inputs.content.shape[1]),
+        },
+        metrics={
+            "best_epoch": state.get("best_epoch"),
+            "best_val_ndcg@10": state.get("best_ndcg"),
+            "best_val_hr@10": state.get("best_hr"),
+            "epochs_trained": state.get("epoch"),
+            "final_epochs_with_validation_items": state.get("final_epochs", 0),
+            "history": history,
+            **(extra_metrics or {}),
+        },
+    )
     if history:
         _training_curve(history, out_dir / "training_curve.png")
     return out_dir

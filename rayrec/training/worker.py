@@ -132,11 +132,16 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
                 f"{max(state['best_ndcg'], 0):.4f} at epoch {state['best_epoch']})")
 
     # Users with at least one next-item example; each worker trains on its own shard.
-    trainable = np.array([u for u, s in enumerate(train_sequences) if len(s) >= MIN_SEQUENCE], dtype=np.int64)
-    shard = trainable[context.rank:: context.world_size]
-    validation_users = np.flatnonzero(validation_targets > 0)[context.rank:: context.world_size]
+    def shard_of(user_sequences: list[np.ndarray]) -> tuple[np.ndarray, int]:
+        """This worker's users with at least one next-item example, and the steps per epoch
+        every worker takes (the same on all of them, for the gradient all-reduce)."""
+        trainable = np.array([u for u, s in enumerate(user_sequences) if len(s) >= MIN_SEQUENCE], dtype=np.int64)
+        steps = max(1, math.ceil(len(trainable) / context.world_size / local_batch))
+        return trainable[context.rank:: context.world_size], steps
+
     local_batch = max(1, loop_config["batch_size"] // context.world_size)
-    steps_per_epoch = max(1, math.ceil(len(trainable) / context.world_size / local_batch))
+    shard, steps_per_epoch = shard_of(train_sequences)
+    validation_users = np.flatnonzero(validation_targets > 0)[context.rank:: context.world_size]
     epochs = int(loop_config["epochs"])
     eval_every = int(loop_config["eval_every"])
     rng = np.random.default_rng(seed * 1000 + context.rank + 7919 * state["epoch"])
@@ -151,16 +156,19 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     deadline = loop_config.get("deadline")  # unix time by which training must stop, or None
     checkpoint_every_s = float(loop_config.get("checkpoint_every_s", 60.0))
     last_checkpoint = time.perf_counter()
-    for epoch in range(state["epoch"], epochs):
-        epoch_started = time.perf_counter()
-        loss, positions = train_one_epoch(
-            model, optimizer, train_sequences, shard,
+    def train_epoch(epoch: int, user_sequences: list[np.ndarray], users: np.ndarray, steps: int) -> tuple[float, int]:
+        return train_one_epoch(
+            model, optimizer, user_sequences, users,
             batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
             rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=on_step,
-            num_steps=steps_per_epoch, device=device, user_features=user_features,
+            num_steps=steps, device=device, user_features=user_features,
             after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
         )
+
+    for epoch in range(state["epoch"], epochs):
+        epoch_started = time.perf_counter()
+        loss, positions = train_epoch(epoch, train_sequences, shard, steps_per_epoch)
         epoch_seconds = time.perf_counter() - epoch_started
         epochs_this_run += 1
         state["epoch"] = epoch + 1
@@ -215,6 +223,13 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
                 load_plugins().hook.training_epoch_end(epoch=epoch + 1, metrics=dict(metrics))
         # A report is a barrier and a checkpoint a write: both only every checkpoint_every_s
         # (a failure then loses at most that much work) and at the end, not every epoch.
+        if stop and state["best_model"] is not None and not state.get("final_epochs"):
+            final_epochs = math.ceil(float(loop_config.get("final_fit_fraction", 0.0)) * state["best_epoch"])
+            if final_epochs > 0:
+                full_shard, full_steps = shard_of(sequences)
+                _fit_held_out_items(model, state, final_epochs,
+                                    lambda e: train_epoch(e, sequences, full_shard, full_steps),
+                                    device, log if context.rank == 0 else (lambda line: None))
         if stop or checkpoint_votes > 0:
             with tempfile.TemporaryDirectory() as directory:
                 checkpoint_dir = None
@@ -226,6 +241,23 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             last_checkpoint = time.perf_counter()
         if stop:
             break
+
+
+def _fit_held_out_items(model: torch.nn.Module, state: dict[str, Any], final_epochs: int,
+                        train_epoch: Callable[[int], tuple[float, int]], device, log: Callable[[str], None]) -> None:
+    """Continue the best model for ``final_epochs`` epochs on the whole sequences, the
+    validation items included, and make it the model that is exported.
+
+    Validation chose the epoch; its held-out items are each user's most recent interaction,
+    the nearest in time to what the model will be asked next, so the final model learns them
+    too instead of never seeing them as targets.
+    """
+    model.load_state_dict({k: v.to(device) for k, v in state["best_model"].items()})
+    for offset in range(final_epochs):
+        loss, _ = train_epoch(state["epoch"] + offset)
+        log(f"final epoch {offset + 1}/{final_epochs} with the validation items: loss {loss:.4f}")
+    state["best_model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state["final_epochs"] = final_epochs
 
 
 def _eta(state: dict[str, Any], loop_config: dict[str, Any], epoch: int, epochs: int, elapsed: float,

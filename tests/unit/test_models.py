@@ -102,3 +102,36 @@ def test_next_item_batches_shift_by_one_and_left_pad():
     assert inputs.tolist() == [[1, 2, 3], [0, 0, 7]]
     assert labels.tolist() == [[2, 3, 4], [0, 0, 8]]
     assert left_pad([np.array([5])], 3).tolist() == [[0, 0, 5]]
+
+
+@pytest.mark.parametrize("style", ["sasrec", "pre_norm"])
+def test_both_sasrec_block_styles_are_causal_and_padding_free(style):
+    torch.manual_seed(0)
+    config = ModelConfig(dim=16, max_len=10, user_encoder_options={"block_style": style})
+    model = build_two_tower(config, 30).eval()
+    before = model.sequence_outputs(torch.tensor([[1, 2, 3, 4, 5]]))
+    after = model.sequence_outputs(torch.tensor([[1, 2, 3, 9, 7]]))
+    assert torch.allclose(before[:, :3], after[:, :3], atol=1e-5)
+    assert torch.allclose(model.user_vectors(torch.tensor([[4, 5, 6]])),
+                          model.user_vectors(torch.tensor([[0, 0, 0, 4, 5, 6]])), atol=1e-5)
+
+
+def test_a_format_1_model_directory_keeps_its_pre_norm_blocks(tmp_path):
+    """Directories written before SASRec's block layout became an option load as trained."""
+    import json
+
+    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.models.trained import TrainedModel
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.local import train_in_process
+
+    config = TrainConfig(epochs=1, model={"dim": 16, "max_len": 10,
+                                          "user_encoder_options": {"block_style": "pre_norm"}})
+    model_dir = train_in_process(generate(SyntheticConfig(num_users=40, num_items=30, num_clusters=3)),
+                                 tmp_path / "model", config, log=lambda line: None)
+    expected = TrainedModel.load(model_dir).encode_histories([[1, 2, 3]])[0]
+    written = json.loads((model_dir / "config.json").read_text())
+    written["format"] = 1
+    del written["train_config"]["model"]["user_encoder_options"]["block_style"]
+    (model_dir / "config.json").write_text(json.dumps(written))
+    assert np.allclose(TrainedModel.load(model_dir).encode_histories([[1, 2, 3]])[0], expected, atol=1e-6)
