@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayrec.models.attribution import position_shares
+
 #: Entries (rows x padded length) gathered per chunk: bounds memory at CHUNK_ENTRIES * D floats.
 CHUNK_ENTRIES = 1 << 17
 #: Rows per chunk: bounds the (rows, D, D) normal-equation matrices.
@@ -268,7 +270,9 @@ def fold_in_with_contributions(item_factors: np.ndarray, histories: Sequence[Seq
         parts = chunk.confidence * torch.bmm(factors[chunk.columns], direction.unsqueeze(-1)).squeeze(-1)
         parts = parts.clamp(min=0).numpy()
         for row, part in zip(chunk.rows, parts):
-            contributions[row] = _position_shares(histories[row], rows, row, part)
+            start, stop = rows.indptr[row], rows.indptr[row + 1]
+            contributions[row] = position_shares(histories[row], rows.indices[start:stop], rows.counts[start:stop],
+                                                 part[: stop - start])
     return vectors.numpy(), contributions
 
 
@@ -277,17 +281,6 @@ def _top_item_sum(factors: torch.Tensor, users: torch.Tensor, seen: torch.Tensor
     scores = users @ factors.T  # (b, N)
     scores.scatter_(1, seen, float("-inf"))  # recommendations are unseen items
     return factors[torch.topk(scores, k, dim=1).indices].sum(dim=1)
-
-
-def _position_shares(history: Sequence[int], rows: _Rows, row: int, part: np.ndarray) -> np.ndarray:
-    """Spread each distinct item's part over its positions in ``history``, normalised to sum 1."""
-    start, stop = rows.indptr[row], rows.indptr[row + 1]
-    distinct, counts = rows.indices[start:stop], rows.counts[start:stop]
-    total = float(part[: stop - start].sum())
-    if total <= 0:
-        return np.zeros(len(history), dtype=np.float32)
-    at = np.searchsorted(distinct, np.asarray(history, dtype=np.int64))
-    return (part[at] / counts[at] / total).astype(np.float32)
 
 
 def als_validation_metrics(item_factors: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,

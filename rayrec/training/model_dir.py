@@ -1,0 +1,104 @@
+"""Writing the files every model directory has, whatever its kind (layout in :mod:`rayrec.models.bundle`).
+
+Each kind's exporter (:mod:`rayrec.training.export` for the two-tower model,
+:mod:`rayrec.training.export_als`, :mod:`rayrec.training.export_ease`) writes the files only
+it has, then calls :func:`write_model_dir` for the rest, so every kind stores the
+vocabularies, histories, popularity, item metadata, version and metrics the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import rayrec
+from rayrec.training.prepare import PreparedData
+
+#: An order-free model reads at most this many recent events per request, or the longest
+#: training history if that is longer.
+MIN_MAX_HISTORY = 500
+
+def new_model_version() -> str:
+    """A model version: when it was written, and a random suffix that tells two apart."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def max_history_for(data: PreparedData) -> int:
+    """config.json's ``max_history`` for an order-free model of ``data``: ``MIN_MAX_HISTORY``,
+    or the longest training history if that is longer (so a user's whole history counts)."""
+    return int(max(MIN_MAX_HISTORY, max((len(s) for s in data.sequences), default=0)))
+
+
+def category_mean_vectors(item_vectors: np.ndarray, category_ids: np.ndarray | None, num_categories: int
+                          ) -> np.ndarray | None:
+    """(C, D): per category the mean vector of its items, the cold-start vector of a new item
+    in it; None without categories. ``item_vectors: (N, D)``; ``category_ids``: (N + 1, W)
+    1-based codes, 0 = none (row 0 is padding), as in :class:`rayrec.models.factory.ItemInputs`.
+    A category without items gets the mean item vector."""
+    if category_ids is None or num_categories == 0:
+        return None
+    codes = category_ids[1:]
+    items, slots = np.nonzero(codes)
+    # (C, N) how often each category lists each item, so one matrix product sums the vectors:
+    # gathering and adding whole rows (np.add.at) is slow when they are N wide, as EASE's are.
+    membership = np.zeros((num_categories, len(item_vectors)), dtype=np.float32)
+    np.add.at(membership, (codes[items, slots] - 1, items), 1.0)
+    sums = (membership @ np.asarray(item_vectors, dtype=np.float32)).astype(np.float64)
+    counts = membership.sum(axis=1, dtype=np.float64)
+    table = np.repeat(item_vectors.mean(axis=0, keepdims=True), num_categories, axis=0).astype(np.float64)
+    table[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
+    return table.astype(np.float32)
+
+
+def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str, model_format: int,
+                    item_embeddings: np.ndarray, config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """Write the files every model directory has into ``out_dir``; returns the model version.
+
+    ``model_format``: the kind's layout version (config.json's ``format``, which its loader
+    reads). ``item_embeddings: (N, D)``: the item vectors serving scores user vectors against.
+    ``data``: the training data (1-based sequences; every user's history is stored for
+    serving, and the item popularity counted from it). ``config``: the kind's own keys of
+    config.json, written after the shared ones (format, model_kind, versions, data summary,
+    dim). ``metrics``: the kind's metrics.json keys, after model_version and model_kind;
+    ``best_val_ndcg@10`` and ``best_val_hr@10`` are None unless given.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    item_embeddings = np.ascontiguousarray(item_embeddings, dtype=np.float32)
+    np.save(out_dir / "item_embeddings.npy", item_embeddings)
+    flat = np.concatenate(data.sequences) - 1 if data.sequences else np.zeros(0, np.int64)
+    np.save(out_dir / "item_popularity.npy", np.bincount(flat, minlength=data.num_items).astype(np.float32))
+    data.user_vocab.save(out_dir / "user_vocab.json")
+    data.item_vocab.save(out_dir / "item_vocab.json")
+    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
+    np.savez_compressed(out_dir / "histories.npz", lengths=lengths, items=flat)
+    if data.items is not None:
+        with open(out_dir / "items.jsonl", "w") as handle:
+            for record in data.items.records():
+                handle.write(json.dumps(record) + "\n")
+    version = new_model_version()
+    (out_dir / "config.json").write_text(json.dumps({
+        "format": int(model_format),
+        "model_kind": model_kind,
+        "rayrec_version": rayrec.__version__,
+        "model_version": version,
+        "num_items": data.num_items,
+        "num_users": len(data.user_vocab),
+        "num_interactions": data.num_interactions,
+        "dim": int(item_embeddings.shape[1]),
+        "dataset": data.name,
+        **config,
+    }, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps({
+        "model_version": version,
+        "model_kind": model_kind,
+        "best_val_ndcg@10": None,
+        "best_val_hr@10": None,
+        **metrics,
+    }, indent=2))
+    return version
