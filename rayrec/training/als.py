@@ -7,9 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from rayrec.models.als import ALSParams, fit_als, fold_in, item_gram
+from rayrec.models.als import ALSParams, als_validation_metrics, fit_als
 from rayrec.training.prepare import PreparedData
 from rayrec.training.worker import hold_out_last
 
@@ -18,20 +16,6 @@ from rayrec.training.worker import hold_out_last
 REGULARIZATIONS = (1.0, 10.0, 0.1, 100.0)
 ALPHAS = (1.0, 10.0, 0.2)
 FACTORS = (64, 128)
-
-
-def validation_scores(item_factors: np.ndarray, histories: list[np.ndarray], targets: np.ndarray,
-                      params: ALSParams) -> dict[str, float]:
-    """NDCG@10 and HR@10 of fold-in users on held-out items (0-based; target -1 = none)."""
-    from rayrec.evaluation.protocol import evaluate_ranking
-
-    gram = item_gram(item_factors)
-
-    def scores(users: np.ndarray) -> np.ndarray:
-        return fold_in(item_factors, [histories[u] for u in users], params, gram) @ item_factors.T
-
-    result = evaluate_ranking(scores, histories, targets, len(item_factors), ks=(10,))
-    return {"ndcg": result["NDCG@10"], "hr": result["HR@10"]}
 
 
 def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadline: float | None = None,
@@ -56,7 +40,8 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
             return
         fit_started = time.perf_counter()
         factors = fit_als(train, data.num_items, params, seed=seed, threads=threads)
-        scores = validation_scores(factors, train, targets, params)
+        metrics = als_validation_metrics(factors, train, targets, params, ks=(10,))
+        scores = {"ndcg": metrics["NDCG@10"], "hr": metrics["HR@10"]}
         tried.append({"params": params.model_dump(), "val_ndcg@10": scores["ndcg"], "val_hr@10": scores["hr"],
                       "seconds": round(time.perf_counter() - fit_started, 2)})
         log(f"ALS {params.model_dump()}: val NDCG@10 {scores['ndcg']:.4f} HR@10 {scores['hr']:.4f}")
