@@ -25,7 +25,7 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
 
     from rayrec.evaluation.baselines import ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
     from rayrec.evaluation.protocol import evaluate_ranking
-    from rayrec.models.trained import TrainedModel
+    from rayrec.models.servable import load_model_dir
 
     train, validation, test = data.leave_one_out()
     train0 = [s - 1 for s in train]
@@ -46,7 +46,7 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
             from rayrec.training.trainer import train_distributed
 
             train_distributed(without_test, model_dir, config, log=log)
-        model = TrainedModel.load(model_dir)
+        model = load_model_dir(model_dir)
 
         def model_scores(user_indices: np.ndarray) -> np.ndarray:
             vectors, _ = model.encode_histories([history0[u] for u in user_indices], user_indices)
