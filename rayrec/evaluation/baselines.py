@@ -6,15 +6,23 @@ float32, the shape :func:`rayrec.evaluation.protocol.evaluate_ranking` expects. 
 offer ``score_histories(histories)`` to score arbitrary item histories (fold-in) without
 refitting.
 
-They hold a dense user-item matrix, which is fine for the MovieLens-sized data used in tests
-and benchmarks (ml-latest-small: 610 x 9,742 cells).
+Most hold a dense user-item matrix, which is fine for the MovieLens-sized data used in tests
+and benchmarks (ml-latest-small: 610 x 9,742 cells); EASE's item solver, the one it uses when
+users outnumber items, builds its item-item Gram matrix from the sparse interactions instead.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
 from typing import ClassVar, Sequence
 
 import numpy as np
+
+#: The l2 values :func:`fit_ease_tuned` tries by default.
+EASE_L2_GRID = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
+#: Cells of the dense (users x items) column blocks :func:`item_cooccurrence` works through.
+COOCCURRENCE_BLOCK_CELLS = 1 << 22
 
 
 def interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.float32) -> np.ndarray:
@@ -27,6 +35,39 @@ def interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.floa
             raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
         matrix[np.repeat(np.arange(len(seqs)), lengths), items] = 1
     return matrix
+
+
+def item_cooccurrence(seqs: Sequence[np.ndarray], num_items: int) -> np.ndarray:
+    """``X^T X`` of the binary user-item matrix X: (N, N) float64, entry (i, j) the number of
+    users who have both i and j (the diagonal: each item's users).
+
+    Computed from the sparse X, a block of item columns at a time (a sparse-dense product per
+    block), so memory stays at the result plus ``COOCCURRENCE_BLOCK_CELLS`` and the cost grows
+    with the interactions, not with users x items.
+    """
+    import torch
+
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    items = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s, dtype=np.int64) for s in seqs)])
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+        raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
+    cells = np.unique(items * len(seqs) + np.repeat(np.arange(len(seqs), dtype=np.int64), lengths))
+    columns, users = cells // max(1, len(seqs)), cells % max(1, len(seqs))  # sorted by item
+    transposed = torch.sparse_coo_tensor(torch.from_numpy(np.stack([columns, users])),
+                                         torch.ones(len(cells), dtype=torch.float64), (num_items, len(seqs)),
+                                         check_invariants=False).coalesce()  # X^T: (N, U)
+    gram = np.empty((num_items, num_items), dtype=np.float64)
+    width = max(1, COOCCURRENCE_BLOCK_CELLS // max(1, len(seqs)))
+    bounds = np.searchsorted(columns, np.arange(0, num_items + width, width))
+    with warnings.catch_warnings():  # torch warns that its sparse kernels are in beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        for block, start in enumerate(range(0, num_items, width)):
+            stop = min(num_items, start + width)
+            lo, hi = bounds[block], bounds[block + 1]
+            dense = torch.zeros((len(seqs), stop - start), dtype=torch.float64)  # X[:, start:stop]
+            dense[torch.from_numpy(users[lo:hi]), torch.from_numpy(columns[lo:hi] - start)] = 1.0
+            gram[:, start:stop] = torch.sparse.mm(transposed, dense).numpy()
+    return gram
 
 
 class _Baseline:
@@ -78,7 +119,8 @@ class EASEBaseline(_Baseline):
       it only inverts a (U, U) matrix. Much faster when users are fewer than items (610 vs
       9,742 in ml-latest-small) and exact up to rounding.
 
-    ``"auto"`` picks whichever matrix is smaller.
+    ``"auto"`` picks whichever matrix is smaller. :meth:`item_weights` gives B itself for
+    either solver.
     """
 
     name = "ease"
@@ -93,14 +135,13 @@ class EASEBaseline(_Baseline):
 
     def fit(self, train_seqs: Sequence[np.ndarray], num_items: int) -> "EASEBaseline":
         self._remember(train_seqs, num_items)
-        x = interaction_matrix(self.train_seqs, self.num_items, dtype=np.float64)  # (U, N)
-        num_users = x.shape[0]
+        num_users = len(self.train_seqs)
         solver = self.solver
         if solver == "auto":
             solver = "users" if num_users < self.num_items else "items"
         self.solver_used = solver
         if solver == "items":
-            gram = x.T @ x
+            gram = item_cooccurrence(self.train_seqs, self.num_items)  # X^T X without the dense X
             gram[np.diag_indices_from(gram)] += self.l2
             precision = np.linalg.inv(gram)  # (N, N) = P
             weights = -precision / np.diag(precision)[None, :]
@@ -108,6 +149,7 @@ class EASEBaseline(_Baseline):
             #: (N, N) item-item weights B
             self.weights = weights.astype(np.float32)
         else:
+            x = interaction_matrix(self.train_seqs, self.num_items, dtype=np.float64)  # (U, N), U < N
             kernel = x @ x.T
             kernel[np.diag_indices_from(kernel)] += self.l2
             # (U, N) K^-1 X; a solve is more accurate than forming K^-1.
@@ -126,34 +168,67 @@ class EASEBaseline(_Baseline):
         x_h_precision = (x_h - (x_h @ self._x.T) @ self._kernel_inv_x) / self.l2  # (B, N) = x_h P
         return (x_h - x_h_precision / self._precision_diag[None, :]).astype(np.float32)
 
+    #: Item columns of B formed at once from the users solver (bounds the float64 temporaries).
+    weight_block: ClassVar[int] = 1024
+
+    def item_weights(self) -> np.ndarray:
+        """B: (N, N) float32 with a zero diagonal, so that ``x_h @ B`` are a history's scores.
+
+        The items solver has it already. The users solver forms it from ``B = I - P diag(P)^-1``
+        with ``P = (I - X^T K^-1 X) / l2``, a block of columns at a time: N^2 U work and the
+        (N, N) result, so only for catalogues where N^2 floats fit in memory.
+        """
+        if self.solver_used == "items":
+            return self.weights
+        weights = np.empty((self.num_items, self.num_items), dtype=np.float32)
+        for start in range(0, self.num_items, self.weight_block):
+            stop = min(self.num_items, start + self.weight_block)
+            columns = np.arange(start, stop)
+            precision = -(self._x.T @ self._kernel_inv_x[:, start:stop])  # (N, b): l2 P - I
+            precision[columns, columns - start] += 1.0
+            precision /= self.l2  # P[:, start:stop]
+            block = -precision / self._precision_diag[None, start:stop]
+            block[columns, columns - start] = 0.0  # I - P / diag(P) is exactly 0 there
+            weights[:, start:stop] = block
+        return weights
+
 
 def fit_ease_tuned(
     train_seqs: Sequence[np.ndarray],
     valid_targets: np.ndarray,
     num_items: int,
-    lambdas: Sequence[float] = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0),
+    lambdas: Sequence[float] = EASE_L2_GRID,
     solver: str = "auto",
+    deadline: float | None = None,
 ) -> tuple[EASEBaseline, float]:
     """Fit EASE for each ``l2`` in ``lambdas``; keep the best NDCG@10 on the validation targets.
 
     valid_targets: (U,) int64 validation item per user (-1 skips). Only validation items are
     looked at, so the test items stay untouched. Returns the fitted model and its ``l2``;
-    ``model.validation_ndcg`` maps each tried ``l2`` to its NDCG@10. Ties keep the smaller l2.
+    ``model.validation_ndcg`` maps each tried ``l2`` to its NDCG@10 and
+    ``model.validation_metrics`` to every metric of
+    :func:`rayrec.evaluation.protocol.evaluate_ranking` at 10. Ties keep the smaller l2, in
+    whatever order ``lambdas`` come. ``deadline`` (unix time): no further l2 is tried after
+    it, once one has been.
     """
     from rayrec.evaluation.protocol import evaluate_ranking
 
     best: tuple[float, EASEBaseline, float] | None = None
-    validation_ndcg: dict[float, float] = {}
+    validation_metrics: dict[float, dict[str, float]] = {}
     for l2 in lambdas:
+        if best is not None and deadline is not None and time.time() > deadline:
+            break
         model = EASEBaseline(l2=l2, solver=solver).fit(train_seqs, num_items)
-        ndcg = evaluate_ranking(model.score, model.train_seqs, valid_targets, num_items, ks=(10,))["NDCG@10"]
-        validation_ndcg[float(l2)] = ndcg
-        if best is None or ndcg > best[0]:
+        metrics = evaluate_ranking(model.score, model.train_seqs, valid_targets, num_items, ks=(10,))
+        validation_metrics[float(l2)] = metrics
+        ndcg = metrics["NDCG@10"]
+        if best is None or ndcg > best[0] or (ndcg == best[0] and float(l2) < best[2]):
             best = (ndcg, model, float(l2))
     if best is None:
         raise ValueError("lambdas is empty; give at least one l2 value to try")
     _, model, l2 = best
-    model.validation_ndcg = validation_ndcg
+    model.validation_metrics = validation_metrics
+    model.validation_ndcg = {value: metrics["NDCG@10"] for value, metrics in validation_metrics.items()}
     return model, l2
 
 

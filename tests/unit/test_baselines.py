@@ -12,6 +12,7 @@ from rayrec.evaluation.baselines import (
     PopularityBaseline,
     fit_ease_tuned,
     interaction_matrix,
+    item_cooccurrence,
 )
 from rayrec.evaluation.protocol import evaluate_ranking
 
@@ -127,6 +128,45 @@ def test_fit_ease_tuned_keeps_the_best_validation_lambda():
     np.testing.assert_allclose(
         evaluate_ranking(refit.score, train, valid, 40, ks=(10,))["NDCG@10"], model.validation_ndcg[l2]
     )
+
+
+@pytest.mark.parametrize("shape", [(30, 12), (12, 30)], ids=["more-users", "more-items"])
+def test_ease_item_weights_are_the_textbook_matrix_for_either_solver(shape):
+    num_users, num_items = shape
+    rng = np.random.default_rng(6)
+    train = [rng.choice(num_items, size=rng.integers(1, 6), replace=False) for _ in range(num_users)]
+    _, b = naive_ease_weights(train, num_items, l2=5.0)
+    for solver in ("items", "users"):
+        model = EASEBaseline(l2=5.0, solver=solver).fit(train, num_items)
+        model.weight_block = 5  # several column blocks, the last one partial
+        weights = model.item_weights()
+        assert weights.shape == (num_items, num_items) and weights.dtype == np.float32
+        np.testing.assert_allclose(weights, b, atol=1e-5)
+        np.testing.assert_array_equal(np.diag(weights), 0.0)
+        history = np.array([1, 4, 7])
+        np.testing.assert_allclose(model.score_histories([history])[0], weights[history].sum(axis=0), atol=1e-5)
+
+
+def test_item_cooccurrence_counts_users_who_have_both_items(monkeypatch):
+    rng = np.random.default_rng(7)
+    # repeats within a user count once, as in the binary matrix
+    train = [rng.choice(25, size=rng.integers(0, 9)) for _ in range(40)]
+    x = interaction_matrix(train, 25, dtype=np.float64)
+    monkeypatch.setattr("rayrec.evaluation.baselines.COOCCURRENCE_BLOCK_CELLS", 40 * 3)  # 3 items per block
+    np.testing.assert_array_equal(item_cooccurrence(train, 25), x.T @ x)
+    with pytest.raises(ValueError, match=r"\[0, 25\)"):
+        item_cooccurrence([np.array([25])], 25)
+
+
+def test_fit_ease_tuned_stops_at_its_deadline_and_breaks_ties_toward_the_smaller_l2():
+    train, valid, _, _ = two_groups()
+    model, l2 = fit_ease_tuned(train, valid, NUM_ITEMS, lambdas=(50.0, 5.0, 500.0), deadline=0.0)
+    assert l2 == 50.0 and list(model.validation_ndcg) == [50.0]  # past the deadline: the first value only
+    assert set(model.validation_metrics[50.0]) >= {"NDCG@10", "HR@10"}
+    assert model.validation_metrics[50.0]["NDCG@10"] == model.validation_ndcg[50.0]
+    # two_groups ranks the same way for any small l2: equal NDCG, and the smaller l2 is kept
+    model, l2 = fit_ease_tuned(train, valid, NUM_ITEMS, lambdas=(0.2, 0.1))
+    assert model.validation_ndcg[0.1] == model.validation_ndcg[0.2] and l2 == 0.1
 
 
 def test_item_knn_cosine_similarity_by_hand():
