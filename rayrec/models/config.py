@@ -16,7 +16,7 @@ class ModelConfig(BaseModel):
     user_encoder_options: dict[str, Any] = Field(default_factory=dict, description="Options of the user tower.")
     item_encoder: str = Field("item_tower", description="Registered item tower.")
     item_encoder_options: dict[str, Any] = Field(default_factory=dict, description="Options of the item tower.")
-    dim: int = Field(64, ge=4, le=1024, description="Shared dimension of user and item vectors.")
+    dim: int = Field(128, ge=4, le=1024, description="Shared dimension of user and item vectors.")
     max_len: int = Field(200, ge=2, le=2048, description="The user tower reads at most this many recent items.")
     loss: Literal["auto", "full", "sampled"] = Field(
         "auto", description="full softmax, sampled softmax with logQ, or auto (full up to full_softmax_max_items).")

@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     crop_probability: float = Field(0.5, ge=0, le=1, description="Chance to train a long history on a random earlier window.")
     final_fit_fraction: float = Field(
-        0.0, ge=0, le=1, description="After early stopping, train the best model this fraction of its epochs "
+        0.1, ge=0, le=1, description="After early stopping, train the best model this fraction of its epochs "
         "more on the whole sequences, each user's held-out validation item included.")
     seed: int = Field(0, description="Random seed.")
     num_workers: int | None = Field(
