@@ -1,1 +1,1 @@
-"""Models: the two-tower towers (one per file), losses, implicit ALS, and the servable model directories."""
+"""Models: the two-tower towers (one per file), losses, implicit ALS, EASE, and the servable model directories."""

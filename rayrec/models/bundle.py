@@ -24,7 +24,11 @@ training_curve.png; instead::
                            the vector of items added later, where the data had categories
 
 and config.json holds ``als_params`` (factors, regularization, alpha, iterations) and
-``max_history`` (the most recent events folded in per request).
+``max_history`` (the most recent events folded in per request). ``"ease"`` (EASE,
+:mod:`rayrec.models.ease_model`): no weights.pt and no training_curve.png either;
+item_embeddings.npy holds ``B^T``, ``(N, N)`` float32 with a zero diagonal (so ``dim`` is N),
+category_factors.npy (``(C, N)``, where the data had categories) the mean row of ``B^T`` per
+category, and config.json holds ``ease_l2`` and ``max_history``.
 """
 
 from __future__ import annotations

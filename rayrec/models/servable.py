@@ -5,7 +5,8 @@ item vectors, the item popularity, every training user's history and, where know
 metadata. ``config.json``'s ``model_kind`` says how user vectors are made from a history:
 ``"two_tower"`` (also when the key is absent, as in directories written before it existed)
 by the trained user tower (:class:`rayrec.models.trained.TrainedModel`), ``"als"`` by an
-exact least-squares fold-in (:class:`rayrec.models.als_model.ALSModel`).
+exact least-squares fold-in (:class:`rayrec.models.als_model.ALSModel`), ``"ease"`` as the
+multi-hot vector of the history's items (:class:`rayrec.models.ease_model.EASEModel`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ DEFAULT_MODEL_KIND = "two_tower"
 MODEL_KINDS = {
     "two_tower": "rayrec.models.trained:TrainedModel",
     "als": "rayrec.models.als_model:ALSModel",
+    "ease": "rayrec.models.ease_model:EASEModel",
 }
 #: Files every model directory has, whatever its kind.
 COMMON_FILES = ("config.json", "user_vocab.json", "item_vocab.json", "item_embeddings.npy", "item_popularity.npy",

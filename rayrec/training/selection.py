@@ -8,6 +8,9 @@ NDCG@10 (:mod:`rayrec.evaluation.metrics`):
 - ``sasrec``: the sequential two-tower model (causal self-attention user tower);
 - ``als``: an order-free factorisation (implicit ALS, user vectors folded in from the
   history), strong where the order of a user's events carries no signal;
+- ``ease``: the order-free EASE item-item model (user vector: the history's items), strong
+  on small catalogues without order signal; only up to ``EASE_MAX_ITEMS`` items (its
+  weights are a dense N x N matrix);
 - ``sasrec_text``: the sequential model with a content-aware item tower, when the items file
   has text and an installed plugin can encode it, so new items are recommendable from their
   text and ``POST /search`` works.
@@ -33,13 +36,16 @@ from rayrec.training.prepare import PreparedData
 
 SELECTION_DIR = ".selection"
 SELECTION_FILE = "selection.json"
-#: Share of the budget the ALS grid may use: it is fast, and the sequential models need the rest.
+#: Share of the budget the order-free candidates may use together: they are fast, and the
+#: sequential models need the rest.
 ALS_BUDGET_SHARE = 0.15
+#: Candidate kinds trained in the trial itself, without Ray Train, from the whole history.
+ORDER_FREE_KINDS = ("als", "ease")
 
 
 @dataclasses.dataclass
 class Candidate:
-    """One model to try: ``kind`` is ``two_tower`` (trained by Ray Train) or ``als``."""
+    """One model to try: ``kind`` is ``two_tower`` (trained by Ray Train), ``als`` or ``ease``."""
 
     name: str
     kind: str
@@ -66,15 +72,16 @@ def _has_text(data: PreparedData) -> bool:
 
 def candidates_for(data: PreparedData, config: TrainConfig) -> list[Candidate]:
     """The candidates that apply to ``data``, cheapest first, filtered by ``search.candidates``."""
+    from rayrec.models.ease_model import EASE_MAX_ITEMS
     from rayrec.plugins import registry
 
     base = config.model_dump()
     base["search"]["enabled"] = False
-    found = [
-        Candidate("als", "als", "order-free: implicit ALS, user vector folded in from the history", {}),
-        Candidate("sasrec", "two_tower", f"sequential: {config.model.user_encoder} over the recent items",
-                  base),
-    ]
+    found = [Candidate("als", "als", "order-free: implicit ALS, user vector folded in from the history", {})]
+    if data.num_items <= EASE_MAX_ITEMS:
+        found.append(Candidate("ease", "ease", "order-free: EASE item-item model (catalogues up to 10,000 items)", {}))
+    found.append(Candidate("sasrec", "two_tower", f"sequential: {config.model.user_encoder} over the recent items",
+                           base))
     extractor = text_extractor_name()
     if extractor is not None and _has_text(data) and not config.item_features:
         text_config = json.loads(json.dumps(base))
@@ -99,15 +106,17 @@ def candidates_for(data: PreparedData, config: TrainConfig) -> list[Candidate]:
 
 def _deadlines(candidates: list[Candidate], started: float, budget_s: float, parallel: bool) -> list[float]:
     """When each candidate must stop. In parallel, every candidate has the whole budget; one
-    after another, ALS gets a small share and the two-tower candidates split the rest."""
+    after another, the order-free candidates split a small share and the two-tower
+    candidates split the rest."""
     if parallel:
         return [started + budget_s] * len(candidates)
     two_tower = sum(c.kind == "two_tower" for c in candidates)
-    als_share = ALS_BUDGET_SHARE if two_tower else 1.0
-    rest = (1.0 - als_share * any(c.kind == "als" for c in candidates)) / max(1, two_tower)
+    order_free = sum(c.kind in ORDER_FREE_KINDS for c in candidates)
+    order_free_share = ALS_BUDGET_SHARE if two_tower else 1.0
+    rest = (1.0 - order_free_share * (order_free > 0)) / max(1, two_tower)
     deadlines, spent = [], 0.0
     for candidate in candidates:
-        spent += als_share if candidate.kind == "als" else rest
+        spent += order_free_share / order_free if candidate.kind in ORDER_FREE_KINDS else rest
         deadlines.append(started + budget_s * min(1.0, spent))
     return deadlines
 
@@ -126,6 +135,11 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
 
         details = train_als(data, out_dir, seed=trial_config["seed"], deadline=deadline,
                             threads=trial_config["threads"])
+    elif candidate.kind == "ease":
+        from rayrec.training.ease import train_ease
+
+        details = train_ease(data, out_dir, seed=trial_config["seed"], deadline=deadline,
+                             threads=trial_config["threads"])
     else:
         from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -174,13 +188,13 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
         "seed": config.seed,
         "threads": max(1, int(cpus_per_trial)),
     } for candidate, deadline in zip(candidates, deadlines)]
-    # An ALS trial computes in the trial itself; a two-tower trial only drives its Ray Train
+    # An order-free trial computes in the trial itself; a two-tower trial only drives its Ray Train
     # workers, which reserve the CPUs, so the trial reserves none (Tune refuses an empty
     # request, hence one byte of memory).
     trainable = tune.with_resources(
         tune.with_parameters(_candidate_trial, data=data),
         lambda trial_config: tune.PlacementGroupFactory([
-            {"CPU": cpus_per_trial} if trial_config["trial"]["candidate"]["kind"] == "als"
+            {"CPU": cpus_per_trial} if trial_config["trial"]["candidate"]["kind"] in ORDER_FREE_KINDS
             else {"CPU": 0, "memory": 1}]),
     )
     tuner = tune.Tuner(

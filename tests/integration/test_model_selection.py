@@ -99,7 +99,9 @@ def test_shuffled_data_selects_the_order_free_model(tmp_path):
     selection, model_ndcg, popularity_ndcg = train_and_score(tmp_path, SyntheticConfig(
         num_users=300, num_items=400, num_clusters=4, mean_events_per_user=60, sequential_probability=0.9,
         explore_probability=0.05, shuffle_order=True, seed=3))
-    assert selection["selected"] == "als", selection
+    assert selection["selected"] in ("als", "ease"), selection
+    finished = {row["candidate"] for row in selection["candidates"] if row["val_ndcg@10"] is not None}
+    assert {"als", "ease"} <= finished, selection  # both order-free trials ran within their shares
     assert model_ndcg > 1.5 * popularity_ndcg, (model_ndcg, popularity_ndcg)
     model = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert model["model_kind"] == "als"
+    assert model["model_kind"] == selection["selected"]

@@ -1,8 +1,9 @@
-"""End to end: an ALS model directory served by the real Serve graph on a local Ray, over HTTP.
+"""End to end: an ALS model directory served by the real Serve graph on a local Ray, over HTTP,
+and an EASE one switched in by ``/admin/reload``.
 
-The model is fitted on synthetic data whose per-user order is shuffled, so only which items a
-user has carries signal. Serving folds each request's current history into a user vector, so
-feedback must move the very next answer toward what the user just did, with no retraining.
+The models are fitted on synthetic data whose per-user order is shuffled, so only which items
+a user has carries signal. Serving makes each request's user vector from its current history,
+so feedback must move the very next answer toward what the user just did, with no retraining.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # noqa: E402
+from rayrec.evaluation.baselines import EASEBaseline  # noqa: E402
 from rayrec.models.als import ALSParams, fit_als  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
 from rayrec.serving.model_loading import load_model  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.export_als import export_als_model_dir  # noqa: E402
+from rayrec.training.export_ease import export_ease_model_dir  # noqa: E402
 from rayrec.training.prepare import prepare  # noqa: E402
 
 DATA = SyntheticConfig(num_users=300, num_items=200, num_clusters=4, mean_events_per_user=20, seed=0)
@@ -41,7 +44,7 @@ def server(tmp_path_factory):
     truth = synthetic_truth(DATA)
     args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{root / 'state.db'}")
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
-        yield {"client": client, "model": load_model(model_dir), "truth": truth}
+        yield {"client": client, "model": load_model(model_dir), "truth": truth, "data": data, "root": root}
 
 
 def recommend(client, **body):
@@ -103,3 +106,37 @@ def test_an_anonymous_session_and_a_new_item_in_a_known_category(server):
     # scored like its category's items: among the session's cluster (50 items), where a
     # newcomer without categories (the mean item vector) would not be
     assert "als-new" in ranked[:40]
+
+
+def test_an_ease_model_switched_in_answers_from_the_current_history(server):
+    """Swaps the served model, and the ALS one back at the end for the tests around it."""
+    client, truth, data, root = server["client"], server["truth"], server["data"], server["root"]
+    ease = EASEBaseline(l2=50.0).fit([s - 1 for s in data.sequences], data.num_items)
+    ease_dir = export_ease_model_dir(data, 50.0, ease.item_weights(), root / "ease")
+    model = load_model(ease_dir)
+    reloaded = client.post("/admin/reload", json={"model_dir": str(ease_dir)})
+    assert reloaded.status_code == 200, reloaded.text
+    try:
+        user = truth.user_ids[5]
+        home = truth.user_cluster_of(user)
+        other = (home + 2) % DATA.num_clusters
+        trained = set(model.item_ids)  # items added by other tests here have no cluster
+
+        def trained_ids(result):
+            return [item for item in ids(result) if item in trained]
+
+        before = recommend(client, user_id=user, k=10)
+        assert before["model_version"] == model.version
+        assert share(truth, trained_ids(before), home) >= 0.7 and share(truth, trained_ids(before), other) <= 0.2
+        # EASE counts an item once however it was consumed, so it takes a few more clicks than ALS
+        clicked = [item for item in model.item_ids if truth.item_cluster_of(item) == other][:12]
+        events = [{"user_id": user, "item_id": item, "event_type": "purchase"} for item in clicked]
+        assert client.post("/feedback", json={"events": events}).json()["accepted"] == 12
+        after = recommend(client, user_id=user, k=10)
+        assert share(truth, trained_ids(after), other) >= 0.4 and not set(ids(after)) & set(clicked)
+        because = {b for item in after["items"] if item["item_id"] in trained
+                   and truth.item_cluster_of(item["item_id"]) == other for b in item["explanation"]["because"]}
+        assert because and because <= set(clicked)
+    finally:
+        back = client.post("/admin/reload", json={"model_dir": str(server["model"].model_dir)})
+        assert back.status_code == 200, back.text

@@ -250,5 +250,5 @@ def test_a_damaged_or_unknown_directory_names_the_problem(model_dir, tmp_path):
     future = tmp_path / "future"
     shutil.copytree(model_dir, future)
     (future / "config.json").write_text(json.dumps({**config, "model_kind": "hyperbolic"}))
-    with pytest.raises(ModelError, match="model_kind 'hyperbolic'.*known kinds: als, two_tower"):
+    with pytest.raises(ModelError, match="model_kind 'hyperbolic'.*known kinds: als, ease, two_tower"):
         load_model(future)
