@@ -90,6 +90,10 @@ def test_weights_saved_without_the_new_item_projection_still_load(text_plugin):
     torch.testing.assert_close(tower.from_features(None, None, content), old.from_features(None, None, content))
 
 
+#: Starts of the toy model below: the crowding it checks differs a lot between single starts.
+SECOND_SOFTMAX_SEEDS = (1, 2, 3, 4, 5)
+
+
 @pytest.mark.parametrize("own_projection", [True, False], ids=["new-item-projection", "shared-projection"])
 def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trained_ones(own_projection):
     """Serving's situation on a toy problem: users "ask" for an item's content; at test time half
@@ -106,8 +110,8 @@ def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trai
     every_item = torch.arange(NUM_ITEMS + 1)
     is_new = torch.rand(NUM_ITEMS + 1) < 0.5
 
-    def test_losses(weight: float) -> tuple[float, float, float]:
-        torch.manual_seed(1)
+    def test_losses(weight: float, seed: int) -> tuple[float, float, float]:
+        torch.manual_seed(seed)
         tower = ContentItemTower(num_items=NUM_ITEMS, dim=DIM, content=content, use_id=True,
                                  content_loss_weight=weight, new_item_projection=own_projection)
         model = TwoTowerModel(tower, MeanPoolTower(DIM))
@@ -132,13 +136,24 @@ def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trai
             return (losses[new_targets].mean().item(), losses[~new_targets].mean().item(),
                     alone[~new_targets].mean().item())
 
-    new_with, trained_with, trained_alone = test_losses(1.0)
-    new_without, trained_without, _ = test_losses(0.0)
-    assert new_with < 0.5 * new_without
-    # New items take little from trained targets: they keep most of the probability (CE 0.25 = 78%).
-    assert trained_alone < trained_with < 0.25
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tensors this small only lose to thread contention (10x slower on a busy box)
+    try:
+        trained_with_sum = trained_without_sum = 0.0
+        for seed in SECOND_SOFTMAX_SEEDS:
+            new_with, trained_with, trained_alone = test_losses(1.0, seed)
+            new_without, trained_without, _ = test_losses(0.0, seed)
+            assert new_with < 0.5 * new_without, seed
+            # New items take little from trained targets: they keep most of the probability (CE 0.25 = 78%).
+            assert trained_alone < trained_with < 0.25, seed
+            trained_with_sum += trained_with
+            trained_without_sum += trained_without
+    finally:
+        torch.set_num_threads(threads)
     if not own_projection:  # without the second softmax, shared-projection content rows crowd them out
-        assert trained_with < 0.5 * trained_without
+        # On average over starts: in a single one the crowding varies a lot (trained CE without the
+        # second softmax 0.07 to 0.31 over these seeds, with it 0.06 to 0.08).
+        assert trained_with_sum < 0.5 * trained_without_sum
 
 
 def test_the_second_softmax_without_content_to_fall_back_on_is_refused(text_plugin):
