@@ -71,7 +71,8 @@ def _has_text(data: PreparedData) -> bool:
 
 
 def candidates_for(data: PreparedData, config: TrainConfig) -> list[Candidate]:
-    """The candidates that apply to ``data``, cheapest first, filtered by ``search.candidates``."""
+    """The candidates that apply to ``data``, cheapest first: those ``search.candidates``
+    names, or by default all of them but ``sasrec`` where ``sasrec_text`` applies."""
     from rayrec.models.ease_model import EASE_MAX_ITEMS
     from rayrec.plugins import registry
 
@@ -93,15 +94,17 @@ def candidates_for(data: PreparedData, config: TrainConfig) -> list[Candidate]:
                                f"sequential with item text ({extractor}): cold start from content and /search",
                                text_config))
     wanted = config.search.candidates
-    if wanted is not None:
-        unknown = sorted(set(wanted) - {c.name for c in found})
-        if unknown:
-            from rayrec.errors import ConfigError
+    if wanted is None:
+        # With item text, the content-aware model is the sequential candidate: its item vectors
+        # still hold the id embedding, and two sequential runs would halve the time of each.
+        return [c for c in found if not (c.name == "sasrec" and any(f.name == "sasrec_text" for f in found))]
+    unknown = sorted(set(wanted) - {c.name for c in found})
+    if unknown:
+        from rayrec.errors import ConfigError
 
-            raise ConfigError(f"search.candidates: {', '.join(unknown)} not applicable to this data; "
-                              f"candidates here: {', '.join(c.name for c in found)}")
-        found = [c for c in found if c.name in wanted]
-    return found
+        raise ConfigError(f"search.candidates: {', '.join(unknown)} not applicable to this data; "
+                          f"candidates here: {', '.join(c.name for c in found)}")
+    return [c for c in found if c.name in wanted]
 
 
 def _deadlines(candidates: list[Candidate], started: float, budget_s: float, parallel: bool) -> list[float]:

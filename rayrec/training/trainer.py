@@ -83,7 +83,10 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray
 
     # Train logs every report and checkpoint at INFO; our own progress lines say it better.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    # Train re-applies its logging config to "ray.train" when the run starts, so the level is
+    # also set on the module that logs each report, which that config leaves alone.
+    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from rayrec.training.worker import run_worker
 
     pid_dir = loop_config.get("pid_dir")
