@@ -20,7 +20,10 @@ class ModelConfig(BaseModel):
     max_len: int = Field(200, ge=2, le=2048, description="The user tower reads at most this many recent items.")
     loss: Literal["auto", "full", "sampled"] = Field(
         "auto", description="full softmax, sampled softmax with logQ, or auto (full up to full_softmax_max_items).")
-    full_softmax_max_items: int = Field(200_000, ge=1, description="Largest catalogue trained with the full softmax under loss=auto.")
+    # A full softmax costs every position N dot products; the sampled one about the batch's
+    # positions plus num_uniform_negatives. Short histories (a few positions per user) over a
+    # catalogue past ~20k items make the full one ten times dearer per epoch.
+    full_softmax_max_items: int = Field(20_000, ge=1, description="Largest catalogue trained with the full softmax under loss=auto.")
     num_uniform_negatives: int = Field(1000, ge=1, description="Uniform negatives per batch for the sampled softmax.")
     similarity: Literal["dot", "cosine"] = Field("dot", description="Score function between user and item vectors.")
     temperature: float = Field(1.0, gt=0, description="Logit temperature (use about 0.05-0.1 with cosine).")
