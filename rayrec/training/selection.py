@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -168,7 +169,7 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
     import ray
     from ray import tune
 
-    from rayrec.training.trainer import ensure_ray, worker_layout
+    from rayrec.training.trainer import ensure_ray, ray_log_level, worker_layout
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,6 +210,9 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
                                     time_budget_s=config.search.budget_s * 1.5 + 120),
         run_config=tune.RunConfig(name="rayrec-selection", storage_path=str(work_dir / "tune"), verbose=0),
     )
+    if ray_log_level() != "INFO":
+        # Tune's newer console output prints its experiment box whatever the verbosity.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = tuner.fit()
     rows = _selection_rows(results, candidates)
     finished = [row for row in rows if row["val_ndcg@10"] is not None]

@@ -82,11 +82,15 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     import ray
 
-    # Train logs every report and checkpoint at INFO; our own progress lines say it better.
-    # Train re-applies its logging config to "ray.train" when the run starts, so the level is
-    # also set on the module that logs each report, which that config leaves alone.
-    for name in ("ray.train", "ray.train.v2._internal.execution.context"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    # Train logs every report at INFO on a logger named after its source file (outside
+    # "ray.train", so RunConfig's logging level misses it); our progress lines say it better.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # another Ray version: its lines show, nothing else changes
+        pass
     from rayrec.training.worker import run_worker
 
     pid_dir = loop_config.get("pid_dir")
@@ -121,15 +125,20 @@ def latest_checkpoint(checkpoint_root: Path, log: Callable[[str], None] = print)
     return None
 
 
+def ray_log_level() -> str:
+    """Ray's own INFO and WARNING lines (every report, the placement-group cleaner polling a
+    state API that needs the dashboard) drown the epoch lines, so rayrec shows Ray's errors
+    only; ``RAYREC_RAY_LOG_LEVEL=INFO`` shows the rest."""
+    return os.environ.get("RAYREC_RAY_LOG_LEVEL", "ERROR")
+
+
 def ensure_ray(num_cpus_needed: float) -> None:
     """Join the cluster in RAY_ADDRESS (``ray job submit`` sets it) or start a local one."""
     import ray
 
     if ray.is_initialized():
         return
-    # Ray's own INFO and WARNING lines (every report, the placement-group cleaner polling a
-    # state API that needs the dashboard) drown the epoch lines; RAYREC_RAY_LOG_LEVEL=INFO shows them.
-    logging_config = ray.LoggingConfig(log_level=os.environ.get("RAYREC_RAY_LOG_LEVEL", "ERROR"))
+    logging_config = ray.LoggingConfig(log_level=ray_log_level())
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, logging_config=logging_config)
     else:
@@ -195,6 +204,8 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,
+            # Train's own lines (resources requested, worker group started, each report).
+            logging_config=ray.train.LoggingConfig(log_level=ray_log_level()),
             worker_runtime_env={"env_vars": {
                 **{name: str(threads) for name in THREAD_VARIABLES},
                 # Train's print patch would log every progress line a second time.

@@ -156,12 +156,13 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     deadline = loop_config.get("deadline")  # unix time by which training must stop, or None
     checkpoint_every_s = float(loop_config.get("checkpoint_every_s", 60.0))
     last_checkpoint = time.perf_counter()
-    def train_epoch(epoch: int, user_sequences: list[np.ndarray], users: np.ndarray, steps: int) -> tuple[float, int]:
+    def train_epoch(epoch: int, user_sequences: list[np.ndarray], users: np.ndarray, steps: int,
+                    progress: Callable[[StepProgress], None] | None = on_step) -> tuple[float, int]:
         return train_one_epoch(
             model, optimizer, user_sequences, users,
             batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
-            rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=on_step,
+            rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=progress,
             num_steps=steps, device=device, user_features=user_features,
             after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
         )
@@ -228,7 +229,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             if final_epochs > 0:
                 full_shard, full_steps = shard_of(sequences)
                 _fit_held_out_items(model, state, final_epochs,
-                                    lambda e: train_epoch(e, sequences, full_shard, full_steps),
+                                    lambda e: train_epoch(e, sequences, full_shard, full_steps, progress=None),
                                     device, log if context.rank == 0 else (lambda line: None))
         if stop or checkpoint_votes > 0:
             with tempfile.TemporaryDirectory() as directory:
