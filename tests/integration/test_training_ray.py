@@ -115,7 +115,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
     ray_bin = Path(sys.executable).parent / "ray"
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
     # Token auth is switched on by a ~/.ray/auth_token left on the machine; this throwaway
     # loopback cluster runs without it, on both ends.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -123,7 +123,10 @@ def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
     short_temp = tempfile.mkdtemp(prefix="rr-", dir="/tmp")
     head = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={short_temp}"],
+         f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", f"--temp-dir={short_temp}",
+         # The job agent's fixed default port (52365) is taken by any other Ray on the machine,
+         # and without its agent the cluster refuses every job ("No available agent").
+         f"--dashboard-agent-listen-port={agent_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     try:
         address = f"http://127.0.0.1:{dashboard_port}"
