@@ -176,9 +176,15 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
     candidates = candidates_for(data, config)
     ensure_ray(1)
     cluster_cpus = ray.cluster_resources().get("CPU", 1)
-    _, cpus_per_trial = worker_layout(config, cluster_cpus)
-    concurrent = max(1, int(cluster_cpus // max(1.0, cpus_per_trial)))
-    parallel = concurrent >= len(candidates)
+    # In parallel only when every candidate gets at least one full worker's worth (8 CPUs);
+    # otherwise one after another, each trial with the whole cluster.
+    parallel = cluster_cpus / len(candidates) >= 8
+    cpus_per_trial = cluster_cpus / len(candidates) if parallel else cluster_cpus
+    concurrent = len(candidates) if parallel else 1
+    workers, cpus_per_worker = worker_layout(config, cpus_per_trial)
+    for candidate in candidates:
+        if candidate.kind == "two_tower":
+            candidate.config.update(num_workers=workers, cpus_per_worker=cpus_per_worker)
     started = time.time()
     deadlines = _deadlines(candidates, started, config.search.budget_s, parallel)
     log(f"model selection: {len(candidates)} candidates ({', '.join(c.name for c in candidates)}), "
