@@ -25,7 +25,6 @@ training data (with the item factors kept fixed).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -35,6 +34,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayrec.models.attribution import position_shares
+from rayrec.models.threads import compute_threads
 
 #: Entries (rows x padded length) gathered per chunk: bounds memory at CHUNK_ENTRIES * D floats.
 CHUNK_ENTRIES = 1 << 17
@@ -174,19 +174,6 @@ def _half_step(fixed: torch.Tensor, rows: _Rows, params: ALSParams) -> torch.Ten
     return solved
 
 
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    if threads is None:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def fit_als_factors(train_sequences: Sequence[np.ndarray], num_items: int, params: ALSParams, seed: int = 0,
                     threads: int | None = None, log: Callable[[str], None] | None = None) -> ALSFactors:
     """Fit user and item factors; see :func:`fit_als` (this also returns the user factors of
@@ -194,7 +181,7 @@ def fit_als_factors(train_sequences: Sequence[np.ndarray], num_items: int, param
     params = ALSParams.model_validate(params)
     if num_items < 1:
         raise ValueError("ALS needs at least one item")
-    with _torch_threads(threads), torch.no_grad():
+    with compute_threads(threads), torch.no_grad():
         users = _rows_from_sequences(train_sequences, num_items)
         items = users.transpose(num_items)
         generator = torch.Generator().manual_seed(int(seed))

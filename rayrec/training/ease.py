@@ -7,45 +7,20 @@ is a dense (N, N) matrix, and fitting it inverts an N x N (or users x users) mat
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from rayrec.evaluation.baselines import EASE_L2_GRID, EASEBaseline, fit_ease_tuned
 from rayrec.models.ease_model import EASE_MAX_ITEMS
+from rayrec.models.threads import compute_threads
 from rayrec.training.prepare import PreparedData
 from rayrec.training.worker import hold_out_last
 
 #: The grid of the EASE baseline, nearest to Steck's usual l2 = 500 first (on a log scale), so
 #: a deadline cuts the least likely values.
 L2_ORDER = tuple(sorted(EASE_L2_GRID, key=lambda l2: abs(math.log(l2 / 500.0))))
-
-
-@contextlib.contextmanager
-def _compute_threads(threads: int | None) -> Iterator[None]:
-    """Torch's threads (the sparse co-occurrence counts) and, through threadpoolctl where
-    installed, numpy's BLAS threads (the inversions) at ``threads`` for a while; None: as
-    they are (Ray sets OMP_NUM_THREADS, which both follow, to a trial's CPUs)."""
-    if threads is None:
-        yield
-        return
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(threads)))
-    try:
-        with contextlib.ExitStack() as stack:
-            try:
-                from threadpoolctl import threadpool_limits
-            except ImportError:
-                pass
-            else:
-                stack.enter_context(threadpool_limits(max(1, int(threads))))
-            yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_ease(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadline: float | None = None,
@@ -67,7 +42,7 @@ def train_ease(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadli
     train1, targets1 = hold_out_last(data.sequences)
     train = [s - 1 for s in train1]
     targets = targets1 - 1  # 0 (none) becomes -1
-    with _compute_threads(threads):
+    with compute_threads(threads):
         tuned, l2 = fit_ease_tuned(train, targets, data.num_items, lambdas=L2_ORDER, deadline=deadline)
         tried = [{"l2": value, "val_ndcg@10": metrics["NDCG@10"], "val_hr@10": metrics["HR@10"]}
                  for value, metrics in tuned.validation_metrics.items()]
