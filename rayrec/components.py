@@ -80,10 +80,12 @@ class Encoder(Component):
 class UserEncoder(Encoder):
     """User tower: maps the user's recent item sequence to a vector.
 
-    ``build(num_items=..., dim=..., max_len=..., user_feature_dim=...)`` returns a module whose
-    ``forward(item_vectors: (B, L, D), mask: (B, L) bool) -> (B, D)`` encodes the sequence
-    (left-padded, most recent item last). Because it only reads the current sequence, a new
-    event changes the user vector without retraining.
+    ``build(dim=..., max_len=..., num_items=...)`` returns a module whose
+    ``forward(item_vectors: (B, L, D), mask: (B, L) bool) -> (B, L, D)`` encodes the sequence
+    (left-padded, ``mask`` False on padding, most recent item last) into one vector per
+    position. Position ``t`` may read only items ``<= t`` (causal): training predicts the next
+    item at every position, and serving uses the last one. Because it only reads the current
+    sequence, a new event changes the user vector without retraining.
     """
 
     kind: ClassVar[str] = "user"
