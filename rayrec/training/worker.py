@@ -67,14 +67,28 @@ class WorkerContext(Protocol):
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
 
-def hold_out_last(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Training sequences and validation targets: each user's last item is held out for
-    validation (target 0 = none, for users with a single item). Sequences are 1-based.
+#: Users validated at most. Ranking every item for every user each epoch cost three times the
+#: training itself at 31,000 users and 23,000 items; 10,000 users put NDCG@10's standard error
+#: near 0.003, well below the differences that decide between models.
+MAX_VALIDATION_USERS = 10_000
 
-    This is the validation split of every model ``rayrec train`` considers."""
+
+def hold_out_last(sequences: list[np.ndarray], max_users: int = MAX_VALIDATION_USERS
+                  ) -> tuple[list[np.ndarray], np.ndarray]:
+    """Training sequences and validation targets: the last item of each validation user is
+    held out (target 0 = none). Sequences are 1-based.
+
+    Validation users are those with at least two items, or a fixed random ``max_users`` of
+    them; the others train on their whole sequence. This is the validation split of every
+    model ``rayrec train`` considers."""
+    eligible = np.array([u for u, sequence in enumerate(sequences) if len(sequence) >= MIN_SEQUENCE], dtype=np.int64)
+    if len(eligible) > max_users:
+        eligible = np.sort(np.random.default_rng(0).choice(eligible, size=max_users, replace=False))
+    validated = np.zeros(len(sequences), dtype=bool)
+    validated[eligible] = True
     train, targets = [], np.zeros(len(sequences), dtype=np.int64)
     for user, sequence in enumerate(sequences):
-        if len(sequence) >= MIN_SEQUENCE:
+        if validated[user]:
             train.append(sequence[:-1])
             targets[user] = sequence[-1]
         else:
