@@ -3,14 +3,12 @@ has carries signal. Fitting, fold-in, explanations, the model directory and ``ra
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rayrec.data import SyntheticConfig, generate
 from rayrec.data.synthetic import synthetic_truth
 from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import PopularityBaseline
@@ -19,22 +17,8 @@ from rayrec.models.als import ALSParams, als_validation_metrics, fit_als, fit_al
 from rayrec.models.als_model import ALSModel
 from rayrec.models.trained import load_model
 from rayrec.training.export_als import export_als_model_dir
-from rayrec.training.prepare import prepare
 
-# 6 clusters of 50 items; users mostly stay in their home cluster.
-DATA = SyntheticConfig(num_users=600, num_items=300, num_clusters=6, mean_events_per_user=20, seed=3)
 PARAMS = ALSParams(factors=16, iterations=10)
-
-
-@pytest.fixture(scope="module")
-def shuffled():
-    """Prepared data with each user's sequence randomly permuted, and each item index's cluster."""
-    data = prepare(generate(DATA))
-    rng = np.random.default_rng(0)
-    data = dataclasses.replace(data, sequences=[rng.permutation(s) for s in data.sequences])
-    truth = synthetic_truth(DATA)
-    clusters = np.array([truth.item_cluster_of(item_id) for item_id in data.item_vocab.ids])
-    return data, clusters
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +89,9 @@ def test_fold_in_of_a_training_history_gives_the_fitted_users_recommendations(sp
     assert np.mean(overlaps) >= 0.9
 
 
-def test_a_history_from_one_cluster_recommends_that_cluster(shuffled, fitted):
+def test_a_history_from_one_cluster_recommends_that_cluster(shuffled, fitted, order_free_data):
     data, clusters = shuffled
-    for cluster in range(DATA.num_clusters):
+    for cluster in range(order_free_data.num_clusters):
         history = np.flatnonzero(clusters == cluster)[:5]
         vector = fold_in(fitted.item_factors, [history], PARAMS)[0]
         scores = fitted.item_factors @ vector
@@ -180,14 +164,15 @@ def test_model_directory_round_trip(model_dir, shuffled):
     np.testing.assert_allclose(vectors, model.user_vectors([history, []]), atol=1e-6)
 
 
-def test_batch_recommendations_follow_the_users_cluster_and_skip_their_history(model_dir, shuffled):
+def test_batch_recommendations_follow_the_users_cluster_and_skip_their_history(model_dir, shuffled,
+                                                                               order_free_data):
     data, clusters = shuffled
     model = load_model(model_dir)
     users = np.arange(50)
     items, scores = model.recommend_indices(users, 10)
     assert items.shape == scores.shape == (50, 10)
     assert (np.diff(scores, axis=1) <= 0).all()
-    truth = synthetic_truth(DATA)
+    truth = synthetic_truth(order_free_data)
     shares = []
     for row, user in enumerate(users):
         assert not set(items[row]) & set(model.training_history_indices(user).tolist())
@@ -213,7 +198,7 @@ def test_new_items_get_their_categorys_vectors(model_dir, shuffled):
     assert vectors[0] @ fan > vectors[1] @ fan
 
 
-def test_rayrec_recommend_writes_top_k_per_user(model_dir, shuffled, tmp_path):
+def test_rayrec_recommend_writes_top_k_per_user(model_dir, shuffled, tmp_path, order_free_data):
     from rayrec.cli import cli
 
     data, clusters = shuffled
@@ -226,7 +211,7 @@ def test_rayrec_recommend_writes_top_k_per_user(model_dir, shuffled, tmp_path):
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["user_id"] for line in lines] == [data.user_vocab.ids[0], data.user_vocab.ids[1], "never-seen"]
     model = load_model(model_dir)
-    truth = synthetic_truth(DATA)
+    truth = synthetic_truth(order_free_data)
     for user_index, line in enumerate(lines[:2]):
         assert len(line["items"]) == 5 and not set(line["items"]) & set(model.training_history(line["user_id"]))
         rows = [model.item_ids.index(i) for i in line["items"]]

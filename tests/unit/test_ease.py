@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rayrec.data import SyntheticConfig, generate
 from rayrec.data.synthetic import synthetic_truth
 from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import EASEBaseline, fit_ease_tuned
@@ -23,25 +22,11 @@ from rayrec.schema import Vocabulary
 from rayrec.training.config import TrainConfig
 from rayrec.training.ease import train_ease
 from rayrec.training.export_ease import export_ease_model_dir
-from rayrec.training.prepare import prepare
 from rayrec.training.selection import (ALS_BUDGET_SHARE, Candidate, _deadlines, candidates_for,
                                       text_extractor_name)
 from rayrec.training.worker import hold_out_last
 
-# 6 clusters of 50 items; users mostly stay in their home cluster.
-DATA = SyntheticConfig(num_users=600, num_items=300, num_clusters=6, mean_events_per_user=20, seed=3)
 L2 = 50.0
-
-
-@pytest.fixture(scope="module")
-def shuffled():
-    """Prepared data with each user's sequence randomly permuted, and each item index's cluster."""
-    data = prepare(generate(DATA))
-    rng = np.random.default_rng(0)
-    data = dataclasses.replace(data, sequences=[rng.permutation(s) for s in data.sequences])
-    truth = synthetic_truth(DATA)
-    clusters = np.array([truth.item_cluster_of(item_id) for item_id in data.item_vocab.ids])
-    return data, clusters
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +156,7 @@ def test_a_damaged_directory_names_the_problem(model_dir, tmp_path):
         load_model(broken)
 
 
-def test_rayrec_recommend_writes_top_k_per_user(model_dir, model, shuffled, tmp_path):
+def test_rayrec_recommend_writes_top_k_per_user(model_dir, model, shuffled, tmp_path, order_free_data):
     from rayrec.cli import cli
 
     data, clusters = shuffled
@@ -183,7 +168,7 @@ def test_rayrec_recommend_writes_top_k_per_user(model_dir, model, shuffled, tmp_
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["user_id"] for line in lines] == [data.user_vocab.ids[0], data.user_vocab.ids[1], "never-seen"]
-    truth = synthetic_truth(DATA)
+    truth = synthetic_truth(order_free_data)
     for line in lines[:2]:
         assert len(line["items"]) == 5 and not set(line["items"]) & set(model.training_history(line["user_id"]))
         rows = [model.item_ids.index(i) for i in line["items"]]
