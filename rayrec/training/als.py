@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from rayrec.models.als import ALSParams, als_validation_metrics, fit_als
 from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import hold_out_last
+from rayrec.training.worker import zero_based_validation_split
 
 #: Tried in turn, each stage keeping the best value so far: regularisation matters most,
 #: then the confidence slope, then the dimension.
@@ -26,9 +26,7 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
     from rayrec.training.export_als import export_als_model_dir
 
     started = time.perf_counter()
-    train1, targets1 = hold_out_last(data.sequences)
-    train = [s - 1 for s in train1]
-    targets = targets1 - 1  # 0 (none) becomes -1
+    train, targets = zero_based_validation_split(data.sequences)
     tried: list[dict[str, Any]] = []
     best: tuple[dict[str, float], ALSParams] | None = None
 

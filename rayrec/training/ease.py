@@ -16,7 +16,7 @@ from rayrec.evaluation.baselines import EASE_L2_GRID, EASEBaseline, fit_ease_tun
 from rayrec.models.ease_model import EASE_MAX_ITEMS
 from rayrec.models.threads import compute_threads
 from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import hold_out_last
+from rayrec.training.worker import zero_based_validation_split
 
 #: The grid of the EASE baseline, nearest to Steck's usual l2 = 500 first (on a log scale), so
 #: a deadline cuts the least likely values.
@@ -39,9 +39,7 @@ def train_ease(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadli
     if data.num_items > EASE_MAX_ITEMS:
         raise ValueError(f"EASE is only trained for up to {EASE_MAX_ITEMS:,} items; this data has {data.num_items:,}")
     started = time.perf_counter()
-    train1, targets1 = hold_out_last(data.sequences)
-    train = [s - 1 for s in train1]
-    targets = targets1 - 1  # 0 (none) becomes -1
+    train, targets = zero_based_validation_split(data.sequences)
     with compute_threads(threads):
         tuned, l2 = fit_ease_tuned(train, targets, data.num_items, lambdas=L2_ORDER, deadline=deadline)
         tried = [{"l2": value, "val_ndcg@10": metrics["NDCG@10"], "val_hr@10": metrics["HR@10"]}

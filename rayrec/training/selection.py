@@ -154,9 +154,10 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
         candidate_data = with_item_features(data, config)
         train_distributed(candidate_data, out_dir, config, deadline=deadline, callbacks=[TuneReportCallback()],
                           log=lambda line: print(f"[{candidate.name}] {line}", flush=True))
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-        details = {"best_epoch": metrics.get("best_epoch"), "epochs_trained": metrics.get("epochs_trained")}
+        details = None
     metrics = json.loads((out_dir / "metrics.json").read_text())
+    if details is None:  # a two-tower run: what its metrics say about the epochs
+        details = {"best_epoch": metrics.get("best_epoch"), "epochs_trained": metrics.get("epochs_trained")}
     tune.report({"candidate": candidate.name, "val_ndcg@10": metrics["best_val_ndcg@10"],
                  "val_hr@10": metrics.get("best_val_hr@10"), "seconds": time.perf_counter() - started,
                  "details": json.dumps(details), "final": True})

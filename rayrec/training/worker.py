@@ -96,6 +96,13 @@ def hold_out_last(sequences: list[np.ndarray], max_users: int = MAX_VALIDATION_U
     return train, targets
 
 
+def zero_based_validation_split(sequences: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`hold_out_last` as 0-based item indices with target -1 for none, the form the
+    order-free fits and :func:`rayrec.evaluation.protocol.evaluate_ranking` take."""
+    train, targets = hold_out_last(sequences)
+    return [s - 1 for s in train], targets - 1
+
+
 def _format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
