@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from rayrec.data.synthetic import synthetic_truth
 from rayrec.errors import ModelError
@@ -198,26 +197,8 @@ def test_new_items_get_their_categorys_vectors(model_dir, shuffled):
     assert vectors[0] @ fan > vectors[1] @ fan
 
 
-def test_rayrec_recommend_writes_top_k_per_user(model_dir, shuffled, tmp_path, order_free_data):
-    from rayrec.cli import cli
-
-    data, clusters = shuffled
-    users = tmp_path / "users.txt"
-    users.write_text(f"{data.user_vocab.ids[0]}\n{data.user_vocab.ids[1]}\nnever-seen\n")
-    out = tmp_path / "recs.jsonl"
-    result = CliRunner().invoke(cli, ["recommend", "--model", str(model_dir), "-k", "5", "--out", str(out),
-                                      "--users", str(users)])
-    assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["user_id"] for line in lines] == [data.user_vocab.ids[0], data.user_vocab.ids[1], "never-seen"]
-    model = load_model(model_dir)
-    truth = synthetic_truth(order_free_data)
-    for user_index, line in enumerate(lines[:2]):
-        assert len(line["items"]) == 5 and not set(line["items"]) & set(model.training_history(line["user_id"]))
-        rows = [model.item_ids.index(i) for i in line["items"]]
-        assert in_cluster(rows, clusters, truth.user_cluster_of(line["user_id"])) >= 0.8
-    popular = np.argsort(-model.item_popularity, kind="stable")[:5]
-    assert lines[2]["items"] == [model.item_ids[i] for i in popular]
+def test_rayrec_recommend_writes_top_k_per_user(model_dir, check_rayrec_recommend):
+    check_rayrec_recommend(model_dir)
 
 
 def test_a_damaged_or_unknown_directory_names_the_problem(model_dir, tmp_path):

@@ -11,9 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from rayrec.data.synthetic import synthetic_truth
 from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import EASEBaseline, fit_ease_tuned
 from rayrec.models.ease_model import EASE_MAX_ITEMS, EASEModel
@@ -156,25 +154,8 @@ def test_a_damaged_directory_names_the_problem(model_dir, tmp_path):
         load_model(broken)
 
 
-def test_rayrec_recommend_writes_top_k_per_user(model_dir, model, shuffled, tmp_path, order_free_data):
-    from rayrec.cli import cli
-
-    data, clusters = shuffled
-    users = tmp_path / "users.txt"
-    users.write_text(f"{data.user_vocab.ids[0]}\n{data.user_vocab.ids[1]}\nnever-seen\n")
-    out = tmp_path / "recs.jsonl"
-    result = CliRunner().invoke(cli, ["recommend", "--model", str(model_dir), "-k", "5", "--out", str(out),
-                                      "--users", str(users)])
-    assert result.exit_code == 0, result.output
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [line["user_id"] for line in lines] == [data.user_vocab.ids[0], data.user_vocab.ids[1], "never-seen"]
-    truth = synthetic_truth(order_free_data)
-    for line in lines[:2]:
-        assert len(line["items"]) == 5 and not set(line["items"]) & set(model.training_history(line["user_id"]))
-        rows = [model.item_ids.index(i) for i in line["items"]]
-        assert in_cluster(rows, clusters, truth.user_cluster_of(line["user_id"])) >= 0.8
-    popular = np.argsort(-model.item_popularity, kind="stable")[:5]
-    assert lines[2]["items"] == [model.item_ids[i] for i in popular]
+def test_rayrec_recommend_writes_top_k_per_user(model_dir, check_rayrec_recommend):
+    check_rayrec_recommend(model_dir)
 
 
 # -- training --------------------------------------------------------------------------------
