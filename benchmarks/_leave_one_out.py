@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from rayrec.data import build_vocabularies, leave_one_out_sequences, load_dataset, user_sequences
-from rayrec.data.splits import MIN_INTERACTIONS_TO_HOLD_OUT, position_from_end
+from rayrec.data.splits import held_out_position
 from rayrec.evaluation import metrics
 from rayrec.evaluation.protocol import evaluate_ranking
 from rayrec.schema import CATEGORIES, ITEM_ID, TIMESTAMP, TITLE, USER_ID, VALUE, Dataset, Vocabulary
@@ -112,9 +112,7 @@ class LeaveOneOut:
         """
         directory.mkdir(parents=True, exist_ok=True)
         interactions = self.dataset.interactions
-        from_end, user_counts = position_from_end(interactions)
-        is_test = (user_counts >= MIN_INTERACTIONS_TO_HOLD_OUT) & (from_end == 0)
-        kept = interactions.take(~is_test)
+        kept = interactions.take(held_out_position(interactions) != 0)  # all but the test items
         train_path = directory / "train.csv"
         with open(train_path, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)

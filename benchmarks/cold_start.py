@@ -208,10 +208,10 @@ def text_encoder_stats(records: list[dict], options: dict) -> tuple[np.ndarray, 
 
 
 def run_dataset(name: str, args, content_config: dict, log) -> dict:
-    from rayrec.cli.evaluate_cmd import evaluate_leave_one_out
     from rayrec.data import load_dataset
     from rayrec.models.trained import TrainedModel
     from rayrec.training.config import TrainConfig
+    from rayrec.training.evaluate import evaluate_leave_one_out
     from rayrec.training.local import train_prepared_in_process
     from rayrec.training.prepare import prepare
 

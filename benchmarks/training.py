@@ -38,9 +38,9 @@ def main() -> None:
     parser.add_argument("--full-run", action="store_true")
     args = parser.parse_args()
 
-    from rayrec.cli.train_cmd import load_training_data
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import LocalContext
+    from rayrec.training.prepare import load_training_data
     from rayrec.training.export import loop_config_for
     from rayrec.training.trainer import train_distributed
     from rayrec.training.worker import run_worker

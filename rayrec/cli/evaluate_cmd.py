@@ -3,68 +3,11 @@
 from __future__ import annotations
 
 import json
-import tempfile
 
 import click
-import numpy as np
 
 TABLE_METRICS = ("HR@10", "NDCG@10", "MRR@10", "Recall@10", "HR@20", "NDCG@20", "MRR@20", "Recall@20",
                  "Coverage@10", "Coverage@20")
-
-
-def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines: bool = True,
-                           log=click.echo, save_model: str | None = None) -> dict[str, dict[str, float]]:
-    """Train on all but each user's last two items (second to last = validation, for early
-    stopping and baseline tuning), then rank all items for the last one, history masked.
-
-    The model is trained exactly as ``rayrec train`` would be on the data without each user's
-    last item, so ``save_model`` keeps a directory whose ``rayrec recommend`` output scores
-    the same as reported here. Returns ``{method name: metrics}``.
-    """
-    import dataclasses
-
-    from rayrec.evaluation.baselines import ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
-    from rayrec.evaluation.protocol import evaluate_ranking
-    from rayrec.models.servable import load_model_dir
-
-    train, validation, test = data.leave_one_out()
-    train0 = [s - 1 for s in train]
-    validation0, test0 = validation - 1, test - 1  # -1 = no target
-    # At test time every method sees the validation item as part of the history.
-    history0 = [np.concatenate([t, [v]]) if v >= 0 else t for t, v in zip(train0, validation0)]
-    num_items = data.num_items
-    results: dict[str, dict[str, float]] = {}
-    without_test = dataclasses.replace(data, sequences=[h + 1 for h in history0])
-
-    with tempfile.TemporaryDirectory(prefix="rayrec-evaluate-") as scratch:
-        model_dir = save_model or scratch
-        if in_process:
-            from rayrec.training.local import train_prepared_in_process
-
-            train_prepared_in_process(without_test, model_dir, config, log=log)
-        else:
-            from rayrec.training.trainer import train_distributed
-
-            train_distributed(without_test, model_dir, config, log=log)
-        model = load_model_dir(model_dir)
-
-        def model_scores(user_indices: np.ndarray) -> np.ndarray:
-            vectors, _ = model.encode_histories([history0[u] for u in user_indices], user_indices)
-            return vectors @ model.item_embeddings.T
-
-        name = f"rayrec ({config.model.user_encoder})"
-        results[name] = evaluate_ranking(model_scores, history0, test0, num_items)
-    if baselines:
-        popularity = PopularityBaseline().fit(train0, num_items)
-        results["popularity"] = evaluate_ranking(lambda u: popularity.score_histories([history0[i] for i in u]),
-                                                 history0, test0, num_items)
-        ease, l2 = fit_ease_tuned(train0, validation0, num_items)
-        results[f"EASE (λ={l2:g})"] = evaluate_ranking(lambda u: ease.score_histories([history0[i] for i in u]),
-                                                       history0, test0, num_items)
-        knn = ItemKNNBaseline().fit(train0, num_items)
-        results["item-kNN"] = evaluate_ranking(lambda u: knn.score_histories([history0[i] for i in u]),
-                                               history0, test0, num_items)
-    return results
 
 
 @click.command()
@@ -83,9 +26,10 @@ def evaluate_leave_one_out(data, config, *, in_process: bool = False, baselines:
 def evaluate(interactions, items, users, config_path, user_encoder, epochs, num_workers, in_process, no_baselines,
              as_json, save_model):
     """Leave-one-out evaluation (last = test, second to last = validation, full ranking)."""
-    from rayrec.cli.train_cmd import load_training_data
     from rayrec.evaluation.protocol import format_table
     from rayrec.training.config import check_components, load_train_config
+    from rayrec.training.evaluate import evaluate_leave_one_out
+    from rayrec.training.prepare import load_training_data
 
     config = load_train_config(config_path, **{"model.user_encoder": user_encoder, "epochs": epochs,
                                                "num_workers": num_workers})

@@ -5,20 +5,6 @@ from __future__ import annotations
 import click
 
 
-def load_training_data(interactions: str, items: str | None, users: str | None, config, echo=click.echo):
-    """Load and prepare data for training, printing what preprocessing did."""
-    from rayrec.data import load_dataset
-    from rayrec.training.prepare import prepare
-
-    dataset = load_dataset(interactions, items=items, users=users)
-    data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
-                   item_feature_extractors=[f.model_dump() for f in config.item_features])
-    for line in data.report.lines():
-        echo(f"data: {line}")
-    echo(f"data: {len(data.user_vocab):,} users, {data.num_items:,} items, {data.num_interactions:,} interactions")
-    return data
-
-
 @click.command()
 @click.option("--interactions", required=True, help="Interactions: CSV/TSV/Parquet file, MovieLens directory, or synthetic:...")
 @click.option("--items", default=None, help="Items file (item_id, title, text/description, categories).")
@@ -43,13 +29,14 @@ def train(interactions, items, users, out_dir, config_path, user_encoder, epochs
     and the best is kept; the table of what was tried is printed and kept in selection.json.
     """
     from rayrec.training.config import check_components, load_train_config
+    from rayrec.training.prepare import load_training_data
 
     config = load_train_config(config_path, **{
         "model.user_encoder": user_encoder, "epochs": epochs, "num_workers": num_workers, "use_gpu": use_gpu,
         "search.budget_s": None if budget is None else budget * 60,
         "search.enabled": False if (no_search or resume or in_process) else None})
     check_components(config)
-    data = load_training_data(interactions, items, users, config)
+    data = load_training_data(interactions, items, users, config, echo=click.echo)
     if in_process:
         from rayrec.training.local import train_prepared_in_process
 

@@ -11,7 +11,7 @@ from rayrec.data.malformed import MalformedRows
 from rayrec.data.metadata import load_items_file, load_users_file
 from rayrec.data.movielens import MovieLens100K, MovieLensLatest
 from rayrec.data.preprocessing import build_vocabularies, factorize, preprocess, user_sequences
-from rayrec.data.splits import Split, leave_one_out, leave_one_out_sequences, temporal_split
+from rayrec.data.splits import Split, hold_out_last, leave_one_out, leave_one_out_sequences, temporal_split
 from rayrec.data.synthetic import (
     SyntheticConfig,
     SyntheticSource,
@@ -36,6 +36,7 @@ __all__ = [
     "build_vocabularies",
     "factorize",
     "generate",
+    "hold_out_last",
     "iter_chunks",
     "leave_one_out",
     "leave_one_out_sequences",

@@ -118,3 +118,26 @@ def format_table(
 
     separator = "  ".join("-" * width for width in widths)
     return "\n".join([render(header), separator, *(render(line) for line in body)])
+
+
+def evaluate_baselines(train: Sequence[np.ndarray], validation: np.ndarray, histories: Sequence[np.ndarray],
+                       targets: np.ndarray, num_items: int) -> dict[str, dict[str, float]]:
+    """Popularity, EASE (its ``l2`` tuned on ``validation``) and item-kNN, fitted on ``train``
+    and ranked for ``targets`` with ``histories`` as input and mask.
+
+    All 0-based with target -1 for none (the form of
+    :func:`rayrec.data.splits.leave_one_out_sequences`): ``train`` and ``histories`` hold one
+    item array per user, ``validation`` and ``targets`` are (U,). Returns ``{name: metrics}``
+    of :func:`evaluate_ranking`.
+    """
+    from rayrec.evaluation.baselines import ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
+
+    def ranked(baseline) -> dict[str, float]:
+        return evaluate_ranking(lambda users: baseline.score_histories([histories[u] for u in users]),
+                                histories, targets, num_items)
+
+    results = {"popularity": ranked(PopularityBaseline().fit(train, num_items))}
+    ease, l2 = fit_ease_tuned(train, validation, num_items)
+    results[f"EASE (λ={l2:g})"] = ranked(ease)
+    results["item-kNN"] = ranked(ItemKNNBaseline().fit(train, num_items))
+    return results

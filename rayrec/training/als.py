@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rayrec.models.als import ALSParams, als_validation_metrics, fit_als
-from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import zero_based_validation_split
+from rayrec.training.prepare import PreparedData, validation_split
 
 #: Tried in turn, each stage keeping the best value so far: regularisation matters most,
 #: then the confidence slope, then the dimension.
@@ -26,7 +25,7 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
     from rayrec.training.export_als import export_als_model_dir
 
     started = time.perf_counter()
-    train, targets = zero_based_validation_split(data.sequences)
+    train, targets = validation_split(data.sequences, zero_based=True)
     tried: list[dict[str, Any]] = []
     best: tuple[dict[str, float], ALSParams] | None = None
 

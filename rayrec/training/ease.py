@@ -15,8 +15,7 @@ from typing import Any, Callable
 from rayrec.evaluation.baselines import EASE_L2_GRID, EASEBaseline, fit_ease_tuned
 from rayrec.models.ease_model import EASE_MAX_ITEMS
 from rayrec.models.threads import compute_threads
-from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import zero_based_validation_split
+from rayrec.training.prepare import PreparedData, validation_split
 
 #: The grid of the EASE baseline, nearest to Steck's usual l2 = 500 first (on a log scale), so
 #: a deadline cuts the least likely values.
@@ -39,7 +38,7 @@ def train_ease(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadli
     if data.num_items > EASE_MAX_ITEMS:
         raise ValueError(f"EASE is only trained for up to {EASE_MAX_ITEMS:,} items; this data has {data.num_items:,}")
     started = time.perf_counter()
-    train, targets = zero_based_validation_split(data.sequences)
+    train, targets = validation_split(data.sequences, zero_based=True)
     with compute_threads(threads):
         tuned, l2 = fit_ease_tuned(train, targets, data.num_items, lambdas=L2_ORDER, deadline=deadline)
         tried = [{"l2": value, "val_ndcg@10": metrics["NDCG@10"], "val_hr@10": metrics["HR@10"]}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from rayrec.data import build_vocabularies, preprocess, user_sequences
+from rayrec.data.splits import NO_TARGET, hold_out_last
 from rayrec.errors import DataError
 from rayrec.models.factory import ItemInputs
 from rayrec.plugins import create_component
@@ -15,6 +16,10 @@ from rayrec.schema import Dataset, Items, LoadReport, Users, Vocabulary
 
 #: Users need this many interactions to contribute a next-item training example.
 MIN_SEQUENCE = 2
+#: Users validated at most. Ranking every item for every validation user each epoch costs
+#: more than the training itself on large catalogues; a sample of this size measures
+#: NDCG@10 well enough to tell the candidate models apart.
+MAX_VALIDATION_USERS = 10_000
 
 
 @dataclass
@@ -40,18 +45,6 @@ class PreparedData:
     def num_interactions(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
-    def leave_one_out(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-        """(train sequences, validation targets, test targets), the last two items held out for
-        users with at least 3 items (others: train only, targets 0)."""
-        train, validation, test = [], np.zeros(len(self.sequences), np.int64), np.zeros(len(self.sequences), np.int64)
-        for user, sequence in enumerate(self.sequences):
-            if len(sequence) >= 3:
-                train.append(sequence[:-2])
-                validation[user], test[user] = sequence[-2], sequence[-1]
-            else:
-                train.append(sequence)
-        return train, validation, test
-
     def to_payload(self) -> dict[str, Any]:
         """Compact, picklable form for shipping to Ray Train workers through the object store."""
         lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
@@ -66,6 +59,23 @@ class PreparedData:
             "user_features": self.user_features,
             "num_user_feature_values": len(self.user_feature_vocab),
         }
+
+
+def validation_split(sequences: list[np.ndarray], *, zero_based: bool = False,
+                     max_users: int = MAX_VALIDATION_USERS) -> tuple[list[np.ndarray], np.ndarray]:
+    """The validation split of every model ``rayrec train`` considers: training sequences and
+    (U,) int64 validation targets, by :func:`rayrec.data.splits.hold_out_last` with one item.
+
+    ``sequences`` are 1-based. Validation users are those with at least two items, or a
+    fixed random ``max_users`` of them; their last item is held out, and the others train on
+    their whole sequence. The result is 1-based with target 0 for none, or with
+    ``zero_based`` 0-based with target -1 (the form the order-free fits and
+    :func:`rayrec.evaluation.protocol.evaluate_ranking` take).
+    """
+    if zero_based:
+        sequences = [s - 1 for s in sequences]
+    train, held_out = hold_out_last(sequences, 1, max_users=max_users, missing=NO_TARGET if zero_based else 0)
+    return train, held_out[:, 0].copy()
 
 
 def sequences_from_payload(payload: dict[str, Any]) -> list[np.ndarray]:
@@ -165,6 +175,22 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
         user_features=user_features,
         user_feature_vocab=user_feature_vocab,
     )
+
+
+def load_training_data(interactions: str, items: str | None, users: str | None, config,
+                       echo: Callable[[str], None] = print) -> PreparedData:
+    """Load the data at these paths (:func:`rayrec.data.load_dataset`) and :func:`prepare` it
+    as ``config`` (a :class:`rayrec.training.config.TrainConfig`) says, telling ``echo`` what
+    preprocessing did."""
+    from rayrec.data import load_dataset
+
+    dataset = load_dataset(interactions, items=items, users=users)
+    data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
+                   item_feature_extractors=[f.model_dump() for f in config.item_features])
+    for line in data.report.lines():
+        echo(f"data: {line}")
+    echo(f"data: {len(data.user_vocab):,} users, {data.num_items:,} items, {data.num_interactions:,} interactions")
+    return data
 
 
 def with_item_features(data: PreparedData, config) -> PreparedData:

@@ -2,7 +2,7 @@
 
 A user should not need to know whether their data is sequential. Every candidate is scored
 the same way, on the same internal validation split (each user's last item, the rest of
-their history as input, :func:`rayrec.training.worker.hold_out_last`), with the same
+their history as input, :func:`rayrec.training.prepare.validation_split`), with the same
 NDCG@10 (:mod:`rayrec.evaluation.metrics`):
 
 - ``sasrec``: the sequential two-tower model (causal self-attention user tower);

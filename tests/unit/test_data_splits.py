@@ -9,6 +9,7 @@ import pytest
 
 from rayrec.data import (
     build_vocabularies,
+    hold_out_last,
     leave_one_out,
     leave_one_out_sequences,
     load_dataset,
@@ -103,6 +104,24 @@ def test_sequence_split_short_users_get_minus_one():
     assert [t.tolist() for t in train] == [[4, 5], [1, 2], [], [3]]
     assert validation.tolist() == [6, -1, -1, 2]
     assert test.tolist() == [7, -1, -1, 1]
+
+
+def test_hold_out_last_keeps_at_least_one_item_to_train_on():
+    sequences = [np.array([4, 5, 6]), np.array([1]), np.array([], dtype=np.int64), np.array([8, 9])]
+    train, held_out = hold_out_last(sequences, 2, missing=0)
+    assert [t.tolist() for t in train] == [[4], [1], [], [8, 9]]
+    assert held_out.tolist() == [[5, 6], [0, 0], [0, 0], [0, 0]]
+    train, held_out = hold_out_last(sequences, 1)
+    assert [t.tolist() for t in train] == [[4, 5], [1], [], [8]]
+    assert held_out[:, 0].tolist() == [6, -1, -1, 9]
+
+
+def test_hold_out_last_samples_a_fixed_set_of_users():
+    sequences = [np.arange(4)] * 30
+    train, held_out = hold_out_last(sequences, 1, max_users=5)
+    held = np.flatnonzero(held_out[:, 0] >= 0)
+    assert len(held) == 5 and np.array_equal(held, np.flatnonzero(hold_out_last(sequences, 1, max_users=5)[1][:, 0] >= 0))
+    assert all(len(train[u]) == (3 if u in held else 4) for u in range(30))
 
 
 def test_temporal_split_is_global_by_time():

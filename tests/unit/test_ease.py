@@ -22,7 +22,7 @@ from rayrec.training.ease import train_ease
 from rayrec.training.export_ease import export_ease_model_dir
 from rayrec.training.selection import (ALS_BUDGET_SHARE, Candidate, _deadlines, candidates_for,
                                       text_extractor_name)
-from rayrec.training.worker import hold_out_last
+from rayrec.training.prepare import validation_split
 
 L2 = 50.0
 
@@ -164,7 +164,7 @@ def test_train_ease_chooses_l2_on_validation_and_refits_on_everything(shuffled, 
     lines = []
     details = train_ease(data, tmp_path / "model", threads=1, log=lines.append)
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
-    train1, targets1 = hold_out_last(data.sequences)
+    train1, targets1 = validation_split(data.sequences)
     reference, l2 = fit_ease_tuned([s - 1 for s in train1], targets1 - 1, data.num_items)
     assert details == {"l2": l2, "settings_tried": len(reference.validation_ndcg)} and len(lines) == details["settings_tried"]
     assert metrics["best_val_ndcg@10"] == pytest.approx(reference.validation_ndcg[l2])

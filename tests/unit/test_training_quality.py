@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from rayrec.cli.evaluate_cmd import evaluate_leave_one_out
 from rayrec.data import SyntheticConfig, generate
 from rayrec.models.trained import TrainedModel
 from rayrec.training.config import TrainConfig
+from rayrec.training.evaluate import evaluate_leave_one_out
 from rayrec.training.local import train_in_process
 from rayrec.training.prepare import prepare
 
