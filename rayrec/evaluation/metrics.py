@@ -4,8 +4,9 @@ Everything works on ``scores: (U, N)``: one row per evaluated user, one column p
 Items the user already consumed are masked with :func:`mask_history` before ranking, so a
 model is never rewarded for recommending what the user has seen.
 
-Tie rule (shared by :func:`top_k` and :func:`target_ranks`): items are ordered by descending
-score and, among equal scores, by ascending item index. This is the order a deterministic
+Tie rule, the only one (shared by :func:`top_k` and :func:`target_ranks`, so by ``rayrec
+evaluate``, the validation that early stopping and model selection use, and the baselines):
+items are ordered by descending score and, among equal scores, by ascending item index. This is the order a deterministic
 recommendation list shows, so "the target is in ``top_k(scores, k)``" and
 "``target_ranks(scores, targets) < k``" always agree. It is also neither optimistic nor
 pessimistic by construction: a model that gives every item the same score does not get a
@@ -21,11 +22,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-
-TIES_BY_INDEX = "index"
-TIES_OPTIMISTIC = "optimistic"
-TIES_PESSIMISTIC = "pessimistic"
-
 
 def _nan_as_lowest(scores: np.ndarray) -> np.ndarray:
     """Float ``scores`` with NaN replaced by ``-inf`` (a copy only when needed)."""
@@ -82,17 +78,12 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(selected, order, axis=1).astype(np.int64, copy=False)
 
 
-def target_ranks(scores: np.ndarray, targets: np.ndarray, ties: str = TIES_BY_INDEX) -> np.ndarray:
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """0-based rank of one target item per row: (U, N), (U,) -> (U,) int64.
 
-    ``ties`` decides where the target sits among items with exactly its score:
-
-    - ``"index"`` (default): after tied items with a lower index, before those with a higher
-      one, i.e. its position in :func:`top_k`'s list;
-    - ``"optimistic"``: before all of them (rank = number of strictly higher scores);
-    - ``"pessimistic"``: after all of them.
-
-    A masked target (score ``-inf``) still gets a rank, among the other masked items.
+    Among items with exactly its score the target sits after those with a lower index and
+    before those with a higher one: its position in :func:`top_k`'s list (the module's tie
+    rule). A masked target (score ``-inf``) still gets a rank, among the other masked items.
     """
     scores = _nan_as_lowest(np.asarray(scores))
     targets = np.asarray(targets, dtype=np.int64)
@@ -102,17 +93,9 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray, ties: str = TIES_BY_IN
     if targets.size and (targets.min() < 0 or targets.max() >= num_items):
         raise ValueError(f"target indices must be in [0, {num_items}); drop skipped (-1) users first")
     target_scores = scores[np.arange(num_users), targets][:, None]
-    ranks = (scores > target_scores).sum(axis=1)
-    if ties == TIES_OPTIMISTIC:
-        return ranks.astype(np.int64)
-    tied = scores == target_scores
-    if ties == TIES_BY_INDEX:
-        tied_before = (tied & (np.arange(num_items)[None, :] < targets[:, None])).sum(axis=1)
-    elif ties == TIES_PESSIMISTIC:
-        tied_before = tied.sum(axis=1) - 1  # every tied item except the target itself
-    else:
-        raise ValueError(f"unknown tie rule {ties!r}; use 'index', 'optimistic' or 'pessimistic'")
-    return (ranks + tied_before).astype(np.int64)
+    higher = (scores > target_scores).sum(axis=1)
+    tied_before = ((scores == target_scores) & (np.arange(num_items)[None, :] < targets[:, None])).sum(axis=1)
+    return (higher + tied_before).astype(np.int64)
 
 
 # --- Leave-one-out metrics: one target per user, from its rank -------------------------------

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from rayrec.evaluation.metrics import hit_rate_at_k, ndcg_at_k, target_ranks
+from rayrec.evaluation.metrics import hit_rate_at_k, mask_history, ndcg_at_k, target_ranks
 from rayrec.models.losses import full_softmax_loss, sampled_softmax_loss
 from rayrec.models.two_tower import TwoTowerModel
 from rayrec.training.batches import left_pad, length_bucketed_batches, next_item_batch
@@ -137,8 +137,7 @@ def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets
         batch_histories = [histories[r] for r in rows]
         features = None if user_features is None else user_features[rows]
         scores = score_histories(model, batch_histories, max_len, table, device, features)
-        for i, history in enumerate(batch_histories):
-            scores[i, history - 1] = -np.inf
+        mask_history(scores, [history - 1 for history in batch_histories])
         ranks = target_ranks(scores, targets[rows] - 1)
         hit_sum += float(hit_rate_at_k(ranks, k).sum())
         ndcg_sum += float(ndcg_at_k(ranks, k).sum())

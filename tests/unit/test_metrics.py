@@ -66,15 +66,12 @@ def test_top_k_matches_a_full_stable_sort_on_heavily_tied_scores(k):
 # --- target_ranks -------------------------------------------------------------------------------
 
 
-def test_target_ranks_tie_rules():
+def test_target_ranks_tie_rule():
     scores = np.array([[0.3, 0.7, 0.3, 0.3, 0.1]])
     target = np.array([2])
-    # Strictly higher: item 1 (0.7) -> 1. Tied at 0.3: items 0 and 3 besides the target.
-    assert metrics.target_ranks(scores, target, ties="optimistic")[0] == 1
-    assert metrics.target_ranks(scores, target)[0] == 2  # + item 0 (lower index) = 2
-    assert metrics.target_ranks(scores, target, ties="pessimistic")[0] == 3  # + items 0 and 3
-    with pytest.raises(ValueError, match="unknown tie rule"):
-        metrics.target_ranks(scores, target, ties="random")
+    # Strictly higher: item 1 (0.7). Tied at 0.3: item 0 (lower index) counts, item 3 does not.
+    assert metrics.target_ranks(scores, target)[0] == 2
+    assert metrics.top_k(scores, 5)[0].tolist().index(2) == 2  # the same position as in the list
 
 
 def test_a_constant_model_does_not_get_a_perfect_rank():
