@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m rayrec.evaluation.movielens_check ../shared/datasets/ml-100k
+    nice -n 19 python benchmarks/movielens_check.py PATH/TO/ml-100k
 
 Protocol (``shared/datasets/README.md``): every rating is an interaction; per user, sort by
 time (stable, file order on ties); the last item is the test target, the one before it the
@@ -10,8 +10,9 @@ validation target, the rest train. EASE's ``l2`` is chosen on validation NDCG@10
 items are ranked with the user's train and validation items masked. Expected on ml-100k:
 popularity NDCG@10 about 0.044, tuned EASE about 0.070.
 
-Self-contained on purpose (reads the raw files with numpy), so it checks the evaluation code
-independently of rayrec's data pipeline.
+Reads the raw files with numpy on purpose, so it checks the evaluation code independently of
+rayrec's data pipeline; the split itself is rayrec's one leave-one-out
+(:func:`rayrec.data.splits.leave_one_out_sequences`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rayrec.data.splits import leave_one_out_sequences
 from rayrec.evaluation.baselines import EASEBaseline, ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
 from rayrec.evaluation.protocol import evaluate_ranking, format_table
 
@@ -44,7 +46,7 @@ def leave_last_two_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndar
     """Per-user time-ordered sequences split into (train_seqs, valid (U,), test (U,), num_items).
 
     Users and items are re-indexed in order of first appearance. Users with fewer than three
-    interactions get -1 targets where an item is missing (and are skipped by the protocol).
+    interactions keep everything in train and get -1 targets (the protocol skips them).
     """
     _, first_user, user_index = np.unique(users, return_index=True, return_inverse=True)
     user_index = np.argsort(np.argsort(first_user))[user_index]
@@ -54,18 +56,19 @@ def leave_last_two_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndar
     order = np.lexsort((np.arange(len(users)), timestamps, user_index))
     boundaries = np.flatnonzero(np.diff(user_index[order])) + 1
     sequences = np.split(item_index[order], boundaries)
-    train = [seq[:-2] for seq in sequences]
-    valid = np.array([seq[-2] if len(seq) >= 3 else -1 for seq in sequences], dtype=np.int64)
-    test = np.array([seq[-1] if len(seq) >= 2 else -1 for seq in sequences], dtype=np.int64)
+    train, valid, test = leave_one_out_sequences(sequences)
     return train, valid, test, int(item_index.max()) + 1
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    folder = Path(argv[0] if argv else "../shared/datasets/ml-100k")
+    if len(argv) != 1:
+        print("usage: python benchmarks/movielens_check.py PATH/TO/ml-100k (or ml-latest-small)")
+        raise SystemExit(2)
+    folder = Path(argv[0])
     if not folder.exists():
-        print(f"skipping: {folder} does not exist (pass the ml-100k or ml-latest-small folder)")
-        return
+        print(f"{folder} does not exist (pass the ml-100k or ml-latest-small folder)")
+        raise SystemExit(2)
     train, valid, test, num_items = leave_last_two_out(*load_movielens(folder))
     # Test-time history is train plus the validation item, all masked.
     history = [np.append(seq, v) if v >= 0 else seq for seq, v in zip(train, valid)]
