@@ -421,9 +421,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     content_config = CONTENT_CONFIG
     if args.config is not None:
-        import yaml
+        from rayrec.config import read_yaml_mapping
 
-        content_config = yaml.safe_load(args.config.read_text()) or {}
+        content_config = read_yaml_mapping(args.config)
     log = print if args.verbose else (lambda line: None)
     results = {}
     for name in args.datasets:

@@ -43,8 +43,8 @@ class ConfigError(RayrecError):
 
 
 def validation_problems(exc) -> str:
-    """A pydantic ``ValidationError`` as one line: ``field.path: message; ...``."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'value'}: {error['msg'].removeprefix('Value error, ')}"
-        for error in exc.errors()
-    )
+    """A pydantic ``ValidationError`` as one line; kept here for code that imports it from
+    this module, the function is :func:`rayrec.config.validation_problems`."""
+    from rayrec.config import validation_problems as one_line
+
+    return one_line(exc)

@@ -22,18 +22,12 @@ def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_us
     The directory loads back with `rayrec train --data DIR`; synthetic.json holds the config,
     from which the ground truth can be recomputed.
     """
-    from pydantic import ValidationError
-
+    from rayrec.config import parse_config
     from rayrec.data.synthetic import SyntheticConfig, write_synthetic
-    from rayrec.errors import ConfigError
 
-    try:
-        config = SyntheticConfig(
-            num_users=users, num_items=items, num_clusters=clusters, mean_events_per_user=events_per_user, seed=seed,
-            shuffle_order=shuffle_order,
-        )
-    except ValidationError as exc:
-        raise ConfigError("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())) from None
+    config = parse_config(SyntheticConfig, {
+        "num_users": users, "num_items": items, "num_clusters": clusters, "mean_events_per_user": events_per_user,
+        "seed": seed, "shuffle_order": shuffle_order}, what="synthetic data options")
     paths = write_synthetic(out_dir, config, chunk_size=chunk_size)
     with open(paths["interactions"], "rb") as handle:
         rows = sum(1 for _ in handle) - 1

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from rayrec.config import validation_problems
 from rayrec.data.metadata import load_items_file, load_users_file
 from rayrec.data.tables import TABLE_EXTENSIONS
 from rayrec.errors import ConfigError, DataError
@@ -41,8 +42,7 @@ def load_dataset(
             try:
                 source = entry.cls(options or {})
             except ValidationError as exc:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-                raise ConfigError(f"invalid options for data source {name!r}: {problems}") from None
+                raise ConfigError(f"invalid options for data source {name!r}: {validation_problems(exc)}") from None
             dataset = source.load(text)
             break
     else:

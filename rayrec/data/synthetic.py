@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rayrec.components import DataSource
+from rayrec.config import parse_config
 from rayrec.errors import DataError
 from rayrec.schema import (
     CATEGORIES,
@@ -489,13 +490,7 @@ def parse_synthetic_spec(path: str, defaults: dict[str, Any] | None = None) -> S
                 f"cannot read {part!r} in synthetic spec {path!r}; use key=value with keys from: {', '.join(allowed)}"
             )
         values[field] = value.strip()
-    try:
-        return SyntheticConfig(**values)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()
-        )
-        raise DataError(f"invalid synthetic spec {path!r}: {problems}") from None
+    return parse_config(SyntheticConfig, values, what=f"synthetic spec {path!r}", error=DataError)
 
 
 class SyntheticSource(DataSource):

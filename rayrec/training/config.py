@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rayrec.errors import ConfigError, UnknownComponentError, validation_problems
+from rayrec.config import parse_config, read_yaml_mapping, validation_problems
+from rayrec.errors import ConfigError, UnknownComponentError
 from rayrec.models.config import ModelConfig
 
 
@@ -69,20 +70,9 @@ class TrainConfig(BaseModel):
 
 
 def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
-    """Read a YAML config (if given) and apply command-line overrides; errors name the field."""
-    import yaml
-
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"{path}: config file not found")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of options at the top level")
+    """Read a YAML config (if given) and apply command-line overrides; errors name the file
+    and the field (:mod:`rayrec.config`)."""
+    raw = read_yaml_mapping(path) if path is not None else {}
     for key, value in overrides.items():
         if value is None:
             continue
@@ -91,11 +81,7 @@ def load_train_config(path: str | Path | None, **overrides) -> TrainConfig:
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = value
-    try:
-        return TrainConfig(**raw)
-    except ValidationError as exc:
-        where = f"{path}: " if path is not None else ""
-        raise ConfigError(f"{where}invalid training config: {validation_problems(exc)}") from None
+    return parse_config(TrainConfig, raw, what="training config", where=path)
 
 
 def check_components(config: TrainConfig) -> None:
