@@ -1,10 +1,11 @@
 """Cleaning interactions and encoding them for models: duplicates, thresholds, k-core,
-vocabularies and per-user sequences. All vectorised, so millions of rows take seconds."""
+vocabularies, per-user sequences and the user-item matrix. All vectorised, so millions of rows take seconds."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -131,3 +132,15 @@ def user_sequences(interactions: Interactions, user_vocab: Vocabulary, item_voca
     order = time_order(users, timestamps)
     counts = np.bincount(users, minlength=len(user_vocab))
     return np.split(items[order], np.cumsum(counts)[:-1])
+
+
+def interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.float32) -> np.ndarray:
+    """Binary user-item matrix: U index arrays -> (U, num_items), 1 where the user saw the item."""
+    matrix = np.zeros((len(seqs), num_items), dtype=dtype)
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    if lengths.sum():
+        items = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
+        if items.min() < 0 or items.max() >= num_items:
+            raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
+        matrix[np.repeat(np.arange(len(seqs)), lengths), items] = 1
+    return matrix

@@ -19,22 +19,12 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
+from rayrec.data.preprocessing import interaction_matrix
+
 #: The l2 values :func:`fit_ease_tuned` tries by default.
 EASE_L2_GRID = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
 #: Cells of the dense (users x items) column blocks :func:`item_cooccurrence` works through.
 COOCCURRENCE_BLOCK_CELLS = 1 << 22
-
-
-def interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.float32) -> np.ndarray:
-    """Binary user-item matrix: U index arrays -> (U, num_items), 1 where the user saw the item."""
-    matrix = np.zeros((len(seqs), num_items), dtype=dtype)
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    if lengths.sum():
-        items = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs])
-        if items.min() < 0 or items.max() >= num_items:
-            raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
-        matrix[np.repeat(np.arange(len(seqs)), lengths), items] = 1
-    return matrix
 
 
 def item_cooccurrence(seqs: Sequence[np.ndarray], num_items: int) -> np.ndarray:

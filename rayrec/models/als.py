@@ -268,27 +268,3 @@ def _top_item_sum(factors: torch.Tensor, users: torch.Tensor, seen: torch.Tensor
     scores = users @ factors.T  # (b, N)
     scores.scatter_(1, seen, float("-inf"))  # recommendations are unseen items
     return factors[torch.topk(scores, k, dim=1).indices].sum(dim=1)
-
-
-def als_validation_metrics(item_factors: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
-                           params: ALSParams, ks: Sequence[int] = (10,)) -> dict[str, float]:
-    """Leave-one-out metrics of fold-in users, by :func:`rayrec.evaluation.protocol.evaluate_ranking`
-    (full ranking, history masked; its keys: ``"NDCG@10"``, ``"HR@10"``, ...).
-
-    ``histories``: per user the 0-based items the user is folded in from (and that are masked);
-    ``targets: (U,)`` the held-out 0-based item per user, -1 for none.
-    """
-    from rayrec.evaluation.protocol import evaluate_ranking
-
-    gram = item_gram(item_factors)
-
-    def scores(users: np.ndarray) -> np.ndarray:
-        return fold_in(item_factors, [histories[u] for u in users], params, gram) @ item_factors.T
-
-    return evaluate_ranking(scores, histories, targets, len(item_factors), ks=ks)
-
-
-def als_validation_ndcg(item_factors: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
-                        params: ALSParams, k: int = 10) -> float:
-    """NDCG@k of :func:`als_validation_metrics`: the number model selection compares."""
-    return als_validation_metrics(item_factors, histories, targets, params, ks=(k,))[f"NDCG@{k}"]

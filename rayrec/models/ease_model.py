@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from rayrec.errors import ModelError
-from rayrec.evaluation.baselines import interaction_matrix
+from rayrec.data.preprocessing import interaction_matrix
 from rayrec.models.attribution import EXPLAINED_TOP_K, position_shares
 from rayrec.models.order_free import OrderFreeModel
 from rayrec.models.servable import COMMON_FILES, ModelFiles

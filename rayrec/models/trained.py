@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from rayrec.errors import ModelError
+from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.models.new_items import NewItemCalibration
+from rayrec.models.padding import left_pad
 from rayrec.models.servable import ServableModel, load_model_dir, read_model_files
 from rayrec.schema import Vocabulary
 
@@ -36,13 +38,11 @@ class TrainedModel(ServableModel):
     @classmethod
     def load(cls, model_dir: str | Path) -> "TrainedModel":
         """Load and check a model directory; a clear :class:`ModelError` if anything is off."""
-        from rayrec.training.config import TrainConfig
-
         model_dir = Path(model_dir)
         files = read_model_files(model_dir, REQUIRED_FILES)
         config = files.config
         try:
-            train_config = TrainConfig(**_with_format_1_defaults(config))
+            model_config = ModelConfig(**_with_format_1_defaults(config).get("model", {}))
             features = {}
             if (model_dir / "item_features.npz").exists():
                 with np.load(model_dir / "item_features.npz") as packed:
@@ -52,7 +52,7 @@ class TrainedModel(ServableModel):
             raise ModelError(f"{model_dir}: cannot read model files ({type(exc).__name__}: {exc})") from None
         num_items = len(files.item_vocab)
         network = build_two_tower(
-            train_config.model, num_items,
+            model_config, num_items,
             ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content")),
             num_user_feature_values=len(config.get("user_feature_vocab", [])),
         )
@@ -79,8 +79,6 @@ class TrainedModel(ServableModel):
         user has one weight per item of its (truncated) history, oldest first. ``user_indices``
         (training users, None for others) select user features for models trained with them.
         """
-        from rayrec.training.batches import left_pad
-
         clipped = [np.asarray(h, dtype=np.int64)[-self.max_len:] + 1 for h in histories]
         length = max(1, max((len(h) for h in clipped), default=1))
         sequences = torch.from_numpy(left_pad(clipped, length))

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from rayrec.models.als import ALSParams, als_validation_metrics, fit_als
+import numpy as np
+
+from rayrec.evaluation.protocol import evaluate_ranking
+from rayrec.models.als import ALSParams, fit_als, fold_in, item_gram
 from rayrec.training.prepare import PreparedData, validation_split
 
 #: Tried in turn, each stage keeping the best value so far: regularisation matters most,
@@ -15,6 +18,22 @@ from rayrec.training.prepare import PreparedData, validation_split
 REGULARIZATIONS = (1.0, 10.0, 0.1, 100.0)
 ALPHAS = (1.0, 10.0, 0.2)
 FACTORS = (64, 128)
+
+
+def als_validation_metrics(item_factors: np.ndarray, histories: Sequence[np.ndarray], targets: np.ndarray,
+                           params: ALSParams, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """Leave-one-out metrics of fold-in users, by :func:`rayrec.evaluation.protocol.evaluate_ranking`
+    (full ranking, history masked; its keys: ``"NDCG@10"``, ``"HR@10"``, ...).
+
+    ``histories``: per user the 0-based items the user is folded in from (and that are masked);
+    ``targets: (U,)`` the held-out 0-based item per user, -1 for none.
+    """
+    gram = item_gram(item_factors)
+
+    def scores(users: np.ndarray) -> np.ndarray:
+        return fold_in(item_factors, [histories[u] for u in users], params, gram) @ item_factors.T
+
+    return evaluate_ranking(scores, histories, targets, len(item_factors), ks=ks)
 
 
 def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadline: float | None = None,

@@ -12,7 +12,8 @@ from rayrec.data.synthetic import synthetic_truth
 from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import PopularityBaseline
 from rayrec.evaluation.protocol import evaluate_ranking
-from rayrec.models.als import ALSParams, als_validation_metrics, fit_als, fit_als_factors, fold_in, fold_in_with_contributions
+from rayrec.models.als import ALSParams, fit_als, fit_als_factors, fold_in, fold_in_with_contributions
+from rayrec.training.als import als_validation_metrics
 from rayrec.models.als_model import ALSModel
 from rayrec.models.trained import load_model
 from rayrec.training.export_als import export_als_model_dir
