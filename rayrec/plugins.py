@@ -28,7 +28,6 @@ BUILTIN_PLUGINS = (
     "rayrec.builtin.candidate_sources",
     "rayrec.builtin.data_sources",
     "rayrec.builtin.encoders",
-    "rayrec.builtin.feature_extractors",
     "rayrec.builtin.scorers",
     "rayrec.builtin.state_stores",
 )

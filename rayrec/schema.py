@@ -152,14 +152,6 @@ class Vocabulary:
         for value in ids:
             self.add(value)
 
-    @classmethod
-    def from_values(cls, values: Iterable[str]) -> "Vocabulary":
-        vocab = cls()
-        for value in values:
-            if value not in vocab._index:
-                vocab.add(value)
-        return vocab
-
     def add(self, value: str) -> int:
         value = str(value)
         index = self._index.get(value)

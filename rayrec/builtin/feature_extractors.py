@@ -1,1 +1,0 @@
-"""Built-in feature extractors (filled in by the data/model layers)."""
