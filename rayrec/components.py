@@ -175,27 +175,39 @@ class DataSource(Component):
         raise NotImplementedError
 
 
-class StateStore(Component):
-    """Durable online state: the feedback event log, per-user recent events, the item catalogue.
-
-    Selected by URL: the scheme (``sqlite:///path/state.db``) is the registered ``name``;
-    ``Options`` must accept a ``url`` field. The full interface (``append_events``,
-    ``user_state``, ``erase_user``, ``put_item`` ...) is documented in
-    :mod:`rayrec.state.base`; serving only talks to this interface, so a networked store
-    (Redis) plugs in without touching the serving code.
-    """
-
-
-#: The component kinds, keyed by the name used in errors, configs and ``rayrec plugins``.
-COMPONENT_KINDS: dict[str, type[Component]] = {
+#: The component kinds defined here; ``COMPONENT_KINDS`` adds the state store's.
+_BASES_HERE: dict[str, type[Component]] = {
     "feature_extractor": FeatureExtractor,
     "encoder": Encoder,
     "scorer": Scorer,
     "candidate_source": CandidateSource,
     "feedback_handler": FeedbackHandler,
     "data_source": DataSource,
-    "state_store": StateStore,
 }
+
+
+def __getattr__(name: str) -> Any:
+    """``COMPONENT_KINDS``, and ``StateStore``, the old name of the state-store interface.
+
+    The state-store base is :class:`rayrec.state.BaseStateStore`, whose records and durability
+    contract live in :mod:`rayrec.state.base` (built on this module), so both are looked up
+    there when first asked for.
+    """
+    if name == "COMPONENT_KINDS":
+        from rayrec.state.base import BaseStateStore
+
+        kinds = {**_BASES_HERE, "state_store": BaseStateStore}
+        globals()["COMPONENT_KINDS"] = kinds
+        return kinds
+    if name == "StateStore":
+        import warnings
+
+        from rayrec.state.base import BaseStateStore
+
+        warnings.warn("rayrec.components.StateStore is now rayrec.state.BaseStateStore, the one state-store "
+                      "interface: import and subclass that instead", DeprecationWarning, stacklevel=2)
+        return BaseStateStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def options_schema(component: type[Component]) -> list[dict[str, Any]]:

@@ -21,8 +21,8 @@ from rayrec.components import (
     FeedbackHandler,
     Scorer,
     ScoringContext,
-    StateStore,
 )
+from rayrec.state.base import BaseStateStore
 
 hookspec = pluggy.HookspecMarker("rayrec")
 hookimpl = pluggy.HookimplMarker("rayrec")
@@ -59,7 +59,7 @@ def register_data_sources(register: Callable[[type[DataSource]], None]) -> None:
 
 
 @hookspec
-def register_state_stores(register: Callable[[type[StateStore]], None]) -> None:
+def register_state_stores(register: Callable[[type[BaseStateStore]], None]) -> None:
     """Register state stores (event log, user state, item catalogue), selected by URL scheme."""
 
 

@@ -141,6 +141,11 @@ class Registry:
             yield from self.by_kind[kind].values()
 
 
+def _public_name(base: type) -> str:
+    """Where a plugin imports ``base`` from: ``rayrec.components.Scorer``, ``rayrec.state.BaseStateStore``."""
+    return f"{base.__module__.removesuffix('.base')}.{base.__qualname__}"
+
+
 def _plugin_name(plugin: Any) -> str:
     return pm.get_name(plugin) or getattr(plugin, "__name__", repr(plugin))
 
@@ -162,7 +167,7 @@ def registry() -> Registry:
                 if not (isinstance(cls, type) and issubclass(cls, _base)):
                     raise PluginError(
                         f"plugin {_plugin!r} registered {cls!r} as a {_kind.replace('_', ' ')}, "
-                        f"but it does not inherit from rayrec.components.{_base.__name__}"
+                        f"but it does not inherit from {_public_name(_base)}"
                     )
                 if not cls.name:
                     raise PluginError(f"plugin {_plugin!r} registered {cls.__name__} without a name")

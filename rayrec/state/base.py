@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Collection, Sequence
 
-from rayrec.components import FeedbackEvent, StateStore
+from rayrec.components import Component, FeedbackEvent
 
 
 @dataclass
@@ -64,8 +64,13 @@ class ModelGeneration:
     status: str  # "staged", "active", "retired" or "failed"
 
 
-class BaseStateStore(StateStore):
-    """The interface of every state store. Subclass it, set ``name`` to the URL scheme.
+class BaseStateStore(Component):
+    """The interface of every state store (component kind ``state_store``). Subclass it, set
+    ``name`` to the URL scheme.
+
+    Selected by URL: the scheme (``sqlite:///path/state.db``) is the registered ``name`` or
+    one of ``schemes``; ``Options`` must accept a ``url`` field. Serving only talks to this
+    interface, so a networked store (Redis) plugs in without touching the serving code.
 
     Every write is durable when the method returns: a caller may acknowledge the request.
     Implementations must be safe to use from several processes at once.

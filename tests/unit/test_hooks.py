@@ -24,6 +24,7 @@ from rayrec.components import (
     COMPONENT_KINDS,
     Candidate,
     CandidateSource,
+    Component,
     FeatureExtractor,
     FeedbackEvent,
     FeedbackHandler,
@@ -278,6 +279,32 @@ def test_hook_register_state_stores(register_rayrec_plugin):
     assert isinstance(open_state_store("test-hooks-mem://cache-2", recent_limit=7), MemoryStore)
     with pytest.raises(UnknownComponentError, match="test-hooks-memory"):
         open_state_store("nosuchstore://x")  # the error lists the available stores
+
+
+class HalfAStore(Component):
+    """A component with a state store's name but not its interface."""
+
+    name = "test-hooks-half-a-store"
+
+
+class HalfAStorePlugin:
+    @hookimpl
+    def register_state_stores(register):
+        register(HalfAStore)
+
+
+def test_a_state_store_must_implement_the_one_interface(register_rayrec_plugin):
+    register_rayrec_plugin(HalfAStorePlugin, name="test-hooks-half-store")
+    with pytest.raises(PluginError, match=r"HalfAStore.*does not inherit from rayrec\.state\.BaseStateStore"):
+        plugins.registry()
+
+
+def test_the_old_state_store_name_is_the_interface_with_a_warning():
+    import rayrec.components
+
+    with pytest.warns(DeprecationWarning, match="rayrec.state.BaseStateStore"):
+        old = rayrec.components.StateStore
+    assert old is BaseStateStore
 
 
 # -- lifecycle hooks -----------------------------------------------------------------------
