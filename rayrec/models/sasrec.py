@@ -44,9 +44,33 @@ class _Block(nn.Module):
         batch, length, dim = x.shape
         return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, want_weights: bool = False):
-        """x: (B, L, D); allowed: (B, 1, L, L) bool, True where query t may attend key s."""
+    def last_position(self, x: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block's output at the last position only, ``(B, 1, D)``, and that query's
+        attention weights ``(B, H, 1, L)``: what ``forward`` gives at ``[:, -1:]``, for one query
+        instead of L (keys and values still cover every position)."""
         batch, length, dim = x.shape
+        normalised = self.attention_norm(x)
+        weight, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(normalised[:, -1:], weight[:dim], bias[:dim])
+        k, v = F.linear(x if self.style == "sasrec" else normalised, weight[dim:], bias[dim:]).chunk(2, dim=-1)
+        q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.num_heads)
+        if allowed is not None:  # None: no padding, and the last query sees every position
+            scores = scores.masked_fill(~allowed[:, :, -1:, :], float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        attended = (weights @ v).transpose(1, 2).reshape(batch, 1, dim)
+        if self.style == "sasrec":
+            out = self.feedforward_norm(normalised[:, -1:] + self.attention_output(attended))
+            return out + self.feedforward(out), weights
+        out = x[:, -1:] + self.attention_output(attended)
+        return out + self.feedforward(self.feedforward_norm(out)), weights
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, want_weights: bool = False):
+        """x: (B, L, D); allowed: (B, 1, L, L) bool, True where query t may attend key s, or None
+        for causal attention over unpadded sequences."""
+        batch, length, dim = x.shape
+        if allowed is None and want_weights:
+            allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         normalised = self.attention_norm(x)
         if self.style == "sasrec":
             dim_q = self.qkv.weight[:dim]
@@ -62,7 +86,7 @@ class _Block(nn.Module):
             attended = weights @ v
         else:
             attended = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=allowed, dropout_p=self.dropout.p if self.training else 0.0
+                q, k, v, attn_mask=allowed, is_causal=allowed is None, dropout_p=self.dropout.p if self.training else 0.0
             )
         attended = attended.transpose(1, 2).reshape(batch, length, dim)
         if self.style == "sasrec":
@@ -107,6 +131,9 @@ class SASRecTower(UserTower):
         positions = torch.arange(length - 1, -1, -1, device=item_vectors.device)
         x = item_vectors * self.scale + self.position_embedding(positions)
         x = self.input_dropout(x) * mask.unsqueeze(-1).to(x.dtype)
+        if not self.training and bool(mask.all()):
+            # Serving one history has no padding: plain causal attention, no (L, L) mask to build.
+            return x, None
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         allowed = causal & mask[:, None, :]
         # Every query may see itself, so fully padded rows never produce NaN.
@@ -125,5 +152,18 @@ class SASRecTower(UserTower):
         weights = None
         for index, block in enumerate(self.blocks):
             x, weights = block(x, allowed, want_weights=index == len(self.blocks) - 1)
-        last_query = weights[:, :, -1, :].mean(dim=1)  # (B, L)
-        return masked_softmax(torch.log(last_query.clamp_min(1e-12)), mask)
+        return self._attribution(weights[:, :, -1, :], mask)
+
+    def encode_last(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the last position through the last block (the earlier blocks need every
+        position: the last block's keys and values are their outputs)."""
+        x, allowed = self._inputs(item_vectors, mask)
+        for block in self.blocks[:-1]:
+            x, _ = block(x, allowed)
+        last, weights = self.blocks[-1].last_position(x, allowed)
+        return self.final_norm(last)[:, -1], self._attribution(weights[:, :, -1, :], mask)
+
+    @staticmethod
+    def _attribution(last_query: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, H, L) attention of the most recent position -> (B, L), averaged over heads."""
+        return masked_softmax(torch.log(last_query.mean(dim=1).clamp_min(1e-12)), mask)

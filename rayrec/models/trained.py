@@ -33,6 +33,8 @@ class TrainedModel(ServableModel):
         self._category_index = {name: i + 1 for i, name in enumerate(config.get("category_vocab", []))}
         self.user_features: np.ndarray | None = None  # (U, F) codes when trained with user features
         self._calibration: NewItemCalibration | None = None
+        self._padding_input: torch.Tensor | None = None
+        self._item_inputs: torch.Tensor | None = None
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -90,11 +92,26 @@ class TrainedModel(ServableModel):
                 if user_index is not None:
                     features[row] = self.user_features[user_index]
             features = torch.from_numpy(features)
-        vectors = self.network.user_vectors(sequences, features).numpy().astype(np.float32)
-        weights = self.network.attribution(sequences).numpy()
+        vectors, weights = self.network.encode_last(self._history_inputs(sequences), sequences > 0, features)
+        vectors, weights = vectors.numpy().astype(np.float32), weights.numpy()
         attributions = [weights[row, length - len(h):] if len(h) else np.zeros(0, np.float32)
                         for row, h in enumerate(clipped)]
         return vectors, attributions
+
+    def _history_inputs(self, sequences: torch.Tensor) -> torch.Tensor:
+        """The item tower's vectors of a (B, L) history. With dot similarity the exported item
+        vectors are exactly the item tower's output, so a lookup replaces running the tower
+        (content towers project text vectors per item) on every request."""
+        if self.network.similarity != "dot":
+            return self.network.item_tower(sequences)
+        if self._padding_input is None:
+            self._padding_input = self.network.item_tower(torch.zeros(1, dtype=torch.int64))[0]
+            vectors = self.item_embeddings
+            # Shares the array's memory (a read-only array, e.g. memory-mapped, is copied).
+            self._item_inputs = torch.from_numpy(vectors) if vectors.flags.writeable else torch.tensor(vectors)
+        inputs = self._item_inputs[(sequences - 1).clamp_min(0)]
+        inputs[sequences == 0] = self._padding_input
+        return inputs
 
     @torch.no_grad()
     def encode_items(self, records: Sequence[dict]) -> np.ndarray:

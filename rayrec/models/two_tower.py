@@ -49,6 +49,16 @@ class TwoTowerModel(nn.Module):
         """The user vector after the most recent item: (B, L) -> (B, D)."""
         return self.sequence_outputs(sequences, user_features)[:, -1]
 
+    def encode_last(self, item_vectors: torch.Tensor, mask: torch.Tensor, user_features: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Serving's pass: ``item_vectors`` (B, L, D) of the history (the item tower's output) ->
+        the user vectors (B, D) and each position's attribution (B, L), the tower run once."""
+        user, attribution = self.user_tower.encode_last(item_vectors, mask)
+        if self.user_feature_embedding is not None and user_features is not None:
+            features = self.user_feature_embedding(user_features)  # (B, D)
+            user = user + self.user_feature_mix(torch.cat([user, features], dim=-1))
+        return self._normalise(user), attribution
+
     def item_table(self) -> torch.Tensor:
         """All item vectors, row 0 = padding: (N + 1, D)."""
         return self._normalise(self.item_tower.table())

@@ -25,9 +25,16 @@ class UserTower(nn.Module):
         Default: softmax of each history item's similarity to the user vector. Towers with a
         better notion (attention weights) override it.
         """
+        return self.encode_last(item_vectors, mask)[1]
+
+    def encode_last(self, item_vectors: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What serving asks for: the last position's vector ``(B, D)`` and its attribution
+        ``(B, L)``, in one pass. The default runs ``forward`` once and attributes by each history
+        item's similarity to that vector; a tower can override it to compute only the last
+        position (SASRec does: serving's cost is then one query, not L)."""
         user = self.forward(item_vectors, mask)[:, -1]  # (B, D)
         similarity = torch.einsum("bld,bd->bl", item_vectors, user)
-        return masked_softmax(similarity, mask)
+        return user, masked_softmax(similarity, mask)
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,22 @@ def test_both_sasrec_block_styles_are_causal_and_padding_free(style):
                           model.user_vectors(torch.tensor([[0, 0, 0, 4, 5, 6]])), atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder, options", [("sasrec", {}), ("sasrec", {"block_style": "pre_norm"}),
+                                             ("gru", {}), ("mean", {})])
+def test_serving_pass_gives_the_same_vector_and_attribution_as_the_full_pass(encoder, options):
+    """Serving runs encode_last (SASRec: only the last query through the last block); users
+    must get exactly what the full forward pass gives, padded batch or single history."""
+    torch.manual_seed(0)
+    config = ModelConfig(user_encoder=encoder, dim=16, max_len=10, user_encoder_options=options)
+    model = build_two_tower(config, 30).eval()
+    with torch.no_grad():
+        for sequences in (torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5], [0, 0, 0, 0, 7]]),
+                          torch.tensor([[6, 1, 2, 9, 3, 8]])):
+            vectors, attribution = model.encode_last(model.item_tower(sequences), sequences > 0)
+            assert torch.allclose(vectors, model.user_vectors(sequences), atol=1e-5)
+            assert torch.allclose(attribution, model.attribution(sequences), atol=1e-5)
+
+
 def test_a_format_1_model_directory_keeps_its_pre_norm_blocks(tmp_path):
     """Directories written before SASRec's block layout became an option load as trained."""
     import json
