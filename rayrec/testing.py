@@ -37,18 +37,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str] | None = None) -> Iterator[str]:
+def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str] | None = None,
+                  proxy: str | None = None) -> Iterator[str]:
     """Start a local Ray (``num_cpus`` logical CPUs, 2 like a small laptop) and the rayrec
     graph on a free port, access logs off; yield ``http://127.0.0.1:PORT``; shut both down.
-    ``cluster_env``: environment variables of the Ray processes (e.g. Serve feature flags)."""
+    ``proxy``: the HTTP proxy, as ``rayrec serve --proxy`` (default: the same as ``rayrec serve``);
+    ``cluster_env``: more environment variables of the Ray processes (e.g. Serve feature flags)."""
     import ray
     from ray import serve
 
     from rayrec.serving.app import build_app
+    from rayrec.serving.proxy import default_proxy, local_ray_env
 
     port = free_port()
     # Only while Ray starts: its processes keep what they inherited, later clusters start clean.
-    with mock.patch.dict(os.environ, cluster_env or {}):
+    with mock.patch.dict(os.environ, {**local_ray_env(proxy or default_proxy()), **(cluster_env or {})}):
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})

@@ -58,13 +58,14 @@ def quickstart(workdir, users, num_items, epochs, num_workers, port, keep_servin
     from ray import serve
 
     from rayrec.data import SyntheticConfig, generate, synthetic_truth, write_synthetic
-    from rayrec.serving.app import build_app, relax_proxy_health_checks
+    from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
+    from rayrec.serving.proxy import default_proxy, prepare_local_ray
     from rayrec.training.config import TrainConfig
     from rayrec.training.prepare import prepare
     from rayrec.training.trainer import train_distributed
 
-    relax_proxy_health_checks()  # before Ray starts (in training): its processes inherit it
+    prepare_local_ray(default_proxy())  # before Ray starts (in training): its processes inherit it
     root = Path(workdir).resolve()
     synthetic = SyntheticConfig(num_users=users, num_items=num_items)
     click.secho(f"1. Synthetic data: {users} users, {num_items} items in {synthetic.num_clusters} topics -> {root / 'data'}",

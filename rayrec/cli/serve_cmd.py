@@ -43,21 +43,28 @@ import click
 @click.option("--request-log", default=None, help="Append a JSON line per request to this file ('-': stderr).")
 @click.option(
     "--topology",
-    type=click.Choice(["split", "fused", "ingress"]),
+    type=click.Choice(["auto", "split", "fused", "ingress"]),
     default=None,
-    help="split (default): a deployment per stage; fused: preprocess, encode and score in one deployment "
-    "(fewer hops: lower latency on a small machine); ingress: the HTTP ingress replicas run them "
-    "(no hop on reads: lowest latency).",
+    help="auto (default): ingress on one machine, split on a cluster of several nodes. split: a "
+    "deployment per stage; fused: preprocess, encode and score in one deployment; ingress: the HTTP "
+    "ingress replicas run them (no hop on reads: lowest latency).",
+)
+@click.option(
+    "--proxy",
+    type=click.Choice(["haproxy", "serve"]),
+    default=None,
+    help="HTTP proxy of a Ray this command starts. haproxy (default where its binary exists; it ships "
+    "with ray[serve]): requests go straight to an ingress replica. serve: Ray Serve's Python proxy.",
 )
 @click.option(
     "--direct-ingress",
     is_flag=True,
-    help="Each ingress replica also answers HTTP on a port of its own (printed; from 30000 up), "
-    "skipping the Serve proxy: the lowest latency. --port keeps working through the proxy.",
+    help="Print each ingress replica's own HTTP port (from 30000 up), which answers without any "
+    "proxy; with --proxy serve this turns Serve's direct ingress on.",
 )
 def serve(model_dir: str, host: str, port: int, state: str, config_path: str | None, num_cpus: int | None,
           api_keys_file: str | None, model_roots: tuple[str, ...], request_log: str | None,
-          topology: str | None, direct_ingress: bool) -> None:
+          topology: str | None, proxy: str | None, direct_ingress: bool) -> None:
     """Serve recommendations over HTTP until Ctrl-C.
 
     Joins the Ray cluster in RAY_ADDRESS if set, else starts Ray locally. The API schema is
@@ -94,18 +101,26 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     import ray
     from ray import serve as ray_serve
 
-    from rayrec.serving import direct_ingress as direct
-    from rayrec.serving.app import build_app, relax_proxy_health_checks, resolve_args
+    from rayrec.serving import proxy as http_proxy
+    from rayrec.serving.app import build_app, pick_topology, resolve_args
 
     args = resolve_args(args)  # a bad model directory fails before Ray starts
     address = os.environ.get("RAY_ADDRESS")
     click.echo(f"starting Ray {'at ' + address if address else 'locally'} ...", err=True)
-    relax_proxy_health_checks()
-    if direct_ingress:
-        if address:
-            click.echo("--direct-ingress: the cluster must have been started with RAY_SERVE_ENABLE_DIRECT_INGRESS=1", err=True)
-        direct.enable_before_ray_starts()
+    if address:
+        if proxy or direct_ingress:
+            click.echo("--proxy/--direct-ingress: a cluster keeps the proxy it was started with "
+                       "(RAY_SERVE_ENABLE_HA_PROXY=1 in its environment for HAProxy)", err=True)
+        http_proxy.relax_proxy_health_checks()
+    else:
+        if proxy is None:
+            proxy = http_proxy.default_proxy()
+            if proxy == "serve":
+                click.echo("no HAProxy binary for this platform: using Ray Serve's Python proxy (slower)", err=True)
+        http_proxy.prepare_local_ray(proxy, direct_ingress)
     ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
+    if args.topology == "auto":
+        args = args.model_copy(update={"topology": pick_topology()})
     stop = threading.Event()
     try:
         try:
@@ -118,10 +133,12 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
             stop.set()
         if not stop.is_set():
             shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            click.echo(f"rayrec is serving model {args.model_dir} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
+            front = f"proxy {proxy}" if proxy else "the cluster's proxy"
+            click.echo(f"rayrec is serving model {args.model_dir} (topology {args.topology}, {front}) "
+                       f"at http://{shown_host}:{port}/ (Ctrl-C to stop)")
             click.echo(f"API schema: http://{shown_host}:{port}/openapi.json")
             if direct_ingress:
-                urls = direct.replica_urls(host=shown_host)
+                urls = http_proxy.replica_urls(host=shown_host)
                 for url in urls:
                     click.echo(f"direct to an ingress replica (no proxy hop): {url}/")
                 if not urls:

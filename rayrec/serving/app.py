@@ -6,9 +6,11 @@
                      ├─► CandidateScorer (/similar-items, PUT/DELETE /items, /search)
                      └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
 
-That is ``topology: split`` (the default). ``topology: fused`` replaces the three read stages
-with one RecommendPipeline deployment running the same logic classes in process, and
-``topology: ingress`` runs that pipeline inside each ingress replica (reads make no handle hop).
+That is ``topology: split``. ``topology: fused`` replaces the three read stages with one
+RecommendPipeline deployment running the same logic classes in process, and ``topology:
+ingress`` runs that pipeline inside each ingress replica (reads make no handle hop).
+``topology: auto`` (the default) picks ingress on a one-node Ray, where every hop costs CPU the
+model needs, and split on a cluster of several nodes, where stages scale on their own.
 """
 
 from __future__ import annotations
@@ -81,9 +83,19 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     return args
 
 
+def pick_topology() -> str:
+    """``auto``'s choice for the Ray this process is connected to (one node when not connected)."""
+    import ray
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")] if ray.is_initialized() else []
+    return "split" if len(nodes) > 1 else "ingress"
+
+
 def build_app(args: AppArgs) -> Application:
     """Build the graph; makes ``args.model_dir`` the live model in the state store."""
     args = resolve_args(args)
+    if args.topology == "auto":
+        args = args.model_copy(update={"topology": pick_topology()})
     store = open_state_store(args.state)
     store.ensure_model(args.model_dir)
     store.close()
@@ -99,20 +111,3 @@ def build_app(args: AppArgs) -> Application:
     encoder = UserEncoder.options(**_options(stages.user_encoder, args)).bind(args)
     scorer = CandidateScorer.options(**_options(stages.scorer, args)).bind(args)
     return ingress.bind(preprocessor, encoder, scorer, feedback, args)
-
-
-#: Ray Serve marks its HTTP proxy unhealthy after a few 5-10 s checks. On a busy 2-core laptop
-#: the proxy can take longer than that just to start, and is then killed in a loop.
-PROXY_PATIENCE_ENV = {
-    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
-    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-}
-
-
-def relax_proxy_health_checks() -> None:
-    """Give the Serve proxy more time on busy machines; call before ``ray.init`` (the Ray
-    processes inherit the environment). Values already set by the user win."""
-    import os
-
-    for name, value in PROXY_PATIENCE_ENV.items():
-        os.environ.setdefault(name, value)

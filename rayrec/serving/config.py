@@ -159,13 +159,13 @@ class AppArgs(BaseModel):
         0.0, ge=0, description="Extra wait for a fuller batch; 0 batches only what queued meanwhile (no added latency)."
     )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
-    topology: Literal["split", "fused", "ingress"] = Field(
-        "split",
-        description="split: Preprocessor, UserEncoder and CandidateScorer are separate deployments, each "
-                    "scaled on its own; fused: one RecommendPipeline deployment runs the three stages in "
-                    "process (one handle hop instead of three: lower latency and CPU per request); ingress: "
-                    "every ingress replica runs that pipeline itself (no handle hop on reads; the ingress "
-                    "stage's options size it).",
+    topology: Literal["auto", "split", "fused", "ingress"] = Field(
+        "auto",
+        description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
+                    "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
+                    "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
+                    "(one handle hop instead of three); ingress: every ingress replica runs that pipeline "
+                    "itself (no handle hop on reads; the ingress stage's options size it).",
     )
     replica_env: dict[str, str] = Field(
         default_factory=lambda: dict(LOW_LATENCY_REPLICA_ENV),
@@ -209,7 +209,8 @@ class AppArgs(BaseModel):
         return value
 
     def deployed_stages(self) -> dict[str, StageOptions]:
-        """The stages this topology deploys, by name (``stages`` also holds the other topology's)."""
+        """The stages this topology deploys, by name (``stages`` also holds the other topology's);
+        ``auto`` as on one node."""
         names = ["ingress", "feedback"]
         if self.topology == "fused":
             names.append("pipeline")

@@ -162,7 +162,9 @@ class UserEncoder(_ModelStage):
         self.encode_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> UserEncoderLogic:
-        return UserEncoderLogic(load_model(record.model_dir))
+        logic = UserEncoderLogic(load_model(record.model_dir))
+        logic.encode([[0]])  # warm: the first torch call pays for lazy initialisation
+        return logic
 
     @timed
     async def encode(self, generation: int, history: list[int]) -> tuple[np.ndarray | None, np.ndarray]:
@@ -312,6 +314,13 @@ class PipelineLogic:
     def model(self) -> Any:
         return self.scorer.model
 
+    def warm_up(self) -> None:
+        """One request through the three stages before the replica takes traffic: the first
+        torch call and first top-K pay for lazy initialisation, which no user should see."""
+        ids = self.model.item_ids
+        request = RecommendRequest(user_id="rayrec-warm-up", k=10, recent_items=list(ids[:1]))
+        self.scorer.recommend(*self.prepare_and_encode(request))
+
     def prepare_and_encode(self, request: RecommendRequest):
         prepared = self.preprocessor.prepare(request)
         vector = attributions = None
@@ -336,11 +345,13 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
 
     def _build(self, record: ModelGeneration) -> PipelineLogic:
         model = load_model(record.model_dir)  # one copy of the model for the three stages
-        return PipelineLogic(
+        logic = PipelineLogic(
             PreprocessorLogic(model, self.store, self.args.event_weights, record.generation, self.extractors),
             UserEncoderLogic(model),
             self._build_scorer(model, record.model_dir),
         )
+        logic.warm_up()
+        return logic
 
     async def _scorer(self, generation: int | None = None) -> ScorerLogic:
         return (await self._logic(generation)).scorer

