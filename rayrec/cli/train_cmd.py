@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -49,4 +51,5 @@ def train(interactions, items, users, out_dir, config_path, user_encoder, epochs
         from rayrec.training.trainer import train_distributed
 
         path = train_distributed(data, out_dir, config, resume=resume)
-    click.echo(f"model written to {path} (metrics.json, training_curve.png)")
+    written = [name for name in ("metrics.json", "training_curve.png") if (Path(path) / name).exists()]
+    click.echo(f"model written to {path} ({', '.join(written)})")

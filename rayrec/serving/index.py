@@ -95,6 +95,12 @@ class ItemIndex:
         return row is not None and bool(self.alive[row])
 
     # -- catalogue changes ------------------------------------------------------------------
+    def relative_popularity(self) -> np.ndarray:
+        """Each item's popularity over the most popular item's, in [0, 1]: the scale of the
+        popular-items fallback's scores (a raw count would look like a model score)."""
+        top = float(self.popularity.max()) if len(self.popularity) else 0.0
+        return self.popularity / top if top > 0 else np.zeros_like(self.popularity)
+
     def upsert(self, item_ids: list[str], vectors: np.ndarray, popularity: float = 0.0) -> None:
         """Add items (or replace their vectors); each gets a fresh row."""
         if not item_ids:

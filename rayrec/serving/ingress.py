@@ -22,9 +22,10 @@ import pathlib
 import time
 from typing import Any
 
-from fastapi import FastAPI, Path, Query, Request, Security
+from fastapi import Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -62,7 +63,9 @@ logger = logging.getLogger("ray.serve")
 #: The demo page (plain HTML and JavaScript over this API), served at ``/`` and ``/demo``.
 DEMO_PAGE = pathlib.Path(__file__).with_name("static") / "demo.html"
 
-app = FastAPI(
+# FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files shipped with the
+# package, not from a CDN (servers often have no way out to the internet).
+app = FastAPIOffline(
     title="rayrec",
     version=__version__,
     description="Real-time recommendations from a two-tower model; feedback changes the next answer.",
@@ -254,7 +257,8 @@ class Ingress:
         if getattr(self, "request_log", None) is not None:
             self.request_log.close()
 
-    @app.post("/recommend", response_model=RecommendResponse, responses=READ)
+    # exclude_unset: an item carries title/text/categories only when ``include`` asked for them.
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses=READ)
     async def recommend(self, request: RecommendRequest) -> Any:
         if request.k > self.args.max_k:
             raise RequestError("k", f"at most {self.args.max_k}")
@@ -272,7 +276,7 @@ class Ingress:
             vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
         return prepared, vector, attributions
 
-    @app.post("/search", response_model=SearchResponse, responses=_errors(404))
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_unset=True, responses=_errors(404))
     async def search(self, request: SearchRequest) -> Any:
         """Items whose content matches ``query``; with ``user_id``, blended with that user's taste.
 

@@ -9,7 +9,7 @@ import numpy as np
 from rayrec.components import FeatureExtractor
 from rayrec.models.bundle import RecommenderModel
 from rayrec.serving.schemas import PreparedRequest, RecommendRequest
-from rayrec.state.base import BaseStateStore
+from rayrec.state.base import BaseStateStore, UserState
 
 
 class PreprocessorLogic:
@@ -39,8 +39,11 @@ class PreprocessorLogic:
         self.max_history = int(model.max_history)
 
     def prepare(self, request: RecommendRequest) -> PreparedRequest:
-        state = self.store.user_state(request.user_id, limit=self.max_history * 4)
-        training = [] if state.erased else list(self.model.training_history(request.user_id))
+        if request.user_id is None:  # an anonymous session: nothing stored, nothing trained on
+            state, training = UserState(user_id=""), []
+        else:
+            state = self.store.user_state(request.user_id, limit=self.max_history * 4)
+            training = [] if state.erased else list(self.model.training_history(request.user_id))
 
         disliked = set(state.disliked)
         sequence: list[str] = list(training)
@@ -84,9 +87,10 @@ class PreprocessorLogic:
             filters=dict(request.filters),
             source=source,
             user_features=self._user_features(request.user_id, history_ids),
+            include=list(request.include),
         )
 
-    def _user_features(self, user_id: str, history_ids: list[str]) -> Any:
+    def _user_features(self, user_id: str | None, history_ids: list[str]) -> Any:
         if not self.feature_extractors:
             return None
         record = {"user_id": user_id, "recent_items": history_ids}

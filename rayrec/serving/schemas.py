@@ -14,7 +14,7 @@ when blended with the user's taste).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -36,11 +36,26 @@ def _storable(value: str) -> str:
     return value
 
 
+def _unix_seconds(value: float | str | None) -> float | None:
+    """An ISO-8601 string becomes unix seconds (the data files' rule: no zone means UTC)."""
+    if not isinstance(value, str):
+        return value
+    from rayrec.data.columns import timestamp_from_text
+
+    seconds = timestamp_from_text(value)
+    if seconds is None:
+        raise ValueError("must be unix seconds or an ISO-8601 time such as 2026-12-02T09:30:00Z")
+    return float(seconds)
+
+
 #: Every string a request carries: valid Unicode, so the state store can always write it.
 Text = Annotated[str, AfterValidator(_storable)]
 IdString = Annotated[Text, StringConstraints(max_length=MAX_ID_LENGTH)]
 FilterKey = Annotated[Text, StringConstraints(min_length=1, max_length=128)]
 
+
+#: Item metadata a /recommend or /search answer can carry per item (``include``).
+ItemField = Literal["title", "text", "categories"]
 
 #: Attribute filters: an item is kept if, for every key, one of its values is listed.
 AttributeFilters = dict[FilterKey, Annotated[list[IdString], Field(max_length=MAX_FILTER_VALUES)] | IdString]
@@ -49,7 +64,10 @@ AttributeFilters = dict[FilterKey, Annotated[list[IdString], Field(max_length=MA
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: Text = Field(min_length=1, max_length=512, description="Any user id; unknown users get popular items.")
+    user_id: Text | None = Field(
+        None, min_length=1, max_length=512,
+        description="Any user id; unknown users get popular items. Leave it out for an anonymous session: "
+                    "the answer then comes from recent_items alone (popular items without them).")
     k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
     filters: AttributeFilters = Field(
@@ -60,6 +78,10 @@ class RecommendRequest(BaseModel):
     recent_items: list[IdString] = Field(
         default_factory=list, max_length=1000, description="Items of the current session (oldest first), e.g. for anonymous users."
     )
+    include: list[ItemField] = Field(
+        default_factory=list, max_length=3,
+        description='Item metadata to add to each returned item, e.g. ["title", "categories"], so a page needs '
+                    "no GET /items/{id} per item.")
 
 
 def _not_blank(value: str) -> str:
@@ -80,10 +102,12 @@ class SearchRequest(BaseModel):
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
     filters: AttributeFilters = Field(
         default_factory=dict, max_length=MAX_FILTER_KEYS, description="Attribute filters, as in /recommend.")
+    include: list[ItemField] = Field(default_factory=list, max_length=3, description="Item metadata, as in /recommend.")
 
     def as_recommend_request(self) -> RecommendRequest:
         """What the preprocessor and user encoder need to personalise this search (needs ``user_id``)."""
-        return RecommendRequest(user_id=self.user_id, k=self.k, exclude_items=self.exclude_items, filters=self.filters)
+        return RecommendRequest(user_id=self.user_id, k=self.k, exclude_items=self.exclude_items, filters=self.filters,
+                                include=self.include)
 
 
 class Explanation(BaseModel):
@@ -93,12 +117,18 @@ class Explanation(BaseModel):
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float
+    score: float = Field(
+        description="The ranking score, higher first. From the model (user vector x item vector) when "
+                    "explanation.source is history or session; for popular, the item's popularity relative "
+                    "to the most popular item, in (0, 1].")
     explanation: Explanation
+    title: str | None = Field(None, description='With include: ["title"].')
+    text: str | None = Field(None, description='With include: ["text"].')
+    categories: list[str] | None = Field(None, description='With include: ["categories"].')
 
 
 class RecommendResponse(BaseModel):
-    user_id: str
+    user_id: str | None = Field(description="As sent; null for an anonymous session.")
     items: list[RecommendedItem]
     model_version: str
 
@@ -122,7 +152,9 @@ class FeedbackEventIn(BaseModel):
     user_id: Text = Field(min_length=1, max_length=512)
     item_id: Text = Field(min_length=1, max_length=512)
     event_type: Text = Field("click", min_length=1, max_length=64, description="One of the configured event weights.")
-    timestamp: float | None = Field(None, description="Unix seconds; the time of arrival when absent.")
+    timestamp: Annotated[float | str | None, AfterValidator(_unix_seconds)] = Field(
+        None, description='Unix seconds, or an ISO-8601 time as in the data files ("2026-12-02T09:30:00Z"; UTC '
+                          "without a zone); the time of arrival when absent.")
     value: float | None = None
     event_id: Text | None = Field(None, min_length=1, max_length=256, description="Re-sending the same id is a no-op.")
 
@@ -201,7 +233,7 @@ class HealthResponse(BaseModel):
 class PreparedRequest:
     """What the preprocessor hands to the encoder and the scorer."""
 
-    user_id: str
+    user_id: str | None  # None: an anonymous session
     k: int
     generation: int
     history_ids: list[str] = field(default_factory=list)  # the sequence the user tower reads
@@ -211,6 +243,7 @@ class PreparedRequest:
     filters: dict[str, Any] = field(default_factory=dict)
     source: str = "popular"  # history | session | popular
     user_features: Any = None  # output of user-side feature extractors, if any
+    include: list[str] = field(default_factory=list)  # item metadata fields to add to the answer
 
     @property
     def personalized(self) -> bool:

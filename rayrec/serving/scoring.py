@@ -175,6 +175,9 @@ class ScorerLogic:
         self.refresh()
         if item_id not in self.index:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
+        return self._metadata(item_id)
+
+    def _metadata(self, item_id: str) -> dict[str, Any]:
         record = self.records.get(item_id, {})
         categories = record.get("categories") or []
         return {
@@ -253,7 +256,7 @@ class ScorerLogic:
         pool = min(max(2 * request.k, request.k + 20), 2000) if rerank else request.k
         if user_vector is None:
             source = "popular"
-            rows, scores = ItemIndex.top_rows(self.index.popularity.copy(), pool, allowed)
+            rows, scores = ItemIndex.top_rows(self.index.relative_popularity(), pool, allowed)
         else:
             source = request.source
             # A filter can leave the ANN neighbourhood empty.
@@ -278,16 +281,24 @@ class ScorerLogic:
                     "item_id": c.item_id,
                     "score": c.score,
                     "explanation": {"because": because, "source": sources.get(c.item_id, source)},
+                    **self._included(c.item_id, request.include),
                 }
                 for c, because in zip(candidates, explanations)
             ],
         }
 
+    def _included(self, item_id: str, fields: list[str]) -> dict[str, Any]:
+        """The metadata ``include`` asks for, as ``GET /items/{id}`` gives it."""
+        if not fields:
+            return {}
+        record = self._metadata(item_id)
+        return {name: record[name] for name in fields}
+
     def _sourced(self, request: PreparedRequest, user_vector: np.ndarray | None, allowed: np.ndarray, pool: int,
                  already: set[str]):
         """(candidate, source name) for items the candidate sources add to the pool, scored by the
         model when there is a user vector (so they compete fairly), else by the source."""
-        context = ScoringContext(user_id=request.user_id, history=list(request.history_ids), now=time.time(),
+        context = ScoringContext(user_id=request.user_id or "", history=list(request.history_ids), now=time.time(),
                                  catalog=CatalogView(self.index.row_ids, self.index.popularity, self.records,
                                                      self.trained_items, list(self.added_items)))
         row_of = self.index.row_of
@@ -303,7 +314,7 @@ class ScorerLogic:
     def _context(self, candidates: list[Candidate], request: PreparedRequest) -> ScoringContext:
         row_of = self.index.row_of
         return ScoringContext(
-            user_id=request.user_id,
+            user_id=request.user_id or "",  # "" for an anonymous session
             history=list(request.history_ids),
             item_popularity={c.item_id: float(self.index.popularity[row_of[c.item_id]]) for c in candidates},
             item_categories={
@@ -390,7 +401,8 @@ class ScorerLogic:
             "user_id": request.user_id,
             "model_version": self.model_version,
             "items": [
-                {"item_id": c.item_id, "score": c.score, "explanation": {"because": because, "source": source}}
+                {"item_id": c.item_id, "score": c.score, "explanation": {"because": because, "source": source},
+                 **self._included(c.item_id, request.include)}
                 for c, because in zip(candidates, explanations)
             ],
         }

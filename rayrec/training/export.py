@@ -36,7 +36,11 @@ def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
 
 
 def _training_curve(history: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no {path.name}: pip install 'rayrec[plot]' to draw the training curve", flush=True)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,8 +2,9 @@
 
 The model is a real two-tower model trained in-process on synthetic data with known clusters,
 so the tests can check that answers follow a user's cluster. One Ray + Serve start per
-topology (split: five deployments; fused: the three read stages in one; ingress: the ingress
-replicas run them), 2 logical CPUs like the target machine; every test runs against each.
+topology (the default: auto, which is ingress here, behind HAProxy as ``rayrec serve`` starts
+it; split: five deployments; fused: the three read stages in one; ingress: the ingress replicas
+run them), 2 logical CPUs like the target machine; every test runs against each.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def make_models(root):
 
 #: Two replicas of whatever holds the catalogue: a change made through one must reach the other.
 TOPOLOGIES = {
-    "split": {"stages": {"scorer": {"num_replicas": 2, "num_cpus": 0.25}}},
+    # The default: topology auto (ingress on this one-node Ray), behind HAProxy like `rayrec serve`.
+    "default": {"stages": {"ingress": {"num_replicas": 2, "num_cpus": 0.25}}},
+    "split": {"topology": "split", "stages": {"scorer": {"num_replicas": 2, "num_cpus": 0.25}}},
     "fused": {"topology": "fused", "stages": {"pipeline": {"num_replicas": 2, "num_cpus": 0.25}}},
     "ingress": {"topology": "ingress", "stages": {"ingress": {"num_replicas": 2, "num_cpus": 0.25}}},
 }
@@ -130,6 +133,57 @@ def test_unknown_and_anonymous_users(server):
     session = recommend(client, user_id="anonymous-1", k=5, recent_items=session_items)
     assert truth.share(ids(session), 2) >= 0.8
     assert all(item["explanation"]["source"] == "session" for item in session["items"])
+    anonymous = recommend(client, k=5, recent_items=session_items)  # no user_id at all
+    assert anonymous["user_id"] is None and ids(anonymous) == ids(session)
+    assert all(item["explanation"]["source"] == "session" for item in anonymous["items"])
+
+
+def test_popular_fallback_scores_are_relative_popularity(server):
+    client, model = server["client"], server["model"]
+    result = recommend(client, user_id="nobody-knows-me", k=5)
+    top = float(model.item_popularity.max())
+    for item in result["items"]:
+        expected = model.item_popularity[model.item_ids.index(item["item_id"])] / top
+        assert 0 < item["score"] <= 1 and item["score"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_include_puts_item_metadata_in_the_answer(server):
+    client, truth = server["client"], server["truth"]
+    plain = recommend(client, user_id=truth.user_ids[4], k=3)
+    assert "title" not in plain["items"][0]  # only when asked for
+    rich = recommend(client, user_id=truth.user_ids[4], k=3, include=["title", "categories"])
+    for item in rich["items"]:
+        metadata = client.get(f"/items/{item['item_id']}").json()
+        assert item["title"] == metadata["title"] and item["title"]
+        assert item["categories"] == metadata["categories"]
+        assert "text" not in item
+    bad = client.post("/recommend", json={"user_id": "u", "include": ["price"]})
+    assert bad.status_code == 422 and bad.json()["message"].startswith("include[0]")
+
+
+def test_feedback_takes_iso_8601_timestamps(server):
+    client, model = server["client"], server["model"]
+    item = model.item_ids[7]
+    events = [{"user_id": "iso-user", "item_id": item, "event_type": "click", "timestamp": "2026-12-02T09:30:00Z",
+               "event_id": "iso-1"},
+              {"user_id": "iso-user", "item_id": item, "event_type": "click", "timestamp": "2026-12-02 09:31:00"}]
+    response = client.post("/feedback", json={"events": events})
+    assert response.status_code == 200 and response.json()["stored"] == 2
+    row = sqlite3.connect(server["state"]).execute(
+        "SELECT timestamp FROM events WHERE event_id = 'iso-1'").fetchone()
+    assert row[0] == 1796203800  # 2026-12-02T09:30:00Z
+    assert recommend(client, user_id="iso-user", k=3)["items"][0]["explanation"]["source"] == "history"
+
+
+def test_docs_page_needs_no_cdn(server):
+    client = server["client"]
+    page = client.get("/docs")
+    assert page.status_code == 200
+    scripts = [part.split('"')[1] for part in page.text.split("src=")[1:]] + \
+              [part.split('"')[1] for part in page.text.split("href=")[1:] if ".css" in part.split('"')[1]]
+    assert scripts and all(src.startswith("/") for src in scripts), scripts  # served here, not by a CDN
+    for src in scripts:
+        assert client.get(src).status_code == 200, src
 
 
 def test_feedback_changes_the_very_next_recommendation(server):
@@ -236,7 +290,7 @@ def test_erased_user_gets_non_personal_results(server):
         ("post", "/recommend", {"user_id": "u", "k": 1001}, 422, "k"),
         ("post", "/recommend", {"user_id": "u", "k": "10"}, 422, "k"),
         ("post", "/recommend", {"user_id": 42}, 422, "user_id"),
-        ("post", "/recommend", {}, 422, "user_id"),
+        ("post", "/recommend", {"user_id": ""}, 422, "user_id"),
         ("post", "/recommend", {"user_id": "u", "exclude_items": "item1"}, 422, "exclude_items"),
         ("post", "/recommend", {"user_id": "u", "filters": {"colour": ["red"]}}, 422, "filters.colour"),
         ("post", "/recommend", {"user_id": "u", "kk": 3}, 422, "kk"),
