@@ -1,29 +1,37 @@
-"""Serving benchmark: latency, throughput and freshness of the full Serve graph over HTTP.
+"""Serving benchmark: `rayrec serve --model DIR`, as a user starts it, on trained models.
 
-    python benchmarks/serving.py                      # 100,000 items, dimension 64
-    python benchmarks/serving.py --access-log         # what request logging costs
-    python benchmarks/serving.py --threads 2          # what BLAS/torch oversubscription costs
-    python benchmarks/serving.py --compare            # the Serve tunings side by side, one run
-    python benchmarks/serving.py --topology ingress --direct-ingress   # the fastest setup here
+    python benchmarks/serving.py                        # ml-100k, synthetic 100k and 1M items
+    python benchmarks/serving.py --models synthetic-100k
+    python benchmarks/serving.py --model DIR            # a model directory of your own
+    python benchmarks/serving.py --compare              # topologies and proxies side by side
+    python benchmarks/serving.py --flags "--topology split --proxy serve"   # one variant
 
-Measures, on a local Ray with ``--num-cpus`` logical CPUs (2 by default, like the target
-machine; the load generator runs on the same cores):
+Every row serves a model trained by ``rayrec train`` (the standard models are trained once and
+cached under ``--cache``): ml-100k with the defaults on the leave-one-out training file of
+``../shared/datasets``, and synthetic catalogues of 100k and 1M items with the default SASRec
+user tower (``--no-search``, a few epochs: serving cost does not depend on how well a model
+learned). ``--toy-items N`` adds a row for the numpy ``ToyModel`` of the tests, labelled so.
 
-* the in-process compute of the same pipeline (preprocess + user tower + top-K + explain),
-  with exact and with HNSW top-K, and the HNSW recall@10 against exact search;
-* end-to-end p50/p99 latency and throughput at concurrency 1, 8 and 32;
-* freshness: after a ``dislike`` of the top item, is it gone from the very next answer?
+Per row, on a local Ray that ``rayrec serve`` starts itself (``--num-cpus``, 2 by default, like
+the target machine; the load generator runs on the same cores):
 
-Targets from the issue: p50 <= 15 ms at concurrency 1, >= 150 req/s with p99 <= 100 ms,
-0 stale reads in 1,000 trials. Not a test: results depend on the machine and its load.
+* the in-process compute of the request the server runs (preprocess + user tower + top-K +
+  explanations, the same logic objects as a replica, no Ray, no HTTP);
+* start-up: from launching ``rayrec serve`` to the first answer;
+* end-to-end p50/p99 and throughput at each concurrency, over HTTP to the port ``rayrec serve``
+  prints, for training users, and which share of the answers came from the user's history
+  (``explanation.source == "history"``: the user tower ran);
+* read-your-writes: after a ``dislike`` of the top item, is it gone from the very next answer?
+
+Not a test: results depend on the machine and its load, so variants run one after another in
+one invocation and are printed side by side.
 """
 
 from __future__ import annotations
 
 import os
 
-# Before numpy loads its BLAS: one thread, as in every replica. With the default two threads
-# on two busy cores, the 100k x 64 matrix-vector product took 11 ms instead of 1 ms here.
+# Before numpy loads its BLAS: one thread, as in every replica.
 for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
@@ -31,307 +39,315 @@ import argparse
 import asyncio
 import json
 import random
-import shutil
-import socket
+import shlex
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+
+#: name -> how to make its training data; the model is `rayrec train` on it.
+STANDARD_MODELS = {
+    "ml-100k": {"dataset": "ml-100k"},
+    "synthetic-100k": {"synthetic": ["--users", "40000", "--items", "100000", "--clusters", "100",
+                                     "--events-per-user", "25"], "train": ["--no-search", "--epochs", "2"]},
+    "synthetic-1m": {"synthetic": ["--users", "100000", "--items", "1000000", "--clusters", "200",
+                                   "--events-per-user", "40"], "train": ["--no-search", "--epochs", "1"]},
+}
+
+#: --compare: (label, extra `rayrec serve` flags), the first is the default command.
+VARIANTS = [
+    ("rayrec serve (defaults: topology auto -> ingress, proxy haproxy)", []),
+    ("--topology split (a deployment per stage)", ["--topology", "split"]),
+    ("--topology fused", ["--topology", "fused"]),
+    ("--proxy serve (Ray Serve's Python proxy)", ["--proxy", "serve"]),
+    ("--topology split --proxy serve (the default before)", ["--topology", "split", "--proxy", "serve"]),
+]
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def rayrec_command() -> list[str]:
+    script = Path(sys.executable).with_name("rayrec")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "rayrec"]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    from rayrec.testing import free_port as port
+
+    return port()
 
 
-def in_process(model_dir: Path, users: list[str], requests: int) -> dict:
-    """The same pipeline without Ray or HTTP: what the graph costs beyond compute."""
+# -- the models -----------------------------------------------------------------------------
+def ensure_model(name: str, cache: Path) -> Path:
+    """The cached model directory of a standard model, trained with `rayrec train` if missing."""
+    model_dir = cache / name / "model"
+    if (model_dir / "config.json").exists():
+        return model_dir
+    spec = STANDARD_MODELS[name]
+    data_dir = cache / name / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if "dataset" in spec:
+        from _leave_one_out import load_leave_one_out
+
+        path = DATASETS / spec["dataset"]
+        if not path.exists():
+            raise SystemExit(f"{name}: {path} not found (set RAYREC_DATASETS or pass --models without it)")
+        interactions, items = load_leave_one_out(spec["dataset"], path).write_rayrec_inputs(data_dir)
+    else:
+        run([*rayrec_command(), "synthetic", "--out", str(data_dir), *spec["synthetic"]], f"{name}: data")
+        interactions, items = data_dir / "interactions.csv", data_dir / "items.csv"
+    command = [*rayrec_command(), "train", "--interactions", str(interactions), "--out", str(model_dir),
+               *(["--items", str(items)] if items else []), *spec.get("train", [])]
+    run(command, f"{name}: training (once; cached in {model_dir})")
+    return model_dir
+
+
+def run(command: list[str], what: str) -> None:
+    print(f"{what}: {shlex.join(command)}", file=sys.stderr, flush=True)
+    subprocess.run(command, check=True, stdout=sys.stderr)
+
+
+def describe(model_dir: Path) -> dict:
+    if not (model_dir / "config.json").exists():  # the tests' ToyModel (toy_model.json)
+        from rayrec.serving.model_loading import load_model
+
+        return {"tower": "ToyModel: numpy mean, no trained tower", "items": len(load_model(model_dir).item_ids)}
+    config = json.loads((model_dir / "config.json").read_text())
+    model = config.get("train_config", {}).get("model", {})
+    tower = model.get("user_encoder") or config.get("model_kind", "?")
+    if config.get("model_kind") not in (None, "two_tower"):
+        tower = config["model_kind"]
+    return {"tower": tower, "item_tower": model.get("item_encoder"), "items": config["num_items"],
+            "dim": config["dim"], "max_len": model.get("max_len")}
+
+
+def training_users(model_dir: Path, count: int = 1000) -> list[str]:
+    from rayrec.serving.model_loading import load_model
+
+    model = load_model(model_dir)
+    ids = model.user_vocab.ids if hasattr(model, "user_vocab") else list(model.histories)  # ToyModel
+    return [user for user in ids if len(model.training_history(user))][:count]
+
+
+# -- in-process compute ---------------------------------------------------------------------
+def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
+    """The request as an ingress replica runs it (topology ingress), without Ray or HTTP."""
+    from rayrec.serving.config import AppArgs
+    from rayrec.serving.deployments import PipelineLogic, components
     from rayrec.serving.encode import UserEncoderLogic
-    from rayrec.serving.index import ItemIndex, faiss_available
     from rayrec.serving.model_loading import item_records, load_model
     from rayrec.serving.preprocess import PreprocessorLogic
     from rayrec.serving.schemas import RecommendRequest
     from rayrec.serving.scoring import ScorerLogic
     from rayrec.state import open_state_store
-    from rayrec.serving.config import DEFAULT_EVENT_WEIGHTS
 
-    model = load_model(model_dir)
+    import torch
+
+    torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        store = open_state_store(f"{tmp}/state.db")
+        args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{tmp}/state.db")
+        store = open_state_store(args.state)
         store.ensure_model(str(model_dir))
-        pre = PreprocessorLogic(model, store, DEFAULT_EVENT_WEIGHTS)
-        enc = UserEncoderLogic(model)
-        # The same candidate sources as the deployed scorer (AppArgs defaults: new_items).
-        from rayrec import plugins
-        from rayrec.serving.config import AppArgs
-
-        sources = [plugins.create_component("candidate_source", spec.name, spec.options)
-                   for spec in AppArgs(model_dir=str(model_dir)).candidate_sources]
-        scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=10**9,
-                             candidate_sources=sources)
-        times = []
+        model = load_model(model_dir)
+        scorer = ScorerLogic(model, store, item_records(model, model_dir),
+                             candidate_sources=components("candidate_source", args.candidate_sources),
+                             exact_search_max_items=args.exact_search_max_items, ann_options=args.ann.model_dump())
+        pipeline = PipelineLogic(PreprocessorLogic(model, store, args.event_weights), UserEncoderLogic(model), scorer)
+        pipeline.warm_up()
+        times, history = [], 0
         for i in range(requests):
             started = time.perf_counter()
-            prepared = pre.prepare(RecommendRequest(user_id=users[i % len(users)], k=10))
-            [(vector, attribution)] = enc.encode([prepared.history_indices])
-            scorer.recommend(prepared, vector, attribution)
+            answer = scorer.recommend(*pipeline.prepare_and_encode(RecommendRequest(user_id=users[i % len(users)], k=10)))
             times.append(time.perf_counter() - started)
-        result = {"pipeline_p50_ms": 1000 * percentile(times, 50), "pipeline_p99_ms": 1000 * percentile(times, 99)}
-
-        vectors = model.item_embeddings
-        rng = np.random.default_rng(0)
-        queries = vectors[rng.integers(0, len(vectors), 200)] + 0.1 * rng.normal(size=(200, vectors.shape[1])).astype(np.float32)
-        exact = ItemIndex(model.item_ids, vectors, exact_max_items=10**9)
-        allowed = exact.alive.copy()
-        exact_times, exact_top = [], []
-        for q in queries:
-            started = time.perf_counter()
-            rows, _ = exact.search(q, 10, allowed)
-            exact_times.append(time.perf_counter() - started)
-            exact_top.append(set(rows))
-        result["exact_topk_p50_ms"] = 1000 * percentile(exact_times, 50)
-        if faiss_available():
-            started = time.perf_counter()
-            ann = ItemIndex(model.item_ids, vectors, exact_max_items=0)
-            result["hnsw_build_s"] = time.perf_counter() - started
-            ann_times, hits = [], 0
-            for q, truth in zip(queries, exact_top):
-                started = time.perf_counter()
-                rows, _ = ann.search(q, 10, allowed)
-                ann_times.append(time.perf_counter() - started)
-                hits += len(set(rows) & truth)
-            result["hnsw_topk_p50_ms"] = 1000 * percentile(ann_times, 50)
-            result["hnsw_recall_at_10"] = hits / (10 * len(queries))
-        else:
-            result["hnsw"] = "faiss not installed (pip install faiss-cpu)"
+            history += answer["items"][0]["explanation"]["source"] == "history"
         store.close()
-    return result
+    return {"p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
+            "history_share": history / requests}
+
+
+# -- the server -----------------------------------------------------------------------------
+class Server:
+    """`rayrec serve --model DIR` in a subprocess (its own Ray), stopped with Ctrl-C."""
+
+    def __init__(self, model_dir: Path, workdir: Path, num_cpus: int, flags: list[str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+        self.command = [*rayrec_command(), "serve", "--model", str(model_dir), "--port", str(self.port),
+                        "--state", str(workdir / "state.db"), "--num-cpus", str(num_cpus), *flags]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env, start_new_session=True)
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True).start()
+
+    def wait_first_answer(self, user: str, timeout: float = 600) -> float:
+        """Seconds from launch to the first 200 from /recommend."""
+        import httpx
+
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit("rayrec serve exited:\n" + "".join(self.lines)[-3000:])
+            try:
+                if httpx.post(self.url + "/recommend", json={"user_id": user, "k": 10}, timeout=10).status_code == 200:
+                    return time.perf_counter() - self.started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("rayrec serve did not answer in time:\n" + "".join(self.lines)[-3000:])
+
+    def serving_line(self) -> str:
+        return next((line.strip() for line in self.lines if "rayrec is serving" in line), "")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 async def load(url: str, users: list[str], concurrency: int, duration: float, warmup: float = 2.0) -> dict:
     import aiohttp
 
     latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    errors = history = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         measuring_from = time.perf_counter() + warmup
         stop_at = measuring_from + duration
 
         async def worker(seed: int) -> None:
-            nonlocal errors
+            nonlocal errors, history
             rng = random.Random(seed)
             while time.perf_counter() < stop_at:
-                body = {"user_id": rng.choice(users), "k": 10}
                 started = time.perf_counter()
-                async with session.post(url + "/recommend", json=body) as response:
-                    await response.read()
+                async with session.post(url + "/recommend", json={"user_id": rng.choice(users), "k": 10}) as response:
+                    body = await response.read()
                     ok = response.status == 200
+                elapsed = time.perf_counter() - started
                 if started >= measuring_from:
                     if ok:
-                        latencies.append(time.perf_counter() - started)
+                        latencies.append(elapsed)
+                        history += json.loads(body)["items"][0]["explanation"]["source"] == "history"
                     else:
                         errors += 1
 
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return {
-        "concurrency": concurrency,
-        "requests": len(latencies),
-        "errors": errors,
-        "throughput_rps": len(latencies) / duration,
-        "p50_ms": 1000 * percentile(latencies, 50),
-        "p99_ms": 1000 * percentile(latencies, 99),
-    }
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors,
+            "throughput_rps": len(latencies) / duration, "p50_ms": 1000 * percentile(latencies, 50),
+            "p99_ms": 1000 * percentile(latencies, 99), "history_share": history / max(1, len(latencies))}
 
 
-def freshness(url: str, trials: int, session_items: list[str]) -> dict:
+def read_your_writes(url: str, users: list[str], trials: int) -> dict:
+    """A dislike of the top item, then the next answer for the same user must not contain it."""
     import httpx
 
     stale = 0
     with httpx.Client(base_url=url, timeout=30) as client:
         for trial in range(trials):
-            user = f"fresh-{trial % 50}"
-            body = {"user_id": user, "k": 5, "recent_items": session_items}
-            top = client.post("/recommend", json=body).json()["items"][0]["item_id"]
-            client.post("/feedback", json={"events": [{"user_id": user, "item_id": top, "event_type": "dislike"}]})
-            after = [i["item_id"] for i in client.post("/recommend", json=body).json()["items"]]
+            user = users[trial % len(users)]
+            top = client.post("/recommend", json={"user_id": user, "k": 5}).json()["items"][0]["item_id"]
+            event = {"user_id": user, "item_id": top, "event_type": "dislike", "event_id": f"bench-{trial}"}
+            client.post("/feedback", json={"events": [event]}).raise_for_status()
+            after = [item["item_id"] for item in client.post("/recommend", json={"user_id": user, "k": 5}).json()["items"]]
             stale += top in after
     return {"trials": trials, "stale_reads": stale}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def measure(name: str, model_dir: Path, options, flags: list[str]) -> dict:
+    users = training_users(model_dir)
+    row = {"model": name, **describe(model_dir), "flags": flags}
+    print(f"{name}: in-process compute ...", file=sys.stderr, flush=True)
+    row["in_process"] = in_process(model_dir, users)
+    with tempfile.TemporaryDirectory(prefix="rayrec-bench-") as tmp:
+        server = Server(model_dir, Path(tmp), options.num_cpus, flags)
+        try:
+            row["startup_s"] = server.wait_first_answer(users[0])
+            row["serving"] = server.serving_line()
+            row["load"] = []
+            for concurrency in [int(c) for c in options.concurrency.split(",")]:
+                print(f"{name} {shlex.join(flags) or '(defaults)'}: concurrency {concurrency} ...", file=sys.stderr, flush=True)
+                row["load"].append(asyncio.run(load(server.url, users, concurrency, options.duration)))
+            if options.freshness_trials:
+                # Users of their own, so the dislikes do not change the other rows' answers.
+                row["read_your_writes"] = read_your_writes(server.url, users[-100:], options.freshness_trials)
+        finally:
+            server.stop()
+    row["e2e_over_in_process"] = row["load"][0]["p50_ms"] / row["in_process"]["p50_ms"]
+    row["loadavg_1m"] = os.getloadavg()[0]
+    return row
+
+
+def print_rows(rows: list[dict]) -> None:
+    levels = [r["concurrency"] for r in rows[0]["load"]]
+    cells = " | ".join(f"c={c}: p50 / p99 ms, req/s" for c in levels)
+    print(f"\n| model | user tower | items | command | in-process p50 ms | start-up s | {cells} | "
+          "e2e p50 / in-process | history share | stale reads |")
+    print("|---|---|---:|---|---:|---:|" + "---:|" * len(levels) + "---:|---:|---:|")
+    for r in rows:
+        load_cells = " | ".join(f"{x['p50_ms']:.1f} / {x['p99_ms']:.1f}, {x['throughput_rps']:.0f}"
+                                + (f" ({x['errors']} errors)" if x["errors"] else "") for x in r["load"])
+        fresh = r.get("read_your_writes")
+        stale = f"{fresh['stale_reads']} / {fresh['trials']}" if fresh else "-"
+        history = min(x["history_share"] for x in r["load"])
+        command = "rayrec serve " + (shlex.join(r["flags"]) or "(defaults)")
+        print(f"| {r['model']} | {r['tower']} | {r['items']:,} | {command} | {r['in_process']['p50_ms']:.2f} | "
+              f"{r['startup_s']:.1f} | {load_cells} | {r['e2e_over_in_process']:.1f}x | {history:.2f} | {stale} |")
+    for r in rows:
+        if r.get("serving"):
+            print(f"{r['model']} {shlex.join(r['flags'])}: {r['serving']}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--items", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--model", help="serve this model directory instead of a generated toy model")
+    parser.add_argument("--models", nargs="+", default=list(STANDARD_MODELS), choices=list(STANDARD_MODELS))
+    parser.add_argument("--model", action="append", default=[], help="serve this model directory (repeatable)")
+    parser.add_argument("--toy-items", type=int, default=0, help="also a ToyModel row with this many items")
+    parser.add_argument("--cache", type=Path, default=Path(os.environ.get("RAYREC_BENCH_CACHE", HERE / ".cache")),
+                        help="where the standard models are trained once and kept")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per concurrency level")
-    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--freshness-trials", type=int, default=1000)
-    parser.add_argument("--access-log", action="store_true", help="turn Serve access logs on (off by default)")
-    parser.add_argument("--threads", type=int, default=1, help="torch/BLAS threads per replica")
-    parser.add_argument("--scorer-replicas", type=int, default=1)
-    parser.add_argument("--topology", choices=["split", "fused", "ingress"], default="split",
-                        help="split: five deployments; fused: preprocess + encode + score in one; "
-                             "ingress: the ingress runs them itself")
-    parser.add_argument("--ingress-replicas", type=int, default=1)
-    parser.add_argument("--direct-ingress", action="store_true",
-                        help="Serve's direct ingress: send the load to the ingress replica's own port, not the proxy")
-    parser.add_argument("--replica-env", type=json.loads, default=None,
-                        help='JSON object replacing AppArgs.replica_env, e.g. \'{}\' for Serve\'s own defaults')
-    parser.add_argument("--cluster-env", type=json.loads, default={},
-                        help='JSON object of environment variables for the whole local Ray (proxy, controller, replicas)')
-    parser.add_argument("--compare", action="store_true",
-                        help="run the tuning variants one after another (fresh Ray each) and print them side by side")
-    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--flags", default="", help="extra `rayrec serve` flags of every row")
+    parser.add_argument("--compare", action="store_true", help="every VARIANTS row for each model")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     options = parser.parse_args(argv)
-    if options.compare:
-        return compare(options)
-    if options.direct_ingress:
-        from rayrec.serving.direct_ingress import DIRECT_INGRESS_ENV
 
-        options.cluster_env = {**DIRECT_INGRESS_ENV, **options.cluster_env}
-    os.environ.update(options.cluster_env)  # before ray.init: the local Ray's processes inherit it
+    models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in options.model]
+    if not options.model:
+        models += [(name, ensure_model(name, options.cache)) for name in options.models]
+    if options.toy_items:
+        from rayrec.serving.toy_model import write_toy_model
 
-    import ray
-    from ray import serve
-
-    from rayrec.serving.app import build_app
-    from rayrec.serving.config import AppArgs
-    from rayrec.serving.toy_model import write_toy_model
-
-    workdir = Path(tempfile.mkdtemp(prefix="rayrec-bench-"))
-    if options.model:
-        model_dir = Path(options.model)
-    else:
-        print(f"generating a toy model: {options.items:,} items, dimension {options.dim}", file=sys.stderr)
-        model_dir = write_toy_model(workdir / "model", num_items=options.items, dim=options.dim, num_users=1000)
-    from rayrec.serving.model_loading import load_model
-
-    model = load_model(model_dir)
-    users = [u for u in getattr(model, "histories", {})][:1000] or [f"user{i}" for i in range(1000)]
-    session_items = list(model.item_ids[:2])
-    del model
-
-    print("in-process compute ...", file=sys.stderr)
-    report: dict = {"items": options.items, "dim": options.dim, "in_process": in_process(model_dir, users, 300)}
-
-    port = free_port()
-    ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": options.access_log})
-        tuning = {} if options.replica_env is None else {"replica_env": options.replica_env}
-        args = AppArgs(
-            **tuning,
-            model_dir=str(model_dir),
-            state=f"sqlite:///{workdir / 'state.db'}",
-            access_log=options.access_log,
-            threads_per_replica=options.threads,
-            topology=options.topology,
-            stages={"ingress": {"num_replicas": options.ingress_replicas, "num_cpus": 0.25},
-                    "scorer": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5},
-                    "pipeline": {"num_replicas": options.scorer_replicas, "num_cpus": 0.5}},
-        )
-        started = time.perf_counter()
-        serve.run(build_app(args), name="rayrec", route_prefix="/")
-        report["startup_s"] = time.perf_counter() - started
-        url = f"http://127.0.0.1:{port}"
-        if options.direct_ingress:
-            from rayrec.serving.direct_ingress import replica_urls
-
-            url = replica_urls()[0]  # one ingress replica (--ingress-replicas 1): its own port
-        report["load"] = []
-        for concurrency in [int(c) for c in options.concurrency.split(",")]:
-            print(f"load at concurrency {concurrency} ...", file=sys.stderr)
-            report["load"].append(asyncio.run(load(url, users, concurrency, options.duration)))
-        print("freshness ...", file=sys.stderr)
-        report["freshness"] = freshness(url, options.freshness_trials, session_items)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    first = report["load"][0]
-    report["e2e_p50_over_compute_p50"] = first["p50_ms"] / report["in_process"]["pipeline_p50_ms"]
-    report["settings"] = {"topology": options.topology, "direct_ingress": options.direct_ingress, "access_log": options.access_log, "threads": options.threads, "num_cpus": options.num_cpus,
-                          "scorer_replicas": options.scorer_replicas, "ingress_replicas": options.ingress_replicas,
-                          "replica_env": args.replica_env,
-                          "cluster_env": options.cluster_env, "loadavg_1m": os.getloadavg()[0]}
-    print_report(report)
-    if options.out:
-        Path(options.out).write_text(json.dumps(report, indent=2))
-    return report
-
-
-#: (label, extra flags): each change on its own against rayrec's defaults, and Serve's defaults.
-VARIANTS = [
-    ("rayrec defaults (topology split)", []),
-    ("Serve's replica defaults (user code in a thread, router on its own loop)", ["--replica-env", "{}"]),
-    ("+ RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (gRPC between replicas)",
-     ["--cluster-env", json.dumps({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"})]),
-    ("topology: fused (one hop instead of three)", ["--topology", "fused"]),
-    ("topology: ingress (no hop on reads)", ["--topology", "ingress"]),
-    ("split + direct ingress (no proxy hop)", ["--direct-ingress"]),
-    ("fused + direct ingress", ["--topology", "fused", "--direct-ingress"]),
-    ("ingress + direct ingress", ["--topology", "ingress", "--direct-ingress"]),
-    ("access logs on", ["--access-log"]),
-    ("2 BLAS/torch threads per replica", ["--threads", "2"]),
-]
-
-
-def compare(options) -> dict:
-    """Every variant in a fresh process and a fresh Ray, same model size and load, one table."""
-    import subprocess
-
-    shared = ["--items", str(options.items), "--dim", str(options.dim), "--duration", str(options.duration),
-              "--concurrency", options.concurrency, "--freshness-trials", str(options.freshness_trials),
-              "--num-cpus", str(options.num_cpus)] + (["--model", options.model] if options.model else [])
+        toy = options.cache / f"toy-{options.toy_items}"
+        if not toy.exists():
+            write_toy_model(toy, num_items=options.toy_items, dim=64, num_users=1000)
+        models.append((f"ToyModel {options.toy_items:,} (not trained)", toy))
+    variants = VARIANTS if options.compare else [("", shlex.split(options.flags))]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for number, (label, flags) in enumerate(VARIANTS):
-            out = Path(tmp) / f"{number}.json"
-            print(f"== {label}", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, __file__, *shared, *flags, "--out", str(out)], check=True,
-                           stdout=subprocess.DEVNULL)
-            rows.append((label, json.loads(out.read_text())))
-    levels = [int(c) for c in options.concurrency.split(",")]
-    base = rows[0][1]["load"][0]["p50_ms"]
-    print(f"\n{options.items:,} items x {options.dim} dims; in-process pipeline p50 "
-          f"{rows[0][1]['in_process']['pipeline_p50_ms']:.2f} ms")
-    header = " | ".join(f"c={c} p50 / p99 ms, req/s" for c in levels)
-    print(f"| variant | {header} | p50 at c=1 vs rayrec defaults |")
-    print("|---|" + "---:|" * (len(levels) + 1))
-    for label, report in rows:
-        cells = " | ".join(f"{r['p50_ms']:.1f} / {r['p99_ms']:.1f}, {r['throughput_rps']:.0f}" for r in report["load"])
-        print(f"| {label} | {cells} | {report['load'][0]['p50_ms'] / base:.2f}x |")
-    if options.out:
-        Path(options.out).write_text(json.dumps(dict(rows), indent=2))
-    return dict(rows)
-
-
-def print_report(report: dict) -> None:
-    ip = report["in_process"]
-    print(f"\n{report['items']:,} items x {report['dim']} dims, settings {report['settings']}")
-    print(f"in-process pipeline: p50 {ip['pipeline_p50_ms']:.2f} ms, p99 {ip['pipeline_p99_ms']:.2f} ms; "
-          f"exact top-10 p50 {ip['exact_topk_p50_ms']:.2f} ms")
-    if "hnsw_recall_at_10" in ip:
-        print(f"HNSW: build {ip['hnsw_build_s']:.1f} s, top-10 p50 {ip['hnsw_topk_p50_ms']:.2f} ms, "
-              f"recall@10 vs exact {ip['hnsw_recall_at_10']:.3f}")
-    print("| concurrency | requests | errors | req/s | p50 ms | p99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for row in report["load"]:
-        print(f"| {row['concurrency']} | {row['requests']} | {row['errors']} | {row['throughput_rps']:.0f} | "
-              f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
-    print(f"end-to-end p50 / in-process p50 at concurrency 1: {report['e2e_p50_over_compute_p50']:.1f}x")
-    fresh = report["freshness"]
-    print(f"freshness: {fresh['stale_reads']} stale reads in {fresh['trials']} trials")
+    for name, model_dir in models:
+        for _, flags in variants:
+            rows.append(measure(name, model_dir, options, flags))
+            print_rows(rows[-1:])
+    print("\nAll rows:")
+    print_rows(rows)
+    if options.json:
+        options.json.write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 if __name__ == "__main__":
