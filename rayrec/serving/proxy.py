@@ -99,7 +99,9 @@ def replica_urls(app_name: str = "rayrec", host: str = "127.0.0.1", timeout_s: f
     controller = _get_global_client()._controller
     deadline = time.monotonic() + timeout_s
     while True:
-        groups = ray.get(controller.get_target_groups.remote(app_name))
+        # from_proxy_manager: in HAProxy mode the public answer lists HAProxy itself; HAProxy's
+        # own view lists the replicas.
+        groups = ray.get(controller.get_target_groups.remote(app_name, from_proxy_manager=True))
         urls = sorted(
             f"http://{host}:{target.port}"
             for group in groups
