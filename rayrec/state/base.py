@@ -43,6 +43,11 @@ class AppendResult:
 
     stored: int  # events newly written
     duplicates: int  # events whose event_id was already in the log (idempotent re-sends)
+    #: Per event of the batch, in order: True if it was newly written, False if its
+    #: ``event_id`` was already stored (a re-send, or a repeat earlier in the same batch).
+    #: None from a store that does not say; serving then flags events only when the whole
+    #: batch was new or the whole batch was duplicates.
+    new: list[bool] | None = None
 
 
 @dataclass
@@ -85,10 +90,23 @@ class BaseStateStore(Component):
     ) -> AppendResult:  # pragma: no cover - interface
         """Durably append ``events`` (all or none) and update each user's recent state.
 
-        An event whose ``event_id`` is already stored is skipped (idempotent re-send). Events
-        whose type is in ``dislike_types`` also mark the item disliked for that user.
+        An event whose ``event_id`` is already stored is skipped (idempotent re-send); the
+        result's ``new`` says which events were written. Events whose type is in
+        ``dislike_types`` also mark the item disliked for that user. Each stored event also
+        moves its item's :meth:`item_last_seen` time forward.
         """
         raise NotImplementedError
+
+    def item_last_seen(self, item_ids: Collection[str]) -> dict[str, float]:
+        """The time of the latest stored event of each of ``item_ids``, in unix seconds.
+
+        An event's time is its ``timestamp``, or its arrival time when it had none. Items with no
+        stored event are left out. This is what ``ScoringContext.item_timestamps`` holds. It
+        counts only events fed back online, not the training data. It carries no user id, so
+        erasing a user does not move it back. The default returns ``{}``: a store that keeps no
+        such index gives recency-aware scorers no timestamps, and they add no recency boost.
+        """
+        return {}
 
     def user_state(self, user_id: str, limit: int) -> UserState:  # pragma: no cover
         """The user's ``limit`` most recent events (oldest first), dislikes and erasure flag."""

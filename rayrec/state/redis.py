@@ -21,6 +21,7 @@ Keys (``P`` is the prefix)::
     P:recent:<user>             list  JSON [item_id, event_type], newest recent_limit kept
     P:dislikes:<user>           set   disliked item ids
     P:erased                    hash  user_id -> erased-at unix time
+    P:item_last_seen            hash  item_id -> latest event time (unix seconds)
     P:catalog:version           int   catalogue version counter
     P:catalog:items             hash  item_id -> JSON {"record", "deleted", "version"}
     P:catalog:log               zset  item_id scored by its latest version
@@ -45,19 +46,26 @@ from rayrec.state.base import AppendResult, BaseStateStore, CatalogChange, Model
 
 logger = logging.getLogger(__name__)
 
-# ARGV: prefix, recent_limit, then 6 per event: event_id ('' = none), user_id, item_id,
-# event_type, is_dislike ('1'/'0'), the event as JSON. Returns the number newly stored.
+# ARGV: prefix, recent_limit, then 7 per event: event_id ('' = none), user_id, item_id,
+# event_type, is_dislike ('1'/'0'), the event as JSON, its time. Returns 1 per event newly
+# stored, 0 per duplicate, in order.
 _APPEND = """
 local p = ARGV[1]
 local limit = tonumber(ARGV[2])
 local stored = 0
-for i = 3, #ARGV, 6 do
+local flags = {}
+for i = 3, #ARGV, 7 do
   local event_id, user, item, kind, dislike, blob = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
   local fresh = true
   if event_id ~= '' then
     fresh = redis.call('HSETNX', p .. 'event_ids', event_id, user) == 1
   end
+  flags[#flags + 1] = fresh and 1 or 0
   if fresh then
+    local seen = tonumber(redis.call('HGET', p .. 'item_last_seen', item))
+    if not seen or tonumber(ARGV[i+6]) > seen then
+      redis.call('HSET', p .. 'item_last_seen', item, ARGV[i+6])
+    end
     redis.call('RPUSH', p .. 'log:' .. user, blob)
     redis.call('RPUSH', p .. 'recent:' .. user, cjson.encode({item, kind}))
     redis.call('LTRIM', p .. 'recent:' .. user, -limit, -1)
@@ -70,7 +78,7 @@ end
 if stored > 0 then
   redis.call('INCRBY', p .. 'events:count', stored)
 end
-return stored
+return flags
 """
 
 # ARGV: prefix, user_id, now. Returns the number of events deleted.
@@ -262,15 +270,23 @@ class RedisStateStore(BaseStateStore):
         now = time.time()
         args: list[Any] = [self.options.recent_limit]
         for event in events:
+            timestamp = event.timestamp if event.timestamp is not None else now
             blob = json.dumps({
                 "user_id": event.user_id, "item_id": event.item_id, "event_type": event.event_type,
-                "timestamp": event.timestamp if event.timestamp is not None else now,
-                "value": event.value, "event_id": event.event_id, "received_at": now,
+                "timestamp": timestamp, "value": event.value, "event_id": event.event_id, "received_at": now,
             })
             args += [event.event_id or "", event.user_id, event.item_id, event.event_type,
-                     "1" if event.event_type in dislike_types else "0", blob]
-        stored = int(self._run("append", *args))
-        return AppendResult(stored=stored, duplicates=len(events) - stored)
+                     "1" if event.event_type in dislike_types else "0", blob, repr(float(timestamp))]
+        new = [bool(int(flag)) for flag in self._run("append", *args)]
+        stored = sum(new)
+        return AppendResult(stored=stored, duplicates=len(events) - stored, new=new)
+
+    def item_last_seen(self, item_ids: Collection[str]) -> dict[str, float]:
+        ids = list(dict.fromkeys(item_ids))
+        if not ids:
+            return {}
+        values = self._connect().hmget(self._key("item_last_seen"), ids)
+        return {item_id: float(value) for item_id, value in zip(ids, values) if value is not None}
 
     def user_state(self, user_id: str, limit: int) -> UserState:
         pipe = self._connect().pipeline(transaction=True)  # one snapshot, like SQLite's read transaction

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS user_dislikes (
     item_id TEXT NOT NULL,
     PRIMARY KEY (user_id, item_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS item_last_seen (
+    item_id TEXT PRIMARY KEY,
+    timestamp REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS erased_users (
     user_id TEXT PRIMARY KEY,
     erased_at REAL NOT NULL
@@ -78,6 +82,10 @@ CREATE TABLE IF NOT EXISTS model_generations (
     created_at REAL NOT NULL
 );
 """
+
+
+#: Ids bound per ``IN (...)`` query (SQLite allows 999 variables in builds before 3.32).
+_IDS_PER_QUERY = 900
 
 
 def sqlite_path_from_url(url: str) -> str:
@@ -149,9 +157,14 @@ class SQLiteStateStore(BaseStateStore):
         conn.execute(f"PRAGMA synchronous = {self.options.synchronous.upper()}")
         conn.execute("PRAGMA foreign_keys = OFF")
         with self._write(conn):
+            had_last_seen = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'item_last_seen'").fetchone()
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if not had_last_seen:  # a file written before the table existed: index its events once
+                conn.execute("INSERT OR REPLACE INTO item_last_seen (item_id, timestamp) "
+                             "SELECT item_id, MAX(timestamp) FROM events GROUP BY item_id")
         self._conn = conn
         self._pid = os.getpid()
         return conn
@@ -210,9 +223,11 @@ class SQLiteStateStore(BaseStateStore):
     ) -> AppendResult:
         now = time.time()
         stored = 0
+        new: list[bool] = []
         touched: set[str] = set()
         with self._write() as conn:
             for event in events:
+                timestamp = event.timestamp if event.timestamp is not None else now
                 cursor = conn.execute(
                     "INSERT OR IGNORE INTO events "
                     "(event_id, user_id, item_id, event_type, timestamp, value, received_at) "
@@ -222,14 +237,20 @@ class SQLiteStateStore(BaseStateStore):
                         event.user_id,
                         event.item_id,
                         event.event_type,
-                        event.timestamp if event.timestamp is not None else now,
+                        timestamp,
                         event.value,
                         now,
                     ),
                 )
+                new.append(cursor.rowcount == 1)
                 if cursor.rowcount == 0:  # event_id already in the log
                     continue
                 stored += 1
+                conn.execute(
+                    "INSERT INTO item_last_seen (item_id, timestamp) VALUES (?, ?) "
+                    "ON CONFLICT(item_id) DO UPDATE SET timestamp = MAX(timestamp, excluded.timestamp)",
+                    (event.item_id, timestamp),
+                )
                 touched.add(event.user_id)
                 conn.execute(
                     "INSERT INTO user_recent (user_id, seq, item_id, event_type) VALUES (?, ?, ?, ?)",
@@ -246,7 +267,18 @@ class SQLiteStateStore(BaseStateStore):
                     "  SELECT seq FROM user_recent WHERE user_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                     (user_id, user_id, self.options.recent_limit),
                 )
-        return AppendResult(stored=stored, duplicates=len(events) - stored)
+        return AppendResult(stored=stored, duplicates=len(events) - stored, new=new)
+
+    def item_last_seen(self, item_ids: Collection[str]) -> dict[str, float]:
+        ids = list(dict.fromkeys(item_ids))
+        result: dict[str, float] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start:start + _IDS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                result.update(conn.execute(
+                    f"SELECT item_id, timestamp FROM item_last_seen WHERE item_id IN ({marks})", chunk).fetchall())
+        return result
 
     def user_state(self, user_id: str, limit: int) -> UserState:
         with self._read() as conn:

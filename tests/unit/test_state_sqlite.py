@@ -82,3 +82,15 @@ def test_store_is_registered_as_a_component():
 
     assert "sqlite" in plugins.registry().names("state_store")
     assert plugins.registry().plugin_of("state_store", "sqlite") == "rayrec.builtin.state_stores"
+
+
+def test_a_file_from_before_item_last_seen_gets_it_from_its_events(tmp_path):
+    from rayrec.components import FeedbackEvent
+
+    path = str(tmp_path / "old.db")
+    store = open_state_store(path)
+    store.append_events([FeedbackEvent(user_id="u", item_id="a", timestamp=t) for t in (10.0, 30.0)])
+    conn = store._connection()
+    conn.execute("DROP TABLE item_last_seen")  # what a file written by an earlier rayrec lacks
+    store.close()
+    assert open_state_store(path).item_last_seen(["a"]) == {"a": 30.0}

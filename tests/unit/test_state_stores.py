@@ -131,6 +131,25 @@ def test_resending_an_event_id_is_idempotent(store):
     assert store.event_count() == 6
 
 
+def test_append_says_which_events_were_new(store):
+    store.append_events([ev("u", "a", event_id="n1")])
+    result = store.append_events([ev("u", "a", event_id="n1"), ev("u", "b", event_id="n2"),
+                                  ev("u", "b", event_id="n2"), ev("u", "c")])
+    assert result.new == [False, True, False, True]  # a re-send, new, repeated in the batch, no id
+
+
+def test_item_last_seen_is_the_latest_event_time_per_item(store):
+    def at(item, timestamp, event_id=None):
+        return FeedbackEvent(user_id="u", item_id=item, timestamp=timestamp, event_id=event_id)
+
+    store.append_events([at("a", 100.0), at("a", 300.5), at("a", 200.0), at("b", 50.0, event_id="b1")])
+    store.append_events([at("b", 999.0, event_id="b1")])  # a re-send changes nothing
+    assert store.item_last_seen(["a", "b", "never"]) == {"a": 300.5, "b": 50.0}
+    assert store.item_last_seen([]) == {}
+    store.erase_user("u")  # holds no user id: stays
+    assert store.item_last_seen(["a"]) == {"a": 300.5}
+
+
 def test_events_keep_their_fields(store):
     event = FeedbackEvent(user_id="ü-1", item_id="i/1", event_type="rating", timestamp=1700000000.125, value=4.5,
                           event_id="r-1")
