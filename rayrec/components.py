@@ -98,7 +98,12 @@ class ItemEncoder(Encoder):
 
 
 class Candidate(BaseModel):
-    """One scored item flowing through the scoring stage."""
+    """One scored item flowing through the scoring stage.
+
+    ``score`` is the ranking score so far: the model's, unless a scorer changed it.
+    ``explanation`` holds notes scorers add (``"popularity +0.069"``); the answer shows them
+    as ``explanation.notes``.
+    """
 
     item_id: str
     score: float
@@ -113,21 +118,58 @@ class ScoringContext(BaseModel):
     user_id: str | None = None
     history: list[str] = []  # the user's recent item ids, oldest first
     item_popularity: dict[str, float] = {}  # interactions per item in the training data
-    item_timestamps: dict[str, float] = {}  # last-seen time per item (unix seconds)
+    #: Last-seen time per candidate (unix seconds): its latest feedback event received online
+    #: (BaseStateStore.item_last_seen); items without one are absent, training data is not counted.
+    item_timestamps: dict[str, float] = {}
     item_categories: dict[str, list[str]] = {}  # categories per item, where known
     now: float | None = None
     catalog: Any = None  # serving only: a rayrec.serving.scoring.CatalogView of the live catalogue
 
 
 class Scorer(Component):
-    """Re-scores candidates after retrieval (blend, boost, diversify).
+    """Re-ranks the retrieved candidates (blend, boost, diversify) before the answer is cut to ``k``.
 
-    ``score(candidates, context)`` returns the candidates (possibly re-ordered or re-scored);
-    the scoring stage sorts by the returned scores.
+    ``rerank(candidates, context)`` receives the candidate pool best first and returns the
+    candidates in the order to show them. That order is final: rayrec does not sort it. A
+    scorer may drop candidates, but never brings back an item the user may not see. It may
+    change ``Candidate.score`` (a later scorer sees the new value, and the answer reports it as
+    ``rank_score``); the answer's ``score`` stays the model's. Notes appended to
+    ``Candidate.explanation`` reach the answer as ``explanation.notes``.
+
+    The first form, ``score(candidates, context)`` returning re-scored candidates that rayrec
+    then sorts by score, still works; defining it warns (DeprecationWarning) with what to change.
     """
 
-    def score(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:  # pragma: no cover
-        raise NotImplementedError
+    def rerank(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:  # pragma: no cover
+        raise NotImplementedError(f"scorer {self.name!r} implements neither rerank() nor score()")
+
+    def score(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:
+        """Deprecated form (see the class docstring); on a scorer written with ``rerank``, the same."""
+        return self.rerank(candidates, context)
+
+    @classmethod
+    def sorts_by_score(cls) -> bool:
+        """True for a scorer written in the deprecated ``score()`` form: rayrec sorts its output."""
+        for klass in cls.__mro__:
+            if klass is Scorer:
+                return False
+            if "rerank" in vars(klass):
+                return False
+            if "score" in vars(klass):
+                return True
+        return False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "score" in vars(cls) and cls.sorts_by_score():
+            import warnings
+
+            warnings.warn(
+                f"{cls.__module__}.{cls.__qualname__} implements Scorer.score(), which is deprecated: rename it "
+                "to rerank(candidates, context) and return the candidates in the order to show them, best "
+                "first (e.g. sorted by your scores); rayrec keeps that order instead of sorting by "
+                "Candidate.score, and answers report the model's score as score and yours as rank_score",
+                DeprecationWarning, stacklevel=2)
 
 
 class CandidateSource(Component):
@@ -152,10 +194,18 @@ class FeedbackEvent(BaseModel):
     timestamp: float | None = None
     value: float | None = None
     event_id: str | None = None
+    #: Set by rayrec before handlers see the event: True when this batch stored it, False when
+    #: its ``event_id`` was already stored (a client's retry, or a repeat within the batch).
+    #: None where unknown: before storing, or from a state store that does not say.
+    new: bool | None = None
 
 
 class FeedbackHandler(Component):
-    """Called with each batch of accepted feedback events (after they are durable)."""
+    """Called with each batch of accepted feedback events (after they are durable).
+
+    The batch holds every accepted event, re-sent duplicates included. ``event.new`` tells
+    them apart, so a counter should count only ``[e for e in events if e.new]``.
+    """
 
     def handle(self, events: list[FeedbackEvent]) -> None:  # pragma: no cover
         raise NotImplementedError

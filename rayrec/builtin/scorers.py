@@ -20,7 +20,9 @@ class CategoryDiversity(Scorer):
         model_config = ConfigDict(extra="forbid")
         penalty: float = Field(0.1, ge=0, description="Score subtracted per earlier item sharing a category.")
 
-    def score(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:
+    def rerank(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:
+        """Greedy: each next item is the best by ``score`` minus the penalty for its categories
+        already shown; its penalised score is what a later scorer sees."""
         remaining = sorted(candidates, key=lambda c: -c.score)
         seen: Counter[str] = Counter()
         ranked: list[Candidate] = []

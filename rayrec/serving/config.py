@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rayrec.serving.schemas import MAX_K
+
 #: Weight of each feedback event type. Positive events join the user's sequence (repeated
 #: ``round(weight)`` times, at least once), zero is logged only, negative is a dislike: the
 #: item leaves the sequence and is never recommended to that user again.
@@ -152,11 +154,18 @@ class AppArgs(BaseModel):
     feedback_handlers: list[ComponentSpec] = Field(default_factory=list)
     event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     filter_seen: bool = Field(True, description="Never recommend items the user already interacted with.")
-    max_k: int = Field(1000, ge=1)
+    max_k: int = Field(
+        1000, ge=1, le=MAX_K,
+        description=f"Largest k a request may ask for (/recommend, /search, /similar-items); at most {MAX_K}.")
+    rerank_pool: int | None = Field(
+        None, ge=1, le=100_000,
+        description="Candidates the scorers and candidate filters see per request (at least k). "
+                    "Null: min(max(2k, k + 20), 2000), so the pool grows with k.")
     max_feedback_batch: int = Field(1000, ge=1)
-    batch_max_size: int = Field(16, ge=1, description="@serve.batch size of the user encoder.")
+    batch_max_size: int = Field(16, ge=1, description="Most requests the user encoder encodes in one batch.")
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="Extra wait for a fuller batch; 0 batches only what queued meanwhile (no added latency)."
+        0.0, ge=0, description="The user encoder's extra wait for a fuller batch; 0 batches only what queued "
+                               "meanwhile (no added latency)."
     )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
     topology: Literal["auto", "split", "fused", "ingress"] = Field(
@@ -221,3 +230,4 @@ class AppArgs(BaseModel):
     @property
     def dislike_types(self) -> set[str]:
         return {name for name, weight in self.event_weights.items() if weight < 0}
+

@@ -158,6 +158,7 @@ class UserEncoder(_ModelStage):
 
     def __init__(self, args: AppArgs) -> None:
         self._init_stage(args)
+        # The one place batching is configured: AppArgs.batch_max_size / batch_wait_timeout_s.
         self.encode_batch.set_max_batch_size(args.batch_max_size)
         self.encode_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
@@ -170,7 +171,7 @@ class UserEncoder(_ModelStage):
     async def encode(self, generation: int, history: list[int]) -> tuple[np.ndarray | None, np.ndarray]:
         return await self.encode_batch((generation, history))
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    @serve.batch  # sized in __init__ from AppArgs
     async def encode_batch(self, requests: list[tuple[int, list[int]]]) -> list[tuple[np.ndarray | None, np.ndarray]]:
         results: list[Any] = [None] * len(requests)
         by_generation: dict[int, list[int]] = {}
@@ -212,6 +213,7 @@ class _CatalogueMethods:
             candidate_sources=self.candidate_sources,
             search=self.args.search,
             new_items=self.args.new_items,
+            rerank_pool=self.args.rerank_pool,
         )
 
     async def _scorer(self, generation: int | None = None) -> ScorerLogic:  # pragma: no cover - per class

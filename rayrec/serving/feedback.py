@@ -8,15 +8,30 @@ from typing import Callable, Sequence
 
 from rayrec.components import FeedbackEvent, FeedbackHandler
 from rayrec.serving.errors import RequestError
-from rayrec.state.base import BaseStateStore
+from rayrec.state.base import AppendResult, BaseStateStore
 
 logger = logging.getLogger(__name__)
+
+
+def flag_new(events: list[FeedbackEvent], result: AppendResult) -> list[FeedbackEvent]:
+    """The events with ``new`` set from the store's answer (see ``AppendResult.new``)."""
+    flags: list[bool | None]
+    if result.new is not None and len(result.new) == len(events):
+        flags = list(result.new)
+    elif result.duplicates == 0:
+        flags = [True] * len(events)
+    elif result.stored == 0:
+        flags = [False] * len(events)
+    else:  # a store that reports only counts, for a mixed batch: not knowable here
+        flags = [None] * len(events)
+    return [event.model_copy(update={"new": flag}) for event, flag in zip(events, flags)]
 
 
 class FeedbackLogic:
     """Accepts batches of events; when :meth:`ingest` returns, they are on disk.
 
-    Plugins run *after* the events are durable. A failing handler or hook is logged and does
+    Plugins run *after* the events are durable, with every accepted event, re-sends included;
+    each event's ``new`` says whether this batch stored it. A failing handler or hook is logged and does
     not fail the request: the client must not re-send events that are already stored.
     """
 
@@ -57,6 +72,7 @@ class FeedbackLogic:
         events = list(events)
         self.validate(events)
         result = self.store.append_events(events, dislike_types=self.dislike_types)
+        events = flag_new(events, result)
         for handler in self.handlers:
             try:
                 handler.handle(events)

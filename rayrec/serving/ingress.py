@@ -301,6 +301,8 @@ class Ingress:
     async def similar_items(
         self, item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH), k: int = Query(10, ge=1, le=MAX_K)
     ) -> Any:
+        if k > self.args.max_k:
+            raise RequestError("k", f"at most {self.args.max_k}")
         return StageError.raise_for(await self.scorer.similar.remote(item_id, k))
 
     @app.get("/items/{item_id}", response_model=ItemOut, responses=_errors(404))

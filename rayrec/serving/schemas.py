@@ -1,14 +1,15 @@
 """The HTTP contract (pydantic models, shown at ``/openapi.json``) and the messages the
 stages pass each other.
 
-An explanation is ``{"because": [item ids], "source": ...}``: ``because`` lists up to three
+An explanation is ``{"because": [item ids], "source": ..., "notes": [...]}``: ``because`` lists up to three
 items of the user's recent history that contributed most to the recommendation (the user
 tower's attribution of each history position times that item's cosine similarity to the
 recommended item); ``source`` says what the list was built from: ``"history"`` (the user's
 own events), ``"session"`` (``recent_items`` sent with an anonymous request), ``"popular"``
 (nothing known about the user: most popular items), ``"similar"`` (``/similar-items``), or
 ``"search"`` (``/search`` by text match alone; ``"search+history"`` and ``"search+session"``
-when blended with the user's taste).
+when blended with the user's taste); ``notes``, only when there are any, are what the
+configured scorers added to the candidate's explanation.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_serializer
 
-MAX_K = 1000
+#: The most items one answer may hold, whatever the config says: the ceiling of ``AppArgs.max_k``,
+#: which is the limit a server applies (1000 by default; a larger k is a 422 naming it).
+MAX_K = 10_000
 #: Longest user or item id, and the other string limits of the API (413 caps the whole body).
 MAX_ID_LENGTH = 512
 MAX_FILTER_KEYS = 32
@@ -68,7 +71,7 @@ class RecommendRequest(BaseModel):
         None, min_length=1, max_length=512,
         description="Any user id; unknown users get popular items. Leave it out for an anonymous session: "
                     "the answer then comes from recent_items alone (popular items without them).")
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return: at most the server's max_k (1000 unless configured).")
     exclude_items: list[IdString] = Field(default_factory=list, max_length=10_000, description="Never return these.")
     filters: AttributeFilters = Field(
         default_factory=dict,
@@ -95,7 +98,7 @@ class SearchRequest(BaseModel):
 
     query: Annotated[Text, AfterValidator(_not_blank)] = Field(
         min_length=1, max_length=1000, description='What to look for, in plain words, e.g. "funny animated films for kids".')
-    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return.")
+    k: int = Field(10, ge=1, le=MAX_K, description="How many items to return: at most the server's max_k (1000 unless configured).")
     user_id: Text | None = Field(
         None, min_length=1, max_length=512,
         description="Personalise: blend text match with this user's taste (no effect for users without history).")
@@ -110,17 +113,38 @@ class SearchRequest(BaseModel):
                                 include=self.include)
 
 
+def _drop_none(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """Answers leave out a field that only some configurations fill, instead of sending null."""
+    if data.get(key, 0) is None:
+        del data[key]
+    return data
+
+
 class Explanation(BaseModel):
     because: list[str] = Field(default_factory=list, description="History items that contributed most.")
     source: str = Field("history", description="history | session | popular | similar | search | search+history | search+session")
+    notes: list[str] | None = Field(
+        None, description='What the configured scorers noted about this item (Candidate.explanation), e.g. '
+                          '["popularity +0.069"]; absent when they noted nothing.')
+
+    @model_serializer(mode="wrap")
+    def _without_empty_notes(self, handler):
+        return _drop_none(handler(self), "notes")
 
 
 class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(
-        description="The ranking score, higher first. From the model (user vector x item vector) when "
-                    "explanation.source is history or session; for popular, the item's popularity relative "
-                    "to the most popular item, in (0, 1].")
+        description="The retrieval score: from the model (user vector x item vector) when explanation.source "
+                    "is history or session; for popular, the item's popularity relative to the most popular "
+                    "item, in (0, 1]. Items are listed best first: by this score, or in the order the "
+                    "configured scorers chose.")
+    rank_score: float | None = Field(
+        None, description="With scorers configured: the score the last of them left (what they ranked by).")
+
+    @model_serializer(mode="wrap")
+    def _without_rank_score(self, handler):
+        return _drop_none(handler(self), "rank_score")
     explanation: Explanation
     title: str | None = Field(None, description='With include: ["title"].')
     text: str | None = Field(None, description='With include: ["text"].')

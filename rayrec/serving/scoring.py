@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
+from rayrec.models.ann import read_index
 from rayrec.models.bundle import RecommenderModel
 from rayrec.serving.config import NewItemOptions, SearchOptions
 from rayrec.serving.errors import NotFoundError, RequestError
@@ -45,6 +46,16 @@ class CatalogView:
     added_items: Sequence[str] = ()
 
 
+def rerank_pool_size(k: int, configured: int | None = None) -> int:
+    """How many candidates the re-rankers see for a request of ``k`` items.
+
+    ``configured`` (``AppArgs.rerank_pool``) when set, else ``min(max(2k, k + 20), 2000)``;
+    never fewer than ``k``, so re-ranking alone never shortens the answer.
+    """
+    pool = configured if configured is not None else min(max(2 * k, k + 20), 2000)
+    return max(pool, k)
+
+
 def new_item_calibration(model: RecommenderModel, options: NewItemOptions):
     """The model's calibration of new items' scores, or None (off, or a model without one)."""
     calibration = getattr(model, "new_item_calibration", None)
@@ -58,8 +69,10 @@ class ScorerLogic:
 
     Order of work: refresh the catalogue from the state store if its version moved; mask out
     deleted, disliked, excluded, already-seen and attribute-filtered items; exact or ANN
-    top-K (a larger pool when re-rankers or filters run); the configured scorers in order;
-    every ``filter_candidates`` hook implementation in turn; sort; cut to ``k``; explain.
+    top-K (a larger pool, :func:`rerank_pool_size`, when re-rankers or filters run); the
+    configured scorers in order, each ranking the previous one's output; every
+    ``filter_candidates`` hook implementation in turn (they drop, never re-order); cut to
+    ``k``; explain. Answers report the model's score as ``score`` whatever a scorer does.
     """
 
     def __init__(
@@ -75,11 +88,17 @@ class ScorerLogic:
         candidate_sources: Sequence[CandidateSource] = (),
         search: SearchOptions | None = None,
         new_items: NewItemOptions | None = None,
+        rerank_pool: int | None = None,
     ) -> None:
         self.model = model
+        self.rerank_pool = rerank_pool
         self.candidate_sources = list(candidate_sources)
         self.store = store
         self.scorers = list(scorers)
+        for scorer in self.scorers:
+            if scorer.sorts_by_score():
+                logger.warning("scorer %r uses the deprecated score() form: rename it to rerank() and return "
+                               "the candidates in the order to show them (see rayrec.components.Scorer)", scorer.name)
         self.candidate_filters = list(candidate_filters)
         self.filter_seen = filter_seen
         ann = ann_options or {}
@@ -92,6 +111,7 @@ class ScorerLogic:
             ef_construction=ann.get("ef_construction", 80),
             ef_search=ann.get("ef_search", 256),
             new_item_calibration=new_item_calibration(model, new_items or NewItemOptions()),
+            ann_index=self._exported_index(model, ann.get("m", 32), exact_search_max_items),
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
         self.trained_items = set(model.item_ids)
@@ -195,6 +215,14 @@ class ScorerLogic:
         self.refresh()
         return version
 
+    @staticmethod
+    def _exported_index(model: Any, m: int, exact_search_max_items: int):
+        """The ANN index ``rayrec train`` saved in the model directory, when search needs one."""
+        model_dir = getattr(model, "model_dir", None)
+        if model_dir is None or len(model.item_ids) <= exact_search_max_items:
+            return None
+        return read_index(model_dir, getattr(model, "config", {}), len(model.item_ids), m)
+
     # -- filters -----------------------------------------------------------------------------
     def _allowed(self, excluded, filters: dict[str, Any]) -> tuple[np.ndarray, bool]:
         """Rows that are live, not in ``excluded`` and pass the attribute ``filters``; and
@@ -253,7 +281,7 @@ class ScorerLogic:
         allowed, filtered = self._allowed(excluded, request.filters)
 
         rerank = bool(self.scorers or self.candidate_filters)
-        pool = min(max(2 * request.k, request.k + 20), 2000) if rerank else request.k
+        pool = rerank_pool_size(request.k, self.rerank_pool) if rerank else request.k
         if user_vector is None:
             source = "popular"
             rows, scores = ItemIndex.top_rows(self.index.relative_popularity(), pool, allowed)
@@ -269,23 +297,22 @@ class ScorerLogic:
                 candidates.append(candidate)
                 sources[candidate.item_id] = name
             candidates.sort(key=lambda c: -c.score)
+        model_scores = {c.item_id: c.score for c in candidates}
         if rerank and candidates:
             candidates = self._rerank(candidates, request)
         candidates = candidates[: request.k]
         explanations = self._explain(candidates, request, attributions if user_vector is not None else None)
-        return {
-            "user_id": request.user_id,
-            "model_version": self.model_version,
-            "items": [
-                {
-                    "item_id": c.item_id,
-                    "score": c.score,
-                    "explanation": {"because": because, "source": sources.get(c.item_id, source)},
-                    **self._included(c.item_id, request.include),
-                }
-                for c, because in zip(candidates, explanations)
-            ],
-        }
+        items = []
+        for c, because in zip(candidates, explanations):
+            explanation: dict[str, Any] = {"because": because, "source": sources.get(c.item_id, source)}
+            if c.explanation:
+                explanation["notes"] = [str(note) for note in c.explanation]
+            item: dict[str, Any] = {"item_id": c.item_id, "score": model_scores.get(c.item_id, c.score),
+                                    "explanation": explanation}
+            if self.scorers:
+                item["rank_score"] = c.score
+            items.append({**item, **self._included(c.item_id, request.include)})
+        return {"user_id": request.user_id, "model_version": self.model_version, "items": items}
 
     def _included(self, item_id: str, fields: list[str]) -> dict[str, Any]:
         """The metadata ``include`` asks for, as ``GET /items/{id}`` gives it."""
@@ -320,22 +347,27 @@ class ScorerLogic:
             item_categories={
                 c.item_id: list(self.records.get(c.item_id, {}).get("categories", []) or []) for c in candidates
             },
+            item_timestamps=self.store.item_last_seen([c.item_id for c in candidates]),
             now=time.time(),
         )
 
     def _rerank(self, candidates: list[Candidate], request: PreparedRequest) -> list[Candidate]:
         context = self._context(candidates, request)
         for scorer in self.scorers:
-            candidates = list(scorer.score(candidates, context))
+            if scorer.sorts_by_score():  # the deprecated form: its order is that of its scores
+                candidates = sorted(scorer.score(candidates, context), key=lambda c: -c.score)
+            else:
+                candidates = list(scorer.rerank(candidates, context))
+        order = {c.item_id: position for position, c in enumerate(candidates)}
         for candidate_filter in self.candidate_filters:
             kept = candidate_filter(candidates=candidates, context=context)
             if kept is not None:
                 candidates = list(kept)
+        # Filters drop; the order stays the scorers' (for an item a filter made up: last).
+        candidates.sort(key=lambda c: order.get(c.item_id, len(order)))
         # A re-ranker must not bring back what the user may never see.
         forbidden = set(request.exclude) | (request.seen if self.filter_seen else set())
-        candidates = [c for c in candidates if c.item_id in self.index and c.item_id not in forbidden]
-        candidates.sort(key=lambda c: -c.score)
-        return candidates
+        return [c for c in candidates if c.item_id in self.index and c.item_id not in forbidden]
 
     def _explain(
         self, candidates: list[Candidate], request: PreparedRequest, attributions: np.ndarray | None
@@ -352,7 +384,7 @@ class ScorerLogic:
         weights = np.asarray(attributions, dtype=np.float32)[[p for p, _ in positions]]
         history_ids = [request.history_ids[p] for p, _ in positions]
         candidate_rows = np.array([row_of[c.item_id] for c in candidates])
-        similarity = self.index.unit[candidate_rows] @ self.index.unit[history_rows].T  # (C, H)
+        similarity = self.index.unit_rows(candidate_rows) @ self.index.unit_rows(history_rows).T  # (C, H)
         contribution = similarity * weights[None, :]
         result = []
         for row in contribution:
@@ -414,7 +446,7 @@ class ScorerLogic:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
         row = self.index.row_of[item_id]
         allowed = self.index.allowed_mask([item_id])
-        scores = self.index.unit @ self.index.unit[row]
+        scores = self.index.cosine_to(row)
         rows, scores = ItemIndex.top_rows(scores, k, allowed)
         return {
             "item_id": item_id,

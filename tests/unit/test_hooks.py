@@ -140,8 +140,8 @@ class ReverseScorer(Scorer):
         model_config = ConfigDict(extra="forbid")
         offset: float = Field(0.0, ge=0)
 
-    def score(self, candidates, context):
-        return [c.model_copy(update={"score": self.options.offset - c.score}) for c in candidates]
+    def rerank(self, candidates, context):
+        return [c.model_copy(update={"score": self.options.offset - c.score}) for c in reversed(candidates)]
 
 
 class ScorerPlugin:
@@ -153,8 +153,8 @@ class ScorerPlugin:
 def test_hook_register_scorers(register_rayrec_plugin):
     plugin = register_rayrec_plugin(ScorerPlugin, name="test-hooks-scorers")
     scorer = assert_registered("scorer", ReverseScorer, plugin, {"offset": 1.0}, {"ofset": 1.0})
-    rescored = scorer.score([Candidate(item_id="a", score=0.9), Candidate(item_id="b", score=0.1)], ScoringContext())
-    assert [(c.item_id, c.score) for c in rescored] == [("a", pytest.approx(0.1)), ("b", pytest.approx(0.9))]
+    ranked = scorer.rerank([Candidate(item_id="a", score=0.9), Candidate(item_id="b", score=0.1)], ScoringContext())
+    assert [(c.item_id, c.score) for c in ranked] == [("b", pytest.approx(0.9)), ("a", pytest.approx(0.1))]
 
 
 class PopularSource(CandidateSource):

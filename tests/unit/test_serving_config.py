@@ -71,6 +71,39 @@ def test_resolve_args_makes_paths_absolute_and_checks_model_and_components(tmp_p
         resolve_args({"model_dir": "model", "scorers": [{"name": "nope"}]})
 
 
+def test_the_user_encoder_batches_as_app_args_say(tmp_path):
+    import asyncio
+
+    from rayrec.serving.deployments import UserEncoder
+    from rayrec.state import open_state_store
+
+    model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
+    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", batch_max_size=7,
+                   batch_wait_timeout_s=0.25)
+    store = open_state_store(args.state)
+    store.ensure_model(args.model_dir)
+    store.close()
+
+    async def batching():
+        encoder = UserEncoder.func_or_class(args)  # the replica's class, outside Ray
+        return encoder.encode_batch._get_max_batch_size(), encoder.encode_batch._get_batch_wait_timeout_s()
+
+    assert asyncio.run(batching()) == (7, 0.25)
+
+
+def test_max_k_is_the_limit_up_to_the_schema_ceiling():
+    from rayrec.serving.schemas import MAX_K, RecommendRequest, SearchRequest
+
+    assert AppArgs(model_dir="m").max_k == 1000
+    assert AppArgs(model_dir="m", max_k=MAX_K).max_k == MAX_K
+    with pytest.raises(ValidationError, match="max_k"):
+        AppArgs(model_dir="m", max_k=MAX_K + 1)
+    # The request schema lets a configured max_k through (the ingress then applies max_k itself).
+    assert RecommendRequest(k=MAX_K).k == SearchRequest(query="x", k=MAX_K).k == MAX_K
+    with pytest.raises(ValidationError, match="k"):
+        RecommendRequest(k=MAX_K + 1)
+
+
 def test_cli_reports_a_bad_model_directory_without_starting_ray(tmp_path):
     from rayrec.cli import cli
 

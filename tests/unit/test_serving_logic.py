@@ -207,16 +207,16 @@ def test_explanations_name_the_history_items_that_contributed(model, store):
 class Reverse(Scorer):
     name = "reverse-test"
 
-    def score(self, candidates, context):
+    def rerank(self, candidates, context):
         assert context.history and context.item_popularity
-        return [c.model_copy(update={"score": -c.score}) for c in candidates]
+        return candidates[::-1]
 
 
 class BringBackSeen(Scorer):
     name = "bring-back-test"
 
-    def score(self, candidates, context):
-        return candidates + [Candidate(item_id="a0", score=1e9)]
+    def rerank(self, candidates, context):
+        return [Candidate(item_id="a0", score=1e9)] + candidates
 
 
 def test_scorers_and_candidate_filters_rerank_the_pool(model, store):
@@ -230,6 +230,79 @@ def test_scorers_and_candidate_filters_rerank_the_pool(model, store):
     ids = Pipeline(model, store, candidate_filters=[no_a4, lambda candidates, context: None]).ids(user_id="alice", k=8)
     assert "a4" not in ids and len(ids) == 8
     assert "a0" not in Pipeline(model, store, scorers=[BringBackSeen()]).ids(user_id="alice", k=5)
+
+
+class PutLast(Scorer):
+    """New form: sends the best candidate to the end and says so, without touching any score."""
+
+    name = "put-last-test"
+
+    def rerank(self, candidates, context):
+        best, *others = candidates
+        return others + [best.model_copy(update={"explanation": [*best.explanation, "put last"]})]
+
+
+def test_a_rerank_order_is_final_and_the_model_score_is_reported(model, store):
+    base = Pipeline(model, store).recommend(user_id="alice", k=28)["items"]
+    model_scores = {item["item_id"]: item["score"] for item in base}
+    best = base[0]["item_id"]
+    assert "rank_score" not in base[0] and "notes" not in base[0]["explanation"]
+    items = Pipeline(model, store, scorers=[PutLast()]).recommend(user_id="alice", k=28)["items"]
+    assert [i["item_id"] for i in items] == [i["item_id"] for i in base[1:]] + [best]  # not re-sorted by score
+    assert all(i["score"] == model_scores[i["item_id"]] for i in items)
+    assert items[-1]["explanation"]["notes"] == ["put last"]
+    assert items[-1]["rank_score"] == model_scores[best]  # PutLast left the score as it came
+
+
+def test_the_old_score_form_still_works_and_warns_once(model, store):
+    with pytest.warns(DeprecationWarning, match=r"OldBoost implements Scorer.score\(\).*rename it to rerank") as caught:
+        class OldBoost(Scorer):
+            name = "old-boost-test"
+
+            def score(self, candidates, context):  # the first form: rayrec sorts by these scores
+                return [c.model_copy(update={"score": c.score + (10.0 if c.item_id == "b5" else 0.0)})
+                        for c in candidates]
+    assert len(caught) == 1
+    pipeline = Pipeline(model, store, scorers=[OldBoost()])
+    import warnings
+
+    with warnings.catch_warnings(record=True) as later:
+        warnings.simplefilter("always")
+        items = pipeline.recommend(user_id="alice", k=3)["items"]
+        pipeline.recommend(user_id="alice", k=3)
+    assert not [w for w in later if issubclass(w.category, DeprecationWarning)]  # once, at class definition
+    assert items[0]["item_id"] == "b5"  # sorted by the scores it returned, as before
+    assert items[0]["rank_score"] == pytest.approx(items[0]["score"] + 10.0)  # score: the model's
+
+
+def test_recency_boost_puts_a_freshly_active_item_first(model, store):
+    blend_module = pytest.importorskip("rayrec_popularity_blend")
+    blend = blend_module.PopularityBlend({"weight": 0.0, "recency_weight": 1.0, "half_life_hours": 1})
+    before = Pipeline(model, store, scorers=[blend]).recommend(user_id="alice", k=5)["items"]
+    assert before[0]["item_id"] != "a7" and "notes" not in before[0]["explanation"]
+    store.append_events([click("someone-else", "a7")])  # a7 is active right now
+    after = Pipeline(model, store, scorers=[blend]).recommend(user_id="alice", k=5)["items"]
+    assert after[0]["item_id"] == "a7"
+    assert after[0]["explanation"]["notes"] == ["recency +1.000"]
+
+
+class CountCandidates(Scorer):
+    name = "count-test"
+    seen: list[int] = []
+
+    def rerank(self, candidates, context):
+        CountCandidates.seen.append(len(candidates))
+        assert set(context.item_timestamps) <= {c.item_id for c in candidates}
+        return candidates
+
+
+@pytest.mark.parametrize("k, rerank_pool, expected", [(3, None, 23), (4, None, 24), (3, 7, 7), (5, 2, 5)])
+def test_rerank_pool_is_how_many_candidates_a_scorer_sees(model, store, k, rerank_pool, expected):
+    store.append_events([click("zoe", "c0")])  # zoe has seen 1 of 30 items: 29 are candidates
+    CountCandidates.seen = []
+    items = Pipeline(model, store, scorers=[CountCandidates()], rerank_pool=rerank_pool).recommend(user_id="zoe", k=k)
+    assert CountCandidates.seen == [expected]  # default: min(max(2k, k + 20), 2000); never fewer than k
+    assert len(items["items"]) == k
 
 
 def test_new_item_is_recommendable_at_once_on_every_replica(model, store):
@@ -294,6 +367,36 @@ def test_feedback_is_durable_idempotent_and_notifies(store, caplog):
     assert store.event_count("u") == 2
 
 
+def test_feedback_handlers_are_told_which_events_were_new(store):
+    hooked = []
+    Recorder.seen = []
+    logic = FeedbackLogic(store, WEIGHTS, handlers=[Recorder()], on_ingested=hooked.extend)
+    logic.ingest([click("u", "a0", event_id="r1")])
+    logic.ingest([click("u", "a0", event_id="r1"), click("u", "a1", event_id="r2"), click("u", "a2")])
+    assert [(e.item_id, e.new) for e in Recorder.seen] == [("a0", True), ("a0", False), ("a1", True), ("a2", True)]
+    assert [e.new for e in hooked] == [True, False, True, True]  # the feedback_ingested hook too
+
+
+class CountingStore:
+    """A third-party store written before AppendResult.new: it reports only counts."""
+
+    def __init__(self, stored, duplicates):
+        self.result = (stored, duplicates)
+
+    def append_events(self, events, dislike_types=()):
+        from rayrec.state.base import AppendResult
+
+        return AppendResult(*self.result)
+
+
+@pytest.mark.parametrize("stored, duplicates, expected", [(2, 0, True), (0, 2, False), (1, 1, None)])
+def test_new_from_a_store_that_reports_only_counts(stored, duplicates, expected):
+    Recorder.seen = []
+    FeedbackLogic(CountingStore(stored, duplicates), WEIGHTS, handlers=[Recorder()]).ingest(
+        [click("u", "a0"), click("u", "a1")])
+    assert [e.new for e in Recorder.seen] == [expected, expected]
+
+
 @pytest.mark.parametrize(
     "events, field",
     [
@@ -346,9 +449,8 @@ class BoostNew(Scorer):
 
     name = "boost-new-test"
 
-    def score(self, candidates, context):
-        return [c.model_copy(update={"score": c.score + (100.0 if c.item_id.startswith("new") else 0.0)})
-                for c in candidates]
+    def rerank(self, candidates, context):
+        return sorted(candidates, key=lambda c: not c.item_id.startswith("new"))
 
 
 def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):

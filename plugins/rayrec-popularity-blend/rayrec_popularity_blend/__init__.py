@@ -46,8 +46,12 @@ class PopularityBlend(Scorer):
             24.0 * 7, gt=0, description="Hours after an item's last interaction at which its recency boost halves."
         )
 
-    def score(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:
-        """Re-score and sort the candidates, best first, noting the boosts in ``explanation``."""
+    def rerank(self, candidates: list[Candidate], context: ScoringContext) -> list[Candidate]:
+        """The candidates sorted by blended score, best first, with the boosts noted in ``explanation``.
+
+        rayrec keeps the returned order; answers show the blended score as ``rank_score`` and
+        the notes as ``explanation.notes``, and keep the model's score as ``score``.
+        """
         options = self.options
         # Without an explicit clock, serving time is "now"; tests pass context.now.
         now = context.now if context.now is not None else time.time()
