@@ -70,33 +70,28 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     Joins the Ray cluster in RAY_ADDRESS if set, else starts Ray locally. The API schema is
     at http://HOST:PORT/openapi.json (interactive docs at /docs).
     """
-    import yaml
-    from pydantic import ValidationError
-
+    from rayrec.config import parse_config, read_yaml_mapping
     from rayrec.errors import ConfigError
-    from rayrec.serving.config import AppArgs
+    from rayrec.serving.config import AppArgs, check_components
 
     extra = {}
     if config_path:
-        with open(config_path) as handle:
-            extra = yaml.safe_load(handle) or {}
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{config_path}: expected a mapping of app arguments")
+        extra = read_yaml_mapping(config_path)
         extra = extra.get("args", extra)  # also accept a serve.yaml application's args block
-    try:
-        flags = {"model_dir": model_dir, "state": state}
-        if api_keys_file:
-            flags["api_keys_file"] = api_keys_file
-        if model_roots:
-            flags["model_roots"] = list(model_roots)
-        if request_log:
-            flags["request_log"] = request_log
-        if topology:
-            flags["topology"] = topology
-        args = AppArgs(**{**extra, **flags})
-    except ValidationError as exc:
-        fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{config_path or 'arguments'}: {fields}") from None
+        if not isinstance(extra, dict):
+            raise ConfigError(f"{config_path}: args: expected a mapping of app arguments")
+    flags = {"model_dir": model_dir, "state": state}
+    if api_keys_file:
+        flags["api_keys_file"] = api_keys_file
+    if model_roots:
+        flags["model_roots"] = list(model_roots)
+    if request_log:
+        flags["request_log"] = request_log
+    if topology:
+        flags["topology"] = topology
+    where = config_path or "arguments"
+    args = parse_config(AppArgs, {**extra, **flags}, what="serve config", where=where)
+    check_components(args, where=where)  # each scorer, source, extractor and handler, before Ray starts
 
     import ray
     from ray import serve as ray_serve

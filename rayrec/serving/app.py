@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions
+from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions, check_components
 from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, RecommendPipeline, UserEncoder
 from rayrec.serving.ingress import Ingress
 from rayrec.serving.model_loading import load_model
@@ -55,8 +55,6 @@ def _options(stage: StageOptions, args: AppArgs) -> dict[str, Any]:
 
 def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     """Validate ``args``, make paths absolute, check the model and component names early."""
-    from rayrec import plugins
-
     if not isinstance(args, AppArgs):
         args = AppArgs(**args)
     model_dir = str(Path(args.model_dir).expanduser().resolve())
@@ -72,14 +70,7 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     args = args.model_copy(update=update)
     load_model(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
     load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too
-    for kind, specs in (
-        ("scorer", args.scorers),
-        ("candidate_source", args.candidate_sources),
-        ("feature_extractor", args.feature_extractors),
-        ("feedback_handler", args.feedback_handlers),
-    ):
-        for spec in specs:
-            plugins.create_component(kind, spec.name, spec.options)
+    check_components(args)  # one line naming the list entry, the component and the field
     return args
 
 

@@ -231,3 +231,40 @@ class AppArgs(BaseModel):
     def dislike_types(self) -> set[str]:
         return {name for name, weight in self.event_weights.items() if weight < 0}
 
+
+#: The component lists of AppArgs and the kind each names.
+COMPONENT_FIELDS = {
+    "scorers": "scorer",
+    "candidate_sources": "candidate_source",
+    "feature_extractors": "feature_extractor",
+    "feedback_handlers": "feedback_handler",
+}
+
+
+def check_components(args: AppArgs, where: str | None = None) -> None:
+    """Create every configured component once, so a bad name or option fails before Ray starts.
+
+    Raises :class:`rayrec.errors.ConfigError` in one line naming ``where`` (the config file),
+    the list entry, the component and the field: ``serve.yaml: scorers[0]: invalid options
+    for scorer 'popularity_blend': wieght: Extra inputs are not permitted``.
+    """
+    from pydantic import ValidationError
+
+    from rayrec import plugins
+    from rayrec.config import validation_problems
+    from rayrec.errors import ConfigError, RayrecError
+
+    prefix = f"{where}: " if where else ""
+    for field, kind in COMPONENT_FIELDS.items():
+        for index, spec in enumerate(getattr(args, field)):
+            entry = f"{prefix}{field}[{index}]"
+            component = f"{kind.replace('_', ' ')} {spec.name!r}"
+            try:
+                plugins.create_component(kind, spec.name, spec.options)
+            except ValidationError as exc:
+                raise ConfigError(f"{entry}: invalid options for {component}: {validation_problems(exc)}") from None
+            except RayrecError as exc:  # an unknown name (the message lists the known ones), a bad plugin
+                raise ConfigError(f"{entry}: {exc}") from None
+            except Exception as exc:  # the component's own constructor failed
+                raise ConfigError(f"{entry}: {component} cannot start: {type(exc).__name__}: {exc}") from None
+

@@ -9,7 +9,7 @@ import yaml
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from rayrec.errors import ModelError, UnknownComponentError
+from rayrec.errors import ConfigError, ModelError
 from rayrec.serving.app import _absolute_state_url, _options, resolve_args
 from rayrec.serving.config import AppArgs, StageOptions
 from rayrec.serving.toy_model import write_toy_model
@@ -67,7 +67,7 @@ def test_resolve_args_makes_paths_absolute_and_checks_model_and_components(tmp_p
     assert _absolute_state_url("redis://host:6379/0") == "redis://host:6379/0"
     with pytest.raises(ModelError, match="does not exist"):
         resolve_args({"model_dir": "missing"})
-    with pytest.raises(UnknownComponentError, match="unknown scorer 'nope'; available: .*category_diversity"):
+    with pytest.raises(ConfigError, match=r"^scorers\[0\]: unknown scorer 'nope'; available: .*category_diversity"):
         resolve_args({"model_dir": "model", "scorers": [{"name": "nope"}]})
 
 
@@ -102,6 +102,38 @@ def test_max_k_is_the_limit_up_to_the_schema_ceiling():
     assert RecommendRequest(k=MAX_K).k == SearchRequest(query="x", k=MAX_K).k == MAX_K
     with pytest.raises(ValidationError, match="k"):
         RecommendRequest(k=MAX_K + 1)
+
+
+def run_serve(model, config_text: str, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "bad.yaml"
+    config.write_text(config_text)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "rayrec", "serve", "--model", str(model), "--state", str(tmp_path / "s.db"),
+         "--config", str(config)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    return result, time.monotonic() - started, config
+
+
+@pytest.mark.parametrize("config_text, expected", [
+    ("scorers:\n  - name: category_diversity\n    options: {penalti: 0.2}\n",
+     "scorers[0]: invalid options for scorer 'category_diversity': penalti: Extra inputs are not permitted"),
+    ("args:\n  scorers: [{name: category_diversity, options: {penalty: -1}}]\n",
+     "scorers[0]: invalid options for scorer 'category_diversity': penalty: Input should be greater than or equal to 0"),
+    ("feedback_handlers: [{name: no_such_handler}]\n", "feedback_handlers[0]: unknown feedback handler 'no_such_handler'; available: (none)"),
+    ("max_kk: 5\n", "invalid serve config: max_kk: Extra inputs are not permitted"),
+], ids=["misspelt-option", "bad-value-in-args-block", "unknown-component", "misspelt-app-arg"])
+def test_a_config_error_is_one_line_naming_file_component_and_field(tmp_path, config_text, expected):
+    model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
+    result, seconds, config = run_serve(model, config_text, tmp_path)
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"Error: {config}: {expected}"], result.stderr
+    assert "starting Ray" not in result.stderr and seconds < 60  # before Ray starts: no cluster to wait for
 
 
 def test_cli_reports_a_bad_model_directory_without_starting_ray(tmp_path):
