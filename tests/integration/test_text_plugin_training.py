@@ -29,11 +29,8 @@ HELD_OUT = 20
 def text_plugin(register_rayrec_plugin):
     """rayrec-text in the plugin manager, whether it came through its entry point or not."""
     import rayrec_text
-    from rayrec import plugins
 
-    plugins.load_plugins()
-    if not plugins.pm.is_registered(rayrec_text):
-        register_rayrec_plugin(rayrec_text)
+    register_rayrec_plugin(rayrec_text)  # the fixture takes an installed plugin as it is
 
 
 def content_only_config(cache_dir, **overrides):

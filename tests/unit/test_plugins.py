@@ -14,6 +14,8 @@ from rayrec.components import Scorer
 from rayrec.errors import PluginError
 from rayrec.hookspecs import hookimpl
 
+pytest_plugins = ["pytester"]
+
 
 class PinnedScorer(Scorer):
     name = "test-plugins-pinned"
@@ -23,7 +25,7 @@ class PinnedScorer(Scorer):
         model_config = ConfigDict(extra="forbid")
         strength: float = Field(0.5, ge=0, description="How strongly to pin.")
 
-    def score(self, candidates, context):
+    def rerank(self, candidates, context):
         return candidates
 
 
@@ -85,3 +87,31 @@ def test_the_listing_shows_components_with_options_and_hook_only_plugins(registe
     names = [row["name"] for row in plugins.plugin_listing()]
     builtins = [name for name in names if name.startswith("rayrec.builtin.")]
     assert names[: len(builtins)] == builtins  # built-ins first
+
+
+def test_the_fixture_takes_a_plugin_whether_or_not_it_is_already_registered(pytester):
+    """An installed plugin is registered through its entry point before the test runs: the
+    fixture then hands back its name and leaves it registered; one that is not is registered
+    for the test only. Plugin tests need no guard of their own either way."""
+    installed = plugins.register_plugin(PinnedPlugin, name="test-plugins-installed")  # as an entry point would
+    try:
+        pytester.makepyfile(test_inner="""
+            from rayrec import plugins
+
+            class FreshPlugin:
+                pass
+
+            def test_installed(register_rayrec_plugin):
+                installed = plugins.pm.get_plugin("test-plugins-installed")
+                assert register_rayrec_plugin(installed) == "test-plugins-installed"
+                assert register_rayrec_plugin(installed, name="other") == "test-plugins-installed"
+
+            def test_not_installed(register_rayrec_plugin):
+                assert register_rayrec_plugin(FreshPlugin, name="test-plugins-fresh") == "test-plugins-fresh"
+                assert plugins.pm.get_plugin("test-plugins-fresh") is FreshPlugin
+        """)
+        pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+        assert plugins.pm.get_plugin("test-plugins-installed") is PinnedPlugin  # left as it was
+        assert plugins.pm.get_plugin("test-plugins-fresh") is None  # unregistered after its test
+    finally:
+        plugins.unregister_plugin(installed)

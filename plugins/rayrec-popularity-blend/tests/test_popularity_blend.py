@@ -1,10 +1,10 @@
 """Tests for the popularity_blend scorer, written the way a plugin author would.
 
 The plugin may reach rayrec two ways in one test process: through its entry point (once the
-package is pip-installed) or through the ``register_rayrec_plugin`` fixture. pluggy refuses
-the same module twice, so the ``blend_plugin`` fixture registers it only when the entry
-point has not already done so; a separate test re-runs the fixture path in a subprocess
-with entry-point loading switched off, so both routes are covered whether installed or not.
+package is pip-installed) or through the ``register_rayrec_plugin`` fixture. The fixture
+takes both cases: it registers the module for one test, or hands back the entry point's name
+when it is already loaded. A separate test re-runs the fixture path in a subprocess with
+entry-point loading switched off, so both routes are covered whether installed or not.
 """
 
 from __future__ import annotations
@@ -34,10 +34,7 @@ def entry_point_installed() -> bool:
 
 @pytest.fixture
 def blend_plugin(register_rayrec_plugin) -> str:
-    """The plugin's name in rayrec's plugin manager, registering it for this test if needed."""
-    plugins.load_plugins()  # loads installed plugins first, so the check below is accurate
-    if plugins.pm.is_registered(rayrec_popularity_blend):
-        return plugins.pm.get_name(rayrec_popularity_blend)
+    """The plugin's name in rayrec's plugin manager (registered for this test if not installed)."""
     return register_rayrec_plugin(rayrec_popularity_blend)
 
 
@@ -75,13 +72,13 @@ CONTEXT = ScoringContext(user_id="u1", item_popularity={"niche": 0.0, "blockbust
 
 
 def test_weight_zero_keeps_the_retrieval_order(blend_plugin):
-    ranked = make_blend({"weight": 0.0}).score(CANDIDATES, CONTEXT)
+    ranked = make_blend({"weight": 0.0}).rerank(CANDIDATES, CONTEXT)
     assert [c.item_id for c in ranked] == ["niche", "blockbuster"]
     assert [c.score for c in ranked] == [1.00, 0.95]
 
 
 def test_a_popular_item_overtakes_a_slightly_better_scored_unpopular_one(blend_plugin):
-    ranked = make_blend({"weight": 0.01}).score(CANDIDATES, CONTEXT)
+    ranked = make_blend({"weight": 0.01}).rerank(CANDIDATES, CONTEXT)
     # blockbuster: 0.95 + 0.01 * log(1 + 1000) = 0.95 + 0.0691 = 1.0191 > niche: 1.00 + 0
     assert [c.item_id for c in ranked] == ["blockbuster", "niche"]
     assert ranked[0].score == pytest.approx(1.0191, abs=1e-4)
@@ -95,7 +92,7 @@ def test_recency_boost_halves_every_half_life(blend_plugin):
         now=1_000_000.0,
     )
     candidates = [Candidate(item_id=item, score=0.0) for item in ("stale", "fresh", "unknown")]
-    ranked = make_blend({"weight": 0.0, "recency_weight": 1.0, "half_life_hours": 24}).score(candidates, context)
+    ranked = make_blend({"weight": 0.0, "recency_weight": 1.0, "half_life_hours": 24}).rerank(candidates, context)
     # One half-life old: 0.5; three: 0.125; no timestamp: no boost.
     assert [(c.item_id, c.score) for c in ranked] == [("fresh", 0.5), ("stale", 0.125), ("unknown", 0.0)]
 
