@@ -62,3 +62,20 @@ def test_every_hook_has_a_test_of_its_own(hook):
     tree = ast.parse(HOOK_TESTS.read_text())
     tests = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
     assert f"test_hook_{hook}" in tests, f"tests/unit/test_hooks.py has no test_hook_{hook}"
+
+
+def test_the_readme_scorer_example_works_as_written(register_rayrec_plugin):
+    import types
+
+    from rayrec import plugins
+    from rayrec.components import Candidate, ScoringContext
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    [example] = [block for block in blocks if "class BoostFresh(Scorer)" in block]
+    module = types.ModuleType("readme_boost_fresh")
+    exec(compile(example, "README.md (BoostFresh)", "exec"), module.__dict__)
+    register_rayrec_plugin(module, name="readme-boost-fresh")
+    scorer = plugins.create_component("scorer", "boost_fresh", {"bonus": 0.5})
+    context = ScoringContext(item_timestamps={"fresh": 1_000_000.0 - 3600}, now=1_000_000.0)
+    ranked = scorer.rerank([Candidate(item_id="old", score=1.0), Candidate(item_id="fresh", score=0.8)], context)
+    assert [(c.item_id, c.score, c.explanation) for c in ranked] == [("fresh", 1.3, ["fresh"]), ("old", 1.0, [])]
