@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayrec.models.arrays import shared_tensor
 from rayrec.models.attribution import position_shares
 from rayrec.models.threads import compute_threads
 
@@ -212,7 +213,7 @@ def fit_als(train_sequences: Sequence[np.ndarray], num_items: int, params: ALSPa
 
 def item_gram(item_factors: np.ndarray) -> torch.Tensor:
     """``Y^T Y: (D, D)``, shared by every user's fold-in; callers that fold in often keep it."""
-    factors = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
+    factors = shared_tensor(item_factors)
     return factors.T @ factors
 
 
@@ -240,7 +241,7 @@ def fold_in_with_contributions(item_factors: np.ndarray, histories: Sequence[Seq
     unseen items T is ``c_ui y_i^T W sum_{j in T} y_j`` (one extra solve per user); an item
     that occurs n times gives each of its positions 1/n of its part.
     """
-    factors = torch.from_numpy(np.ascontiguousarray(item_factors, dtype=np.float32))
+    factors = shared_tensor(item_factors)
     num_items, dim = factors.shape
     rows = _rows_from_sequences(histories, num_items)
     vectors = torch.zeros((len(histories), dim))

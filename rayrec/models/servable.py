@@ -67,7 +67,10 @@ def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFil
         config = json.loads((model_dir / "config.json").read_text())
         user_vocab = Vocabulary.load(model_dir / "user_vocab.json")
         item_vocab = Vocabulary.load(model_dir / "item_vocab.json")
-        item_embeddings = np.load(model_dir / "item_embeddings.npy").astype(np.float32)
+        # Memory-mapped, read-only: every replica on a node reads the same page-cache copy.
+        item_embeddings = np.load(model_dir / "item_embeddings.npy", mmap_mode="r")
+        if item_embeddings.dtype != np.float32:
+            item_embeddings = item_embeddings.astype(np.float32)
         item_popularity = np.load(model_dir / "item_popularity.npy").astype(np.float32)
         with np.load(model_dir / "histories.npz") as packed:
             lengths, flat = packed["lengths"], packed["items"]

@@ -12,6 +12,7 @@ from rayrec.errors import ModelError
 from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.models.new_items import NewItemCalibration
+from rayrec.models.arrays import shared_tensor
 from rayrec.models.padding import left_pad
 from rayrec.models.servable import ServableModel, load_model_dir, read_model_files
 from rayrec.schema import Vocabulary
@@ -106,9 +107,7 @@ class TrainedModel(ServableModel):
             return self.network.item_tower(sequences)
         if self._padding_input is None:
             self._padding_input = self.network.item_tower(torch.zeros(1, dtype=torch.int64))[0]
-            vectors = self.item_embeddings
-            # Shares the array's memory (a read-only array, e.g. memory-mapped, is copied).
-            self._item_inputs = torch.from_numpy(vectors) if vectors.flags.writeable else torch.tensor(vectors)
+            self._item_inputs = shared_tensor(self.item_embeddings)  # the memory-mapped file, no copy
         inputs = self._item_inputs[(sequences - 1).clamp_min(0)]
         inputs[sequences == 0] = self._padding_input
         return inputs

@@ -14,17 +14,12 @@ import logging
 
 import numpy as np
 
+from rayrec.models.ann import build_hnsw, faiss_available
 from rayrec.models.new_items import NewItemCalibration
 
+__all__ = ["ItemIndex", "faiss_available"]
+
 logger = logging.getLogger(__name__)
-
-
-def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class ItemIndex:
@@ -32,8 +27,13 @@ class ItemIndex:
 
     ``exact_max_items``: up to this many rows search is exact (``scores = E @ q``); above it an
     HNSW index (inner product) is built when faiss is installed, else search stays exact and
-    a log line says so. ``new_item_calibration``: applied to the scores of rows added later
-    (the index's first rows are the trained items).
+    a log line says so; ``ann_index``: that index already built (read from the model
+    directory), used instead of building one. ``new_item_calibration``: applied to the scores
+    of rows added later (the index's first rows are the trained items).
+
+    ``vectors`` is kept as given (a memory-mapped model file stays shared between the replicas
+    of a node); rows added later live in a growable block of their own, so an added item costs
+    O(D), not a copy of the catalogue.
     """
 
     def __init__(
@@ -46,14 +46,18 @@ class ItemIndex:
         ef_construction: int = 80,
         ef_search: int = 256,
         new_item_calibration: NewItemCalibration | None = None,
+        ann_index=None,
     ) -> None:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.row_ids: list[str] = list(item_ids)
         self.trained_rows = len(self.row_ids)
         self.calibration = new_item_calibration
         self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
-        self.vectors = vectors
-        self.unit = self._normalize(vectors)
+        self.trained_vectors = vectors
+        self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # capacity-doubling block
+        self._added_rows = 0
+        self.norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
         self.alive = np.ones(len(self.row_ids), dtype=bool)
         pop = np.zeros(len(self.row_ids), dtype=np.float32) if popularity is None else np.asarray(popularity, np.float32)
         self.popularity = pop.copy()
@@ -61,14 +65,12 @@ class ItemIndex:
         self.ef_search = ef_search
         self.ann = None
         if len(self.row_ids) > exact_max_items:
-            if faiss_available():
-                import faiss
-
-                index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_m, faiss.METRIC_INNER_PRODUCT)
-                index.hnsw.efConstruction = ef_construction
-                index.hnsw.efSearch = ef_search
-                index.add(vectors)
-                self.ann = index
+            if ann_index is not None and ann_index.ntotal == len(self.row_ids):
+                self.ann = ann_index
+                self.ann.hnsw.efSearch = ef_search
+            elif faiss_available():
+                self.ann = build_hnsw(vectors, hnsw_m, ef_construction)
+                self.ann.hnsw.efSearch = ef_search
                 logger.info("built an HNSW index over %d items (M=%d)", len(self.row_ids), hnsw_m)
             else:
                 logger.warning(
@@ -78,14 +80,37 @@ class ItemIndex:
                     exact_max_items,
                 )
 
-    @staticmethod
-    def _normalize(vectors: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
     @property
     def dim(self) -> int:
-        return self.vectors.shape[1]
+        return self.trained_vectors.shape[1]
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every row's vector (N + added, D). A copy when items were added: for whole-catalogue
+        products use :meth:`scores`, which never concatenates."""
+        if not self._added_rows:
+            return self.trained_vectors
+        return np.concatenate([self.trained_vectors, self._added[: self._added_rows]])
+
+    def rows_vectors(self, rows) -> np.ndarray:
+        """Vectors of some rows: (M,) -> (M, D)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not self._added_rows:
+            return self.trained_vectors[rows]
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        trained = rows < self.trained_rows
+        out[trained] = self.trained_vectors[rows[trained]]
+        out[~trained] = self._added[rows[~trained] - self.trained_rows]
+        return out
+
+    def unit_rows(self, rows) -> np.ndarray:
+        """Unit-length vectors of some rows (for cosine similarity): (M,) -> (M, D)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.rows_vectors(rows) / self.norms[rows, None]
+
+    def cosine_to(self, row: int) -> np.ndarray:
+        """Cosine similarity of every row to ``row``: (rows,)."""
+        return self._products(self.unit_rows([row])[0]) / self.norms
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -113,10 +138,17 @@ class ItemIndex:
                 self.alive[old] = False
             self.row_ids.append(item_id)
             self.row_of[item_id] = start + offset
-        self.vectors = np.concatenate([self.vectors, vectors])
-        self.unit = np.concatenate([self.unit, self._normalize(vectors)])
-        self.alive = np.concatenate([self.alive, np.ones(len(item_ids), dtype=bool)])
-        self.popularity = np.concatenate([self.popularity, np.full(len(item_ids), popularity, np.float32)])
+        count = len(item_ids)
+        if self._added_rows + count > len(self._added):  # grow by doubling: amortised O(D) per item
+            grown = np.zeros((max(2 * len(self._added), self._added_rows + count, 16), self.dim), np.float32)
+            grown[: self._added_rows] = self._added[: self._added_rows]
+            self._added = grown
+        self._added[self._added_rows: self._added_rows + count] = vectors
+        self._added_rows += count
+        norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
+        self.norms = _appended(self.norms, norms)
+        self.alive = _appended(self.alive, np.ones(count, dtype=bool))
+        self.popularity = _appended(self.popularity, np.full(count, popularity, np.float32))
         if self.ann is not None:
             self.ann.add(vectors)
 
@@ -136,9 +168,16 @@ class ItemIndex:
         return True
 
     # -- scores -----------------------------------------------------------------------------
+    def _products(self, query: np.ndarray) -> np.ndarray:
+        """Raw inner products of every row with ``query``: (rows,)."""
+        trained = self.trained_vectors @ query
+        if not self._added_rows:
+            return trained
+        return np.concatenate([trained, self._added[: self._added_rows] @ query])
+
     def scores(self, query: np.ndarray) -> np.ndarray:
         """Scores of every row for ``query`` (D,) -> (rows,), new items' calibrated."""
-        scores = self.vectors @ query
+        scores = self._products(query)
         if self.calibration is not None and len(scores) > self.trained_rows:
             scores[self.trained_rows:] = self.calibration.apply(query, scores[self.trained_rows:])
         return scores
@@ -146,7 +185,7 @@ class ItemIndex:
     def row_scores(self, rows, query: np.ndarray) -> np.ndarray:
         """Scores of some rows: (M,) rows, (D,) query -> (M,), new items' calibrated."""
         rows = np.asarray(rows, dtype=np.int64)
-        scores = self.vectors[rows] @ np.asarray(query, dtype=np.float32)
+        scores = self.rows_vectors(rows) @ np.asarray(query, dtype=np.float32)
         new = rows >= self.trained_rows
         if self.calibration is not None and new.any():
             scores[new] = self.calibration.apply(query, scores[new])
@@ -216,7 +255,7 @@ class ItemIndex:
         if len(live) == 0:
             return 1.0
         rng = np.random.default_rng(seed)
-        queries = self.unit[rng.choice(live, size=min(samples, len(live)), replace=False)]
+        queries = self.unit_rows(rng.choice(live, size=min(samples, len(live)), replace=False))
         found = []
         for query in queries:
             exact_rows, _ = self.top_rows(self.scores(query), k, self.alive)
@@ -237,3 +276,17 @@ class ItemIndex:
         order = np.argsort(-scores[rows], kind="stable")
         rows = rows[order]
         return rows, scores[rows]
+
+
+def _appended(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``array`` with ``values`` after it, as a view of a buffer with room to spare: appends cost
+    their own size, amortised, not a copy of every row (the buffer doubles when full)."""
+    used, extra = len(array), len(values)
+    buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == 1 else array
+    is_prefix = buffer.ctypes.data == array.ctypes.data and buffer.dtype == array.dtype
+    if not is_prefix or len(buffer) < used + extra:
+        grown = np.empty(max(2 * used, used + extra, 16), dtype=array.dtype)
+        grown[:used] = array
+        buffer = grown
+    buffer[used: used + extra] = values
+    return buffer[: used + extra]

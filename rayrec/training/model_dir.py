@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 import rayrec
+from rayrec.models.ann import write_index
 from rayrec.training.prepare import PreparedData
 
 #: An order-free model reads at most this many recent events per request, or the longest
@@ -81,6 +82,8 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
         with open(out_dir / "items.jsonl", "w") as handle:
             for record in data.items.records():
                 handle.write(json.dumps(record) + "\n")
+    # Big catalogues: the ANN graph is built here once, not in every scorer replica at start.
+    item_index = write_index(out_dir, item_embeddings) if model_kind != "ease" else None
     version = new_model_version()
     (out_dir / "config.json").write_text(json.dumps({
         "format": int(model_format),
@@ -92,6 +95,7 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
         "num_interactions": data.num_interactions,
         "dim": int(item_embeddings.shape[1]),
         "dataset": data.name,
+        **({"item_index": item_index} if item_index else {}),
         **config,
     }, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({

@@ -112,3 +112,52 @@ def test_new_items_get_calibrated_scores_in_exact_and_hnsw_search_alike():
         np.testing.assert_allclose(exact.row_scores(rows, query), scores, rtol=1e-5)
         raw_rows, _ = raw.search(query, 50, allowed)
         assert new_id not in {raw.row_ids[r] for r in raw_rows}
+
+
+def test_adding_items_never_copies_the_trained_vectors():
+    """PUT /items costs the new rows, not the catalogue: the trained block (a memory-mapped
+    model file in serving) stays the same array, and search sees trained and added rows."""
+    vectors = clustered(500, 8)
+    index = ItemIndex([f"i{i}" for i in range(500)], vectors)
+    trained = index.trained_vectors
+    for n in range(40):
+        index.upsert([f"new{n}"], vectors[n : n + 1] * 3)
+    index.upsert(["loud"], vectors[7:8] * 100)
+    assert index.trained_vectors is trained and np.shares_memory(trained, vectors)
+    rows, _ = index.search(vectors[7], 1, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "loud"
+    assert np.allclose(index.rows_vectors([7, 507]), np.stack([vectors[7], vectors[7] * 3]))
+    cosine = index.cosine_to(507)
+    assert cosine[507] == pytest.approx(1.0) and cosine[7] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not index_module.faiss_available(), reason="faiss is a test dependency")
+def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
+    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.models import ann
+    from rayrec.serving.model_loading import item_records, load_model
+    from rayrec.serving.scoring import ScorerLogic
+    from rayrec.state import open_state_store
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.local import train_in_process
+
+    monkeypatch.setattr(ann, "EXPORT_MIN_ITEMS", 50)  # a toy catalogue counts as big here
+    data = generate(SyntheticConfig(num_users=60, num_items=80, num_clusters=3, mean_events_per_user=10))
+    model_dir = train_in_process(data, tmp_path / "model", TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}),
+                                 log=lambda line: None)
+    recorded = load_model(model_dir).config["item_index"]
+    assert (model_dir / recorded["file"]).exists() and recorded["rows"] == 80
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the scorer rebuilt the index instead of loading the exported one")
+
+    monkeypatch.setattr(index_module, "build_hnsw", no_rebuild)
+    model = load_model(model_dir)
+    store = open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
+    scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=50)
+    assert scorer.index.ann is not None and scorer.index.ann.ntotal == 80
+    query = model.item_embeddings[3]
+    rows, _ = scorer.index.search(query, 5, scorer.index.allowed_mask([]))
+    exact = exact_top(np.asarray(model.item_embeddings), query, 5, scorer.index.allowed_mask([]))
+    assert len(set(rows) & set(exact)) >= 4
+    store.close()
