@@ -23,7 +23,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 \
-    TRANSFORMERS_OFFLINE=1
+    TRANSFORMERS_OFFLINE=1 \
+    RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2
+# The last two: Ray Serve's HAProxy mode, the HTTP front `rayrec serve` uses on one machine
+# (rayrec.serving.proxy): HAProxy on port 8000 of every node forwards each request straight to
+# an ingress replica. Every Ray process of a node started from this image reads them.
 
 # Made by the image's unprivileged user (ray): pip builds the packages in place and writes
 # their metadata here, which a directory that WORKDIR created for root would refuse.
@@ -44,6 +49,6 @@ RUN pip install . "redis>=5" plugins/*/ \
  && rayrec plugins \
  && python -c "import rayrec.serving.app, rayrec.training.trainer"
 
-# Ray Serve's HTTP proxy (the API and the demo page at /).
+# HAProxy in front of the ingress replicas (the API and the demo page at /).
 EXPOSE 8000
 CMD ["rayrec", "--help"]

@@ -68,12 +68,24 @@ def local_ray_env(proxy: str, direct_ingress: bool = False) -> dict[str, str]:
     env = dict(PROXY_PATIENCE_ENV)
     if proxy == "haproxy":
         env.update(HAPROXY_ENV)
+        # HAProxy's own stats and metrics listeners default to fixed ports (8404, 9101): a second
+        # local rayrec (or a test run beside one) would fail to start on them.
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
     elif direct_ingress:
         env.update(DIRECT_INGRESS_ENV)
     env = {name: os.environ.get(name, value) for name, value in env.items()}
     if proxy == "serve":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
     return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def prepare_local_ray(proxy: str, direct_ingress: bool = False) -> None:
