@@ -311,6 +311,11 @@ def print_rows(rows: list[dict]) -> None:
             print(f"{r['model']} {shlex.join(r['flags'])}: {r['serving']}")
 
 
+def _name(model_dir: Path) -> str:
+    """A row label for a model directory: its name, or its parent's for .../NAME/model."""
+    return model_dir.parent.name if model_dir.name == "model" else model_dir.name
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(STANDARD_MODELS), choices=list(STANDARD_MODELS))
@@ -327,7 +332,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path, help="also write the rows here")
     options = parser.parse_args(argv)
 
-    models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in options.model]
+    models: list[tuple[str, Path]] = [(_name(Path(m)), Path(m)) for m in options.model]
     if not options.model:
         models += [(name, ensure_model(name, options.cache)) for name in options.models]
     if options.toy_items:

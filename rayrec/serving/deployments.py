@@ -323,6 +323,26 @@ class PipelineLogic:
         request = RecommendRequest(user_id="rayrec-warm-up", k=10, recent_items=list(ids[:1]))
         self.scorer.recommend(*self.prepare_and_encode(request))
 
+    def recommend_many(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | StageError]:
+        """Answers for requests that queued together: one user-tower pass over their histories
+        and one pass over the item matrix for all their vectors, then each request on its own
+        (filters, re-rankers, explanations). A bad request answers its StageError alone."""
+        prepared = [self.preprocessor.prepare(request) for request in requests]
+        personal = [i for i, p in enumerate(prepared) if p.personalized]
+        encoded = dict(zip(personal, self.encoder.encode([prepared[i].history_indices for i in personal])))
+        scores = None
+        if len(personal) > 1:
+            scores = self.scorer.index.scores_many(np.stack([encoded[i][0] for i in personal]))
+        answers: list[dict[str, Any] | StageError] = []
+        for i, request in enumerate(prepared):
+            vector, attributions = encoded.get(i, (None, None))
+            row = None if scores is None or i not in encoded else scores[personal.index(i)]
+            try:
+                answers.append(self.scorer.recommend(request, vector, attributions, scores=row))
+            except RequestError as exc:
+                answers.append(StageError(exc))
+        return answers
+
     def prepare_and_encode(self, request: RecommendRequest):
         prepared = self.preprocessor.prepare(request)
         vector = attributions = None
@@ -344,6 +364,8 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
         self.extractors = components("feature_extractor", args.feature_extractors)
         self._init_scoring(args)
         self._init_stage(args)
+        self._recommend_batch.set_max_batch_size(args.batch_max_size)
+        self._recommend_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> PipelineLogic:
         model = load_model(record.model_dir)  # one copy of the model for the three stages
@@ -362,8 +384,13 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
     @request_errors_as_values
     async def recommend_for(self, request: RecommendRequest) -> dict[str, Any]:
         self._start_recall_probe()
+        return await self._recommend_batch(request)
+
+    @serve.batch  # sized in __init__ from AppArgs, like the user encoder's
+    async def _recommend_batch(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | StageError]:
+        """Requests that arrived while the previous batch computed, answered together."""
         logic = await self._logic()
-        return logic.scorer.recommend(*logic.prepare_and_encode(request))
+        return logic.recommend_many(requests)
 
     @timed
     @request_errors_as_values

@@ -202,17 +202,34 @@ class ItemIndex:
                 mask[row] = False
         return mask
 
-    def search(self, query: np.ndarray, k: int, allowed: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray, exact: bool = False,
+               scores: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rows and inner-product scores of the best ``k`` allowed rows, best first.
 
-        query: (D,), allowed: (rows,) bool -> ((<=k,), (<=k,)).
+        query: (D,), allowed: (rows,) bool -> ((<=k,), (<=k,)). ``scores``: this query's
+        :meth:`scores`, when the caller computed them for a batch (:meth:`scores_many`).
         """
         query = np.ascontiguousarray(query, dtype=np.float32)
         if self.ann is not None and not exact:
-            rows, scores = self._search_ann(query, k, allowed)
+            rows, found = self._search_ann(query, k, allowed)
             if rows is not None:
-                return rows, scores
-        return self.top_rows(self.scores(query), k, allowed)
+                return rows, found
+        return self.top_rows(self.scores(query) if scores is None else scores, k, allowed)
+
+    def scores_many(self, queries: np.ndarray) -> np.ndarray | None:
+        """:meth:`scores` of B queries at once, (B, D) -> (B, rows), or None where search goes
+        through the ANN index. Exact search is bound by reading the item matrix, so B queries
+        read it once instead of B times."""
+        if self.ann is not None:
+            return None
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        scores = queries @ self.trained_vectors.T
+        if self._added_rows:
+            scores = np.concatenate([scores, queries @ self._added[: self._added_rows].T], axis=1)
+            if self.calibration is not None:
+                for row, query in enumerate(queries):
+                    scores[row, self.trained_rows:] = self.calibration.apply(query, scores[row, self.trained_rows:])
+        return scores
 
     def _search_ann(self, query: np.ndarray, k: int, allowed: np.ndarray):
         blocked = len(allowed) - int(np.count_nonzero(allowed))

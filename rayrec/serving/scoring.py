@@ -273,7 +273,10 @@ class ScorerLogic:
         request: PreparedRequest,
         user_vector: np.ndarray | None,
         attributions: np.ndarray | None = None,
+        scores: np.ndarray | None = None,
     ) -> dict[str, Any]:
+        """``scores``: every row's score for ``user_vector`` when the caller computed them for a
+        batch of requests (:meth:`ItemIndex.scores_many`)."""
         self.refresh()
         excluded = set(request.exclude)
         if self.filter_seen:
@@ -288,7 +291,7 @@ class ScorerLogic:
         else:
             source = request.source
             # A filter can leave the ANN neighbourhood empty.
-            rows, scores = self.index.search(user_vector, pool, allowed, exact=filtered)
+            rows, scores = self.index.search(user_vector, pool, allowed, exact=filtered, scores=scores)
 
         candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
         sources = {c.item_id: source for c in candidates}

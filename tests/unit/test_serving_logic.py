@@ -468,3 +468,27 @@ def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):
     # Without a re-ranker the model's own score decides: the drama stays out of alice's top 3.
     plain = Pipeline(model, store, candidate_sources=[NewItems()]).ids(user_id="alice", k=3)
     assert "new-drama" not in plain
+
+
+def test_requests_answered_together_get_what_each_would_get_alone(model, store):
+    """The pipeline answers requests that queued together in one pass (one user-tower batch,
+    one product with the item matrix); each answer must be exactly its own, bad ones included."""
+    from rayrec.serving.deployments import PipelineLogic
+    from rayrec.serving.errors import StageError
+
+    alone = Pipeline(model, store)
+    together = PipelineLogic(alone.pre, alone.enc, alone.scorer)
+    alone.feedback.ingest([click("u-batch", "i3"), click("u-batch", "i9", "purchase")])
+    requests = [RecommendRequest(user_id="u0", k=5), RecommendRequest(user_id="stranger", k=4),
+                RecommendRequest(user_id="u-batch", k=6, exclude_items=["i4"]),
+                RecommendRequest(k=3, recent_items=["i12"]),
+                RecommendRequest(user_id="u1", k=3, filters={"colour": "red"})]
+    answers = together.recommend_many(requests)
+    for request, answer in zip(requests[:4], answers):
+        expected = alone.recommend(**request.model_dump())
+        assert [i["item_id"] for i in answer["items"]] == [i["item_id"] for i in expected["items"]]
+        assert [i["explanation"] for i in answer["items"]] == [i["explanation"] for i in expected["items"]]
+        assert [i["score"] for i in answer["items"]] == pytest.approx([i["score"] for i in expected["items"]], rel=1e-5)
+    assert isinstance(answers[4], StageError)  # an unknown attribute: that request alone fails
+    with pytest.raises(RequestError):
+        alone.recommend(**requests[4].model_dump())
