@@ -17,12 +17,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 _rayrec_log() { echo "[rayrec setup] $*" >&2; }
 
-# The first interpreter of at least Python 3.10 (3.11 preferred); $PYTHON wins when set.
+# The first interpreter of at least Python 3.11 (pyproject's floor); $PYTHON wins when set.
 _rayrec_find_python() {
     local candidate
-    for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3.10 python3 python; do
+    for candidate in ${PYTHON:-} python3.11 python3.12 python3.13 python3 python; do
         if command -v "$candidate" >/dev/null 2>&1 &&
-            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 10))' >/dev/null 2>&1; then
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
             command -v "$candidate"
             return 0
         fi
@@ -33,7 +33,7 @@ _rayrec_find_python() {
 _rayrec_create_venv() {
     local python
     if ! python="$(_rayrec_find_python)"; then
-        _rayrec_log "error: rayrec needs Python 3.10 or newer (3.11 recommended); none was found on PATH."
+        _rayrec_log "error: rayrec needs Python 3.11 or newer; none was found on PATH."
         _rayrec_log "Install one (Debian/Ubuntu: apt-get install python3 python3-venv) or set PYTHON=/path/to/python3."
         return 1
     fi

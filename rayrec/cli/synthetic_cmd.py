@@ -19,8 +19,9 @@ def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_us
               shuffle_order: bool, chunk_size: int) -> None:
     """Write interactions.csv, items.csv and users.csv with known clusters and sequences.
 
-    The directory loads back with `rayrec train --data DIR`; synthetic.json holds the config,
-    from which the ground truth can be recomputed.
+    Train on it with `rayrec train --interactions DIR/interactions.csv --items DIR/items.csv
+    --users DIR/users.csv --out MODEL`; synthetic.json holds the config, from which the ground
+    truth can be recomputed.
     """
     from rayrec.config import parse_config
     from rayrec.data.synthetic import SyntheticConfig, write_synthetic

@@ -230,7 +230,7 @@ def test_the_search_box_appears_when_the_server_has_search(server, page):
     page.fill("#query", "herbs for the garden")
     page.click("#search-form button[type=submit]")
     page.wait_for_selector("#search-results li")
-    assert sent == [{"query": "herbs for the garden", "k": 10, "user_id": "u002"}]
+    assert sent == [{"query": "herbs for the garden", "k": 10, "user_id": "u002", "include": ["title", "categories"]}]
     titles = page.locator("#search-results .title").all_text_contents()
     assert titles == [records[item]["title"] for item in found]
     assert page.errors == []
