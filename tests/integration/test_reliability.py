@@ -101,6 +101,7 @@ def server(tmp_path_factory):
             exact_search_max_items=100,  # 300 items: the HNSW index (with faiss), so recall is probed for real
             ann_recall_probe_interval_s=1,
             stages={"ingress": {"max_ongoing_requests": 2, "max_queued_requests": 2}},
+            topology="split",  # the stage metrics below are the split graph's, one per stage
         )
         serve.run(build_app(args), name="rayrec", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
