@@ -27,7 +27,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=2
 # The last two: Ray Serve's HAProxy mode, the HTTP front `rayrec serve` uses on one machine
-# (rayrec.serving.proxy): HAProxy on port 8000 of every node forwards each request straight to
+# (rayrec.serving.graph.proxy): HAProxy on port 8000 of every node forwards each request straight to
 # an ingress replica. Every Ray process of a node started from this image reads them.
 
 # Made by the image's unprivileged user (ray): pip builds the packages in place and writes

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 def main() -> None:
     from rayrec.models.new_items import NewItemCalibration
-    from rayrec.serving.index import ItemIndex
+    from rayrec.serving.stages.index import ItemIndex
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000, help="Trained items.")

@@ -120,7 +120,7 @@ def run(command: list[str], what: str) -> None:
 
 def describe(model_dir: Path) -> dict:
     if not (model_dir / "config.json").exists():  # the tests' ToyModel (toy_model.json)
-        from rayrec.serving.model_loading import load_model
+        from rayrec.serving.graph.model_loading import load_model
 
         return {"tower": "ToyModel: numpy mean, no trained tower", "items": len(load_model(model_dir).item_ids)}
     config = json.loads((model_dir / "config.json").read_text())
@@ -133,7 +133,7 @@ def describe(model_dir: Path) -> dict:
 
 
 def training_users(model_dir: Path, count: int = 1000) -> list[str]:
-    from rayrec.serving.model_loading import load_model
+    from rayrec.serving.graph.model_loading import load_model
 
     model = load_model(model_dir)
     ids = model.user_vocab.ids if hasattr(model, "user_vocab") else list(model.histories)  # ToyModel
@@ -144,12 +144,12 @@ def training_users(model_dir: Path, count: int = 1000) -> list[str]:
 def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
     """The request as an ingress replica runs it (topology ingress), without Ray or HTTP."""
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.deployments import PipelineLogic, components
-    from rayrec.serving.encode import UserEncoderLogic
-    from rayrec.serving.model_loading import item_records, load_model
-    from rayrec.serving.preprocess import PreprocessorLogic
+    from rayrec.serving.graph.deployments import PipelineLogic, components
+    from rayrec.serving.graph.model_loading import item_records, load_model
     from rayrec.serving.schemas import RecommendRequest
-    from rayrec.serving.scoring import ScorerLogic
+    from rayrec.serving.stages.encode import UserEncoderLogic
+    from rayrec.serving.stages.preprocess import PreprocessorLogic
+    from rayrec.serving.stages.scoring import ScorerLogic
     from rayrec.state import open_state_store
 
     import torch

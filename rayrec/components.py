@@ -123,7 +123,7 @@ class ScoringContext(BaseModel):
     item_timestamps: dict[str, float] = {}
     item_categories: dict[str, list[str]] = {}  # categories per item, where known
     now: float | None = None
-    catalog: Any = None  # serving only: a rayrec.serving.scoring.CatalogView of the live catalogue
+    catalog: Any = None  # serving only: a rayrec.serving.stages.scoring.CatalogView of the live catalogue
 
 
 class Scorer(Component):

@@ -47,7 +47,7 @@ def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str
     from ray import serve
 
     from rayrec.serving.app import build_app
-    from rayrec.serving.proxy import default_proxy, local_ray_env
+    from rayrec.serving.graph.proxy import default_proxy, local_ray_env
 
     port = free_port()
     # Only while Ray starts: its processes keep what they inherited, later clusters start clean.

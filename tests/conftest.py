@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Ray processes started by any test inherit this: a slow Serve proxy start under CI load must
 # not be taken for a dead proxy.
-from rayrec.serving.proxy import relax_proxy_health_checks  # noqa: E402
+from rayrec.serving.graph.proxy import relax_proxy_health_checks  # noqa: E402
 
 relax_proxy_health_checks()
 #: Where the datasets may live, first match wins: $RAYREC_DATASETS, ../shared/datasets

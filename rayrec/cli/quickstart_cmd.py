@@ -60,7 +60,7 @@ def quickstart(workdir, users, num_items, epochs, num_workers, port, keep_servin
     from rayrec.data import SyntheticConfig, generate, synthetic_truth, write_synthetic
     from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.proxy import default_proxy, prepare_local_ray
+    from rayrec.serving.graph.proxy import default_proxy, prepare_local_ray
     from rayrec.training.config import TrainConfig
     from rayrec.training.prepare import prepare
     from rayrec.training.trainer import train_distributed

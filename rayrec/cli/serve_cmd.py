@@ -96,8 +96,8 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     import ray
     from ray import serve as ray_serve
 
-    from rayrec.serving import proxy as http_proxy
     from rayrec.serving.app import build_app, pick_topology, resolve_args
+    from rayrec.serving.graph import proxy as http_proxy
 
     args = resolve_args(args)  # a bad model directory fails before Ray starts
     address = os.environ.get("RAY_ADDRESS")

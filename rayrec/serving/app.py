@@ -22,10 +22,10 @@ from typing import Any
 from ray.serve import Application
 
 from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions, check_components
-from rayrec.serving.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, RecommendPipeline, UserEncoder
-from rayrec.serving.ingress import Ingress
-from rayrec.serving.model_loading import load_model
-from rayrec.serving.security import default_model_roots, load_api_keys, resolve_model_roots
+from rayrec.serving.graph.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, RecommendPipeline, UserEncoder
+from rayrec.serving.graph.model_loading import load_model
+from rayrec.serving.http.ingress import Ingress
+from rayrec.serving.http.security import default_model_roots, load_api_keys, resolve_model_roots
 from rayrec.state import open_state_store
 
 

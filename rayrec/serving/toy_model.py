@@ -5,7 +5,7 @@ noise, so users whose history is in one category get that category back. The use
 a recency-weighted mean of the history's item vectors; the attribution of each position is
 its weight times its similarity to the result. It satisfies
 :class:`rayrec.models.bundle.RecommenderModel` and is loaded by
-:func:`rayrec.serving.model_loading.load_model` from a directory holding ``toy_model.json``.
+:func:`rayrec.serving.graph.model_loading.load_model` from a directory holding ``toy_model.json``.
 """
 
 from __future__ import annotations

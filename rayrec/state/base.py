@@ -9,7 +9,7 @@ A state store keeps everything that changes while the model is served:
 * the **item catalogue**: items added, updated or deleted online, with a version counter
   that every scorer replica checks per request;
 * the **model generations**: which model directory is live, so every replica of every stage
-  serves the same model version (see :mod:`rayrec.serving.generations`).
+  serves the same model version (see :mod:`rayrec.serving.stages.generations`).
 
 Stores are components (kind ``state_store``), registered through ``register_state_stores``
 and chosen by URL scheme: ``sqlite:///var/lib/rayrec/state.db`` picks the store named

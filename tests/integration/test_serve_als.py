@@ -23,7 +23,7 @@ from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # 
 from rayrec.evaluation.baselines import EASEBaseline  # noqa: E402
 from rayrec.models.als import ALSParams, fit_als  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.model_loading import load_model  # noqa: E402
+from rayrec.serving.graph.model_loading import load_model  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.export_als import export_als_model_dir  # noqa: E402
 from rayrec.training.export_ease import export_ease_model_dir  # noqa: E402

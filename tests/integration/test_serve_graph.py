@@ -26,7 +26,7 @@ serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.model_loading import load_model  # noqa: E402
+from rayrec.serving.graph.model_loading import load_model  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402

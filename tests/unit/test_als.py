@@ -13,9 +13,9 @@ from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import PopularityBaseline
 from rayrec.evaluation.protocol import evaluate_ranking
 from rayrec.models.als import ALSParams, fit_als, fit_als_factors, fold_in, fold_in_with_contributions
-from rayrec.training.als import als_validation_metrics
 from rayrec.models.als_model import ALSModel
 from rayrec.models.trained import load_model
+from rayrec.training.als import als_validation_metrics
 from rayrec.training.export_als import export_als_model_dir
 
 PARAMS = ALSParams(factors=16, iterations=10)
@@ -143,7 +143,7 @@ def test_model_directory_round_trip(model_dir, shuffled):
     np.testing.assert_array_equal(np.load(model_dir / "item_factors.npy"), np.load(model_dir / "item_embeddings.npy"))
 
     model = load_model(model_dir)
-    from rayrec.serving.model_loading import load_model as serving_load_model
+    from rayrec.serving.graph.model_loading import load_model as serving_load_model
 
     assert isinstance(model, ALSModel) and isinstance(serving_load_model(model_dir), ALSModel)
     assert model.version == config["model_version"] and model.model_dir == model_dir

@@ -121,7 +121,7 @@ def test_model_directory_round_trip(model_dir, model, shuffled):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert config["model_kind"] == "ease" and config["ease_l2"] == L2 and config["dim"] == data.num_items
     assert metrics["model_kind"] == "ease" and metrics["best_val_ndcg@10"] == 0.5
-    from rayrec.serving.model_loading import load_model as serving_load_model
+    from rayrec.serving.graph.model_loading import load_model as serving_load_model
 
     assert isinstance(model, EASEModel) and isinstance(serving_load_model(model_dir), EASEModel)
     assert model.version == config["model_version"] and model.l2 == L2

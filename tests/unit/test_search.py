@@ -16,9 +16,9 @@ import pytest
 from rayrec.components import FeatureExtractor
 from rayrec.hookspecs import hookimpl
 from rayrec.serving.config import SearchOptions
-from rayrec.serving.errors import NotFoundError
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
-from rayrec.serving.scoring import ScorerLogic
+from rayrec.serving.stages.errors import NotFoundError
+from rayrec.serving.stages.scoring import ScorerLogic
 from rayrec.state import open_state_store
 
 BUCKETS = 256

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Security
 from fastapi.testclient import TestClient
 
 from rayrec.errors import ConfigError
-from rayrec.serving.security import (
+from rayrec.serving.http.security import (
     WRITE_ACCESS,
     ApiKeys,
     AuthError,
@@ -201,7 +201,7 @@ def test_overload_and_lost_replicas_answer_503_with_retry_after():
     from ray.serve.exceptions import BackPressureError
     from starlette.requests import Request as StarletteRequest
 
-    from rayrec.serving import ingress
+    from rayrec.serving.http import ingress
 
     request = StarletteRequest({"type": "http", "method": "POST", "path": "/recommend", "headers": [],
                                 "query_string": b""})
@@ -214,7 +214,7 @@ def test_overload_and_lost_replicas_answer_503_with_retry_after():
 
 
 def test_every_protected_route_of_the_api_declares_the_key_scheme():
-    from rayrec.serving.ingress import app
+    from rayrec.serving.http.ingress import app
 
     schema = app.openapi()
     protected = {(method.upper(), path) for path, ops in schema["paths"].items() for method, op in ops.items()

@@ -74,7 +74,7 @@ def test_resolve_args_makes_paths_absolute_and_checks_model_and_components(tmp_p
 def test_the_user_encoder_batches_as_app_args_say(tmp_path):
     import asyncio
 
-    from rayrec.serving.deployments import UserEncoder
+    from rayrec.serving.graph.deployments import UserEncoder
     from rayrec.state import open_state_store
 
     model = write_toy_model(tmp_path / "model", num_items=50, dim=8)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rayrec.models.new_items import NewItemCalibration
-from rayrec.serving import index as index_module
-from rayrec.serving.index import ItemIndex
+from rayrec.serving.stages import index as index_module
+from rayrec.serving.stages.index import ItemIndex
 
 
 def clustered(n=20_000, dim=32, seed=0):
@@ -135,8 +135,8 @@ def test_adding_items_never_copies_the_trained_vectors():
 def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     from rayrec.data.synthetic import SyntheticConfig, generate
     from rayrec.models import ann
-    from rayrec.serving.model_loading import item_records, load_model
-    from rayrec.serving.scoring import ScorerLogic
+    from rayrec.serving.graph.model_loading import item_records, load_model
+    from rayrec.serving.stages.scoring import ScorerLogic
     from rayrec.state import open_state_store
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import train_in_process

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from rayrec.components import Candidate, FeedbackEvent, FeedbackHandler, Scorer, ScoringContext
-from rayrec.serving.encode import UserEncoderLogic
-from rayrec.serving.errors import NotFoundError, RequestError
-from rayrec.serving.feedback import FeedbackLogic
-from rayrec.serving.generations import ModelSlots
-from rayrec.serving.preprocess import PreprocessorLogic
 from rayrec.serving.schemas import ItemIn, RecommendRequest
-from rayrec.serving.scoring import ScorerLogic
+from rayrec.serving.stages.encode import UserEncoderLogic
+from rayrec.serving.stages.errors import NotFoundError, RequestError
+from rayrec.serving.stages.feedback import FeedbackLogic
+from rayrec.serving.stages.generations import ModelSlots
+from rayrec.serving.stages.preprocess import PreprocessorLogic
+from rayrec.serving.stages.scoring import ScorerLogic
 from rayrec.state import open_state_store
 
 WEIGHTS = {"view": 0.5, "click": 1.0, "purchase": 3.0, "skip": 0.0, "dislike": -1.0}
@@ -473,8 +473,8 @@ def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):
 def test_requests_answered_together_get_what_each_would_get_alone(model, store):
     """The pipeline answers requests that queued together in one pass (one user-tower batch,
     one product with the item matrix); each answer must be exactly its own, bad ones included."""
-    from rayrec.serving.deployments import PipelineLogic
-    from rayrec.serving.errors import StageError
+    from rayrec.serving.graph.deployments import PipelineLogic
+    from rayrec.serving.stages.errors import StageError
 
     alone = Pipeline(model, store)
     together = PipelineLogic(alone.pre, alone.enc, alone.scorer)

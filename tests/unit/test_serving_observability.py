@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from rayrec.serving.index import ItemIndex, faiss_available
-from rayrec.serving.observability import InMemoryMetrics, RequestLog, ServingMetrics
+from rayrec.serving.graph.observability import InMemoryMetrics, RequestLog, ServingMetrics
+from rayrec.serving.stages.index import ItemIndex, faiss_available
 
 
 def test_requests_stages_and_feedback_are_counted():

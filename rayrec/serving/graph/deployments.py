@@ -1,7 +1,7 @@
 """The Ray Serve deployments: thin shells around the stage logic.
 
 Each shell opens the state store, keeps its stage logic per model generation
-(:class:`~rayrec.serving.generations.ModelSlots`), offloads model loads and disk writes to a
+(:class:`~rayrec.serving.stages.generations.ModelSlots`), offloads model loads and disk writes to a
 thread so the replica keeps answering, and exposes ``preload`` for hot reloads.
 """
 
@@ -21,15 +21,15 @@ from ray import serve
 from rayrec.components import FeedbackEvent
 from rayrec.errors import ModelError
 from rayrec.serving.config import AppArgs
-from rayrec.serving.encode import UserEncoderLogic
-from rayrec.serving.errors import RequestError, StageError
-from rayrec.serving.feedback import FeedbackLogic
-from rayrec.serving.generations import ModelSlots
-from rayrec.serving.model_loading import item_records, load_model
-from rayrec.serving.observability import serving_metrics
-from rayrec.serving.preprocess import PreprocessorLogic
+from rayrec.serving.graph.model_loading import item_records, load_model
+from rayrec.serving.graph.observability import serving_metrics
 from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest, SearchRequest
-from rayrec.serving.scoring import ScorerLogic
+from rayrec.serving.stages.encode import UserEncoderLogic
+from rayrec.serving.stages.errors import RequestError, StageError
+from rayrec.serving.stages.feedback import FeedbackLogic
+from rayrec.serving.stages.generations import ModelSlots
+from rayrec.serving.stages.preprocess import PreprocessorLogic
+from rayrec.serving.stages.scoring import ScorerLogic
 from rayrec.state import open_state_store
 from rayrec.state.base import ModelGeneration
 

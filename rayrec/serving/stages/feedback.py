@@ -7,7 +7,7 @@ import math
 from typing import Callable, Sequence
 
 from rayrec.components import FeedbackEvent, FeedbackHandler
-from rayrec.serving.errors import RequestError
+from rayrec.serving.stages.errors import RequestError
 from rayrec.state.base import AppendResult, BaseStateStore
 
 logger = logging.getLogger(__name__)

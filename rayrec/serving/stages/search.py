@@ -24,7 +24,7 @@ import numpy as np
 
 from rayrec.components import FeatureExtractor
 from rayrec.serving.config import SearchOptions
-from rayrec.serving.index import ItemIndex
+from rayrec.serving.stages.index import ItemIndex
 
 logger = logging.getLogger(__name__)
 

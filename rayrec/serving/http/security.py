@@ -10,7 +10,7 @@ that are too large, model directories outside the configured roots.
   roots (symlinks resolved), so a caller cannot make the server read arbitrary paths.
 
 :class:`RequestGuard` is the ASGI middleware that applies the first two to every request and
-also times it for :mod:`rayrec.serving.observability`; the checks themselves are plain
+also times it for :mod:`rayrec.serving.graph.observability`; the checks themselves are plain
 functions tested without Ray.
 """
 

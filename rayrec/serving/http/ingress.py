@@ -6,7 +6,7 @@ FastAPI's ``detail`` list; only a bug answers 500, and it is logged with its tra
 Overload (a full queue) and a replica that died under a request answer 503 with
 ``Retry-After``: the request can be re-sent (feedback with the same ``event_id`` is stored once).
 
-Before any route runs, :class:`~rayrec.serving.security.RequestGuard` checks API keys on the
+Before any route runs, :class:`~rayrec.serving.http.security.RequestGuard` checks API keys on the
 write and admin routes (those declared with ``WRITE_ACCESS``), caps the body size, and times
 the request for the metrics and the request log.
 """
@@ -35,8 +35,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rayrec import __version__
 from rayrec.components import FeedbackEvent
 from rayrec.serving.config import AppArgs
-from rayrec.serving.errors import ForbiddenError, RequestError, StageError
-from rayrec.serving.observability import RequestLog, serving_metrics
+from rayrec.serving.graph.observability import RequestLog, serving_metrics
+from rayrec.serving.stages.errors import ForbiddenError, RequestError, StageError
 from rayrec.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_K,
@@ -56,7 +56,7 @@ from rayrec.serving.schemas import (
     SearchResponse,
     SimilarItemsResponse,
 )
-from rayrec.serving.security import WRITE_ACCESS, GuardPolicy, RequestGuard, check_model_root, load_api_keys
+from rayrec.serving.http.security import WRITE_ACCESS, GuardPolicy, RequestGuard, check_model_root, load_api_keys
 
 logger = logging.getLogger("ray.serve")
 
@@ -225,7 +225,7 @@ class Ingress:
         # prepares and encodes too, and the other two are None. Ingress: all three are None and
         # this replica runs its own RecommendPipeline, called like a handle.
         if args.topology == "ingress":
-            from rayrec.serving.deployments import RecommendPipeline
+            from rayrec.serving.graph.deployments import RecommendPipeline
 
             scorer = InProcessHandle(RecommendPipeline.func_or_class(args))
         self.preprocessor = preprocessor

@@ -13,10 +13,10 @@ from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.ann import read_index
 from rayrec.models.bundle import RecommenderModel
 from rayrec.serving.config import NewItemOptions, SearchOptions
-from rayrec.serving.errors import NotFoundError, RequestError
-from rayrec.serving.index import ItemIndex
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
-from rayrec.serving.search import SEARCH_OFF_MESSAGE, TextSearch
+from rayrec.serving.stages.errors import NotFoundError, RequestError
+from rayrec.serving.stages.index import ItemIndex
+from rayrec.serving.stages.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore
 
 logger = logging.getLogger(__name__)
