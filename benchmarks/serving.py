@@ -144,10 +144,11 @@ def training_users(model_dir: Path, count: int = 1000) -> list[str]:
 def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
     """The request as an ingress replica runs it (topology ingress), without Ray or HTTP."""
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.graph.deployments import PipelineLogic, components
+    from rayrec.serving.graph.deployments import components
     from rayrec.serving.graph.model_loading import item_records, load_model
     from rayrec.serving.schemas import RecommendRequest
     from rayrec.serving.stages.encode import UserEncoderLogic
+    from rayrec.serving.stages.pipeline import PipelineLogic
     from rayrec.serving.stages.preprocess import PreprocessorLogic
     from rayrec.serving.stages.scoring import ScorerLogic
     from rayrec.state import open_state_store

@@ -1,7 +1,15 @@
 """Real-time serving: a Ray Serve graph over plain, separately tested stage logic.
 
-``build_app(AppArgs(...))`` (in :mod:`rayrec.serving.app`) is the one way in, used by
-``rayrec serve`` and by ``serve run deploy/serve.yaml``. The stage logic lives in
-:mod:`.preprocess`, :mod:`.encode`, :mod:`.scoring` and :mod:`.feedback`, free of Ray; the
-deployments in :mod:`.deployments` and :mod:`.ingress` are thin shells around it.
+Three rooms, imports pointing down (``http`` -> ``graph`` -> ``stages``):
+
+- :mod:`.stages`: the stage logic (preprocess, encode, scoring, feedback, the item index, text
+  search, model slots, the in-process pipeline), no Ray and no HTTP, unit-tested in process.
+- :mod:`.graph`: the Ray Serve deployments that host the stages, the topologies (how the
+  ingress reaches them), their options and resources, model loading, metrics and the proxy.
+- :mod:`.http`: the FastAPI routes and the Ingress deployment, security (API keys, limits),
+  error answers and the demo page.
+
+Shared by all three: :mod:`.config` (``AppArgs``) and :mod:`.schemas` (the API's types).
+``build_app(AppArgs(...))`` in :mod:`.app` is the one way in, used by ``rayrec serve`` and by
+``serve run deploy/serve.yaml``.
 """

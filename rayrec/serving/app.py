@@ -6,11 +6,10 @@
                      ├─► CandidateScorer (/similar-items, PUT/DELETE /items, /search)
                      └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
 
-That is ``topology: split``. ``topology: fused`` replaces the three read stages with one
-RecommendPipeline deployment running the same logic classes in process, and ``topology:
-ingress`` runs that pipeline inside each ingress replica (reads make no handle hop).
-``topology: auto`` (the default) picks ingress on a one-node Ray, where every hop costs CPU the
-model needs, and split on a cluster of several nodes, where stages scale on their own.
+That is ``topology: split``; ``fused`` and ``ingress`` run the three read stages in one
+process (see :mod:`rayrec.serving.graph.topology`). This module composes the two rooms above
+the stage logic: the graph (:mod:`rayrec.serving.graph.builder`) and the HTTP ingress in front
+of it (:mod:`rayrec.serving.http.ingress`).
 """
 
 from __future__ import annotations
@@ -21,12 +20,15 @@ from typing import Any
 
 from ray.serve import Application
 
-from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, StageOptions, check_components
-from rayrec.serving.graph.deployments import CandidateScorer, FeedbackIngestor, Preprocessor, RecommendPipeline, UserEncoder
+from rayrec.serving.config import AppArgs, Topology, check_components
+from rayrec.serving.graph.builder import bind_stages, deployment_options
 from rayrec.serving.graph.model_loading import load_model
+from rayrec.serving.graph.topology import pick_topology
 from rayrec.serving.http.ingress import Ingress
 from rayrec.serving.http.security import default_model_roots, load_api_keys, resolve_model_roots
 from rayrec.state import open_state_store
+
+__all__ = ["build_app", "pick_topology", "resolve_args"]
 
 
 def _absolute_state_url(state: str) -> str:
@@ -38,19 +40,6 @@ def _absolute_state_url(state: str) -> str:
     base, _, query = state.partition("?")
     path = os.path.abspath(sqlite_path_from_url(base))
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
-
-
-def _options(stage: StageOptions, args: AppArgs) -> dict[str, Any]:
-    env = {name: str(args.threads_per_replica) if name.endswith("THREADS") else value for name, value in SINGLE_THREAD_ENV.items()}
-    env.update(args.replica_env)
-    return {
-        **stage.deployment_options(),
-        # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the
-        # ingress for the inner stages) instead of letting requests time out in a queue.
-        "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
-        "ray_actor_options": {"num_cpus": stage.num_cpus, "runtime_env": {"env_vars": env}},
-        "logging_config": {"enable_access_log": args.access_log},
-    }
 
 
 def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
@@ -74,31 +63,13 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     return args
 
 
-def pick_topology() -> str:
-    """``auto``'s choice for the Ray this process is connected to (one node when not connected)."""
-    import ray
-
-    nodes = [node for node in ray.nodes() if node.get("Alive")] if ray.is_initialized() else []
-    return "split" if len(nodes) > 1 else "ingress"
-
-
 def build_app(args: AppArgs) -> Application:
     """Build the graph; makes ``args.model_dir`` the live model in the state store."""
     args = resolve_args(args)
-    if args.topology == "auto":
+    if args.topology == Topology.AUTO:
         args = args.model_copy(update={"topology": pick_topology()})
     store = open_state_store(args.state)
     store.ensure_model(args.model_dir)
     store.close()
-    stages = args.stages
-    feedback = FeedbackIngestor.options(**_options(stages.feedback, args)).bind(args)
-    ingress = Ingress.options(**_options(stages.ingress, args))
-    if args.topology == "ingress":
-        return ingress.bind(None, None, None, feedback, args)  # the ingress builds its own pipeline
-    if args.topology == "fused":
-        pipeline = RecommendPipeline.options(**_options(stages.pipeline, args)).bind(args)
-        return ingress.bind(None, None, pipeline, feedback, args)
-    preprocessor = Preprocessor.options(**_options(stages.preprocessor, args)).bind(args)
-    encoder = UserEncoder.options(**_options(stages.user_encoder, args)).bind(args)
-    scorer = CandidateScorer.options(**_options(stages.scorer, args)).bind(args)
-    return ingress.bind(preprocessor, encoder, scorer, feedback, args)
+    reads, feedback = bind_stages(args)
+    return Ingress.options(**deployment_options("ingress", args)).bind(reads=reads, feedback=feedback, args=args)

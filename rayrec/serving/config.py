@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +40,15 @@ LOW_LATENCY_REPLICA_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
 }
+
+
+class Topology(StrEnum):
+    """How the read stages are deployed (see :mod:`rayrec.serving.graph.topology`)."""
+
+    AUTO = "auto"  # ingress on a one-node Ray, split on a cluster of several nodes
+    SPLIT = "split"  # Preprocessor, UserEncoder and CandidateScorer: a deployment each
+    FUSED = "fused"  # one RecommendPipeline deployment runs the three in process
+    INGRESS = "ingress"  # every ingress replica runs that pipeline itself
 
 
 class ComponentSpec(BaseModel):
@@ -168,8 +178,8 @@ class AppArgs(BaseModel):
                                "meanwhile (no added latency)."
     )
     threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
-    topology: Literal["auto", "split", "fused", "ingress"] = Field(
-        "auto",
+    topology: Topology = Field(
+        Topology.AUTO,
         description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
                     "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
                     "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
@@ -221,9 +231,9 @@ class AppArgs(BaseModel):
         """The stages this topology deploys, by name (``stages`` also holds the other topology's);
         ``auto`` as on one node."""
         names = ["ingress", "feedback"]
-        if self.topology == "fused":
+        if self.topology == Topology.FUSED:
             names.append("pipeline")
-        elif self.topology == "split":
+        elif self.topology == Topology.SPLIT:
             names += ["preprocessor", "user_encoder", "scorer"]
         return {name: getattr(self.stages, name) for name in names}
 

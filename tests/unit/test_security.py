@@ -107,14 +107,14 @@ def test_app_args_default_the_model_roots_to_the_initial_models_parent(tmp_path)
 
 
 def test_deployments_get_a_queue_limit_and_a_503_with_retry_after():
-    from rayrec.serving.app import _options
     from rayrec.serving.config import AppArgs
+    from rayrec.serving.graph.builder import deployment_options
 
     args = AppArgs(model_dir="/m", retry_after_s=2.5, stages={"scorer": {"max_queued_requests": 7}})
-    options = _options(args.stages.scorer, args)
+    options = deployment_options("scorer", args)
     assert options["max_queued_requests"] == 7
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 2.5}
-    assert _options(args.stages.ingress, args)["max_queued_requests"] == 256
+    assert deployment_options("ingress", args)["max_queued_requests"] == 256
 
 
 # -- the guard middleware -------------------------------------------------------------------------
@@ -201,12 +201,12 @@ def test_overload_and_lost_replicas_answer_503_with_retry_after():
     from ray.serve.exceptions import BackPressureError
     from starlette.requests import Request as StarletteRequest
 
-    from rayrec.serving.http import ingress
+    from rayrec.serving.http import error_handlers
 
     request = StarletteRequest({"type": "http", "method": "POST", "path": "/recommend", "headers": [],
                                 "query_string": b""})
-    for handler, exc in [(ingress._backpressure, BackPressureError(num_queued_requests=9, max_queued_requests=8)),
-                         (ingress._replica_lost, ActorDiedError())]:
+    for handler, exc in [(error_handlers.backpressure, BackPressureError(num_queued_requests=9, max_queued_requests=8)),
+                         (error_handlers.replica_lost, ActorDiedError())]:
         response = asyncio.run(handler(request, exc))
         assert response.status_code == 503
         assert response.headers["retry-after"] == "1"

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from rayrec.errors import ConfigError, ModelError
-from rayrec.serving.app import _absolute_state_url, _options, resolve_args
-from rayrec.serving.config import AppArgs, StageOptions
+from rayrec.serving.app import _absolute_state_url, resolve_args
+from rayrec.serving.config import AppArgs, Topology
+from rayrec.serving.graph.builder import deployment_options
 from rayrec.serving.toy_model import write_toy_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,12 +32,13 @@ def test_deploy_yaml_is_a_valid_serve_config_with_valid_app_args():
 
 def test_stage_options_become_deployment_options():
     args = AppArgs(model_dir="m", stages={"scorer": {"autoscaling": {"min_replicas": 1, "max_replicas": 3}, "num_cpus": 0.5}})
-    scorer = _options(args.stages.scorer, args)
+    scorer = deployment_options("scorer", args)
     assert scorer["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3} and "num_replicas" not in scorer
     assert scorer["ray_actor_options"]["num_cpus"] == 0.5
     assert scorer["ray_actor_options"]["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
     assert scorer["logging_config"] == {"enable_access_log": False}
-    assert _options(StageOptions(num_replicas=2), args)["num_replicas"] == 2
+    two = AppArgs(model_dir="m", stages={"preprocessor": {"num_replicas": 2}})
+    assert deployment_options("preprocessor", two)["num_replicas"] == 2
 
 
 @pytest.mark.parametrize(
@@ -49,6 +51,26 @@ def test_stage_options_become_deployment_options():
 )
 def test_each_topology_deploys_its_stages(topology, stages):
     assert set(AppArgs(model_dir="m", topology=topology).deployed_stages()) == stages
+
+
+def test_the_topology_is_a_named_type_that_reads_as_its_config_value():
+    args = AppArgs(model_dir="m", topology="fused")
+    assert args.topology is Topology.FUSED and args.topology == "fused" and f"{args.topology}" == "fused"
+    assert AppArgs(model_dir="m").topology is Topology.AUTO
+    assert args.model_dump(mode="json")["topology"] == "fused"
+    with pytest.raises(ValidationError, match="topology"):
+        AppArgs(model_dir="m", topology="fussed")
+
+
+@pytest.mark.parametrize("topology, read_path", [("split", "SplitStages"), ("fused", "FusedPipeline"),
+                                                 ("ingress", "IngressPipeline")])
+def test_the_ingress_gets_the_read_path_of_its_topology(topology, read_path):
+    from rayrec.serving.graph.builder import bind_stages
+
+    reads, feedback = bind_stages(AppArgs(model_dir="m", topology=topology))
+    assert type(reads).__name__ == read_path and reads.topology == topology
+    with pytest.raises(ValueError, match="auto"):
+        bind_stages(AppArgs(model_dir="m"))
 
 
 def test_app_args_errors_name_the_field():

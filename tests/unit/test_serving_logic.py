@@ -473,8 +473,8 @@ def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):
 def test_requests_answered_together_get_what_each_would_get_alone(model, store):
     """The pipeline answers requests that queued together in one pass (one user-tower batch,
     one product with the item matrix); each answer must be exactly its own, bad ones included."""
-    from rayrec.serving.graph.deployments import PipelineLogic
     from rayrec.serving.stages.errors import StageError
+    from rayrec.serving.stages.pipeline import PipelineLogic
 
     alone = Pipeline(model, store)
     together = PipelineLogic(alone.pre, alone.enc, alone.scorer)

@@ -180,6 +180,16 @@ class GuardPolicy:
     on_response: Callable[[str, str, int, float, int], None] | None = None
 
 
+def replica_guard_policy() -> GuardPolicy | None:
+    """The policy of the ingress replica this runs in (set in ``Ingress.__init__``), or None."""
+    try:
+        from ray import serve
+
+        return getattr(serve.get_replica_context().servable_object, "guard_policy", None)
+    except Exception:  # not inside a replica (yet)
+        return None
+
+
 class BodyTooLarge(Exception):
     pass
 

@@ -1,0 +1,53 @@
+"""The deployments of a topology, bound with their options: everything behind the ingress.
+
+:func:`rayrec.serving.app.build_app` puts the HTTP ingress in front of what :func:`bind_stages`
+returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, Topology
+from rayrec.serving.graph.deployments import (
+    CandidateScorer,
+    FeedbackIngestor,
+    Preprocessor,
+    RecommendPipeline,
+    UserEncoder,
+)
+from rayrec.serving.graph.topology import FusedPipeline, IngressPipeline, ReadPath, SplitStages
+
+
+def deployment_options(name: str, args: AppArgs) -> dict[str, Any]:
+    """Ray Serve ``.options(...)`` of stage ``name`` (a field of ``args.stages``)."""
+    stage = getattr(args.stages, name)
+    env = {var: str(args.threads_per_replica) if var.endswith("THREADS") else value for var, value in SINGLE_THREAD_ENV.items()}
+    env.update(args.replica_env)
+    return {
+        **stage.deployment_options(),
+        # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the
+        # ingress for the inner stages) instead of letting requests time out in a queue.
+        "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
+        "ray_actor_options": {"num_cpus": stage.num_cpus, "runtime_env": {"env_vars": env}},
+        "logging_config": {"enable_access_log": args.access_log},
+    }
+
+
+def bind_stages(args: AppArgs) -> tuple[ReadPath, Application]:
+    """The read path of ``args.topology`` (not auto) and the FeedbackIngestor, bound."""
+    feedback = FeedbackIngestor.options(**deployment_options("feedback", args)).bind(args)
+    if args.topology == Topology.INGRESS:
+        return IngressPipeline(), feedback  # each ingress replica builds its own pipeline
+    if args.topology == Topology.FUSED:
+        return FusedPipeline(RecommendPipeline.options(**deployment_options("pipeline", args)).bind(args)), feedback
+    if args.topology != Topology.SPLIT:
+        raise ValueError(f"topology {args.topology} must be resolved to split, fused or ingress first")
+    reads = SplitStages(
+        preprocessor=Preprocessor.options(**deployment_options("preprocessor", args)).bind(args),
+        encoder=UserEncoder.options(**deployment_options("user_encoder", args)).bind(args),
+        scorer=CandidateScorer.options(**deployment_options("scorer", args)).bind(args),
+    )
+    return reads, feedback
