@@ -8,6 +8,9 @@ Use the ``register_rayrec_plugin`` fixture to register a plugin for one test onl
 
 Whatever the test does, the plugin is unregistered afterwards.
 
+``RedisServer(directory).start()`` runs a private, durable ``redis-server`` for tests of the
+Redis state store (or a state-store plugin); ``redis_unavailable()`` says why it cannot run.
+
 ``serve_locally(args)`` runs the real serving graph on a local Ray for end-to-end tests and
 yields its base URL::
 
@@ -19,7 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from unittest import mock
 
@@ -27,6 +35,57 @@ import pytest
 
 if TYPE_CHECKING:
     from rayrec.serving.config import AppArgs
+
+
+
+
+class RedisServer:
+    """A private redis-server process: durable (appendfsync always), started and stopped by PID."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        self.process = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            assert self.process.poll() is None, "redis-server exited at start"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(timeout=20)
+        self.process = None
+
+
+def redis_unavailable() -> str | None:
+    """Why a RedisServer cannot run here (no redis-server, no client), or None."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (apt-get install redis-server)"
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        return "the redis client is not installed (pip install 'rayrec[redis]')"
+    return None
 
 
 def free_port() -> int:

@@ -11,76 +11,22 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
 from rayrec.components import FeedbackEvent
 from rayrec.state import open_state_store
-from rayrec.testing import free_port
-
-REDIS_SERVER = shutil.which("redis-server")
-
-
-class RedisServer:
-    """A private redis-server process: durable (appendfsync always), started and stopped by PID."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.directory), "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            assert self.process.poll() is None, "redis-server exited at start"
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, sig)
-            self.process.wait(timeout=20)
-        self.process = None
-
-
-def _redis_usable() -> str | None:
-    if REDIS_SERVER is None:
-        return "redis-server is not installed (apt-get install redis-server)"
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        return "the redis client is not installed (pip install 'rayrec[redis]')"
-    return None
-
+from rayrec.testing import RedisServer, free_port, redis_unavailable
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory):
-    reason = _redis_usable()
+    reason = redis_unavailable()
     if reason:
         pytest.skip(reason)
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
@@ -282,7 +228,7 @@ def test_acknowledged_events_survive_a_killed_writer(store_url):
 def test_acknowledged_events_survive_a_killed_redis_server(tmp_path):
     """kill -9 of redis-server itself mid-ingest: after a restart from the AOF, every event
     the writer saw acknowledged is there."""
-    reason = _redis_usable()
+    reason = redis_unavailable()
     if reason:
         pytest.skip(reason)
     server = RedisServer(tmp_path).start()
