@@ -11,6 +11,9 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     histories.npz          every training user's item sequence (for recommend/serving)
     items.jsonl            item metadata (title, text, categories) where known
     item_features.npz      content/categorical inputs of the item tower, where used
+    category_factors.npy   (C, D) mean item vector per category (config.json's category_vocab),
+                           where the data had categories: new items with categories, no text
+    item_index.faiss       HNSW index over item_embeddings, for 250,000 items or more (faiss)
     metrics.json           training curve and validation/test metrics
     training_curve.png     loss and validation NDCG per epoch
 

@@ -13,6 +13,7 @@ from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.models.arrays import shared_tensor
+from rayrec.models.order_free import CATEGORY_VECTORS_FILE
 from rayrec.models.padding import left_pad
 from rayrec.models.servable import ServableModel, load_model_dir, read_model_files
 from rayrec.schema import Vocabulary
@@ -36,6 +37,7 @@ class TrainedModel(ServableModel):
         self._calibration: NewItemCalibration | None = None
         self._padding_input: torch.Tensor | None = None
         self._item_inputs: torch.Tensor | None = None
+        self._centroids: np.ndarray | None = None  # category_factors.npy, read on first use
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -129,8 +131,28 @@ class TrainedModel(ServableModel):
         if tower.content_projection is not None:
             content = torch.from_numpy(self._content_vectors(records))
         if category_ids is None and content is None:
-            return np.repeat(self.item_embeddings.mean(axis=0, keepdims=True), len(records), axis=0)
-        return self._vectors_from_content(category_ids, content)
+            vectors = np.repeat(self.item_embeddings.mean(axis=0, keepdims=True), len(records), axis=0)
+        else:
+            vectors = self._vectors_from_content(category_ids, content)
+        if category_ids is None:  # the tower cannot read categories: place items by them here
+            for row, record in enumerate(records):
+                if not (record.get("text") or record.get("title")) or content is None:
+                    centroid = self._category_centroid(record.get("categories") or [])
+                    if centroid is not None:
+                        vectors[row] = centroid
+        return vectors
+
+    def _category_centroid(self, categories: Sequence[str]) -> np.ndarray | None:
+        """The mean of ``category_factors.npy``'s rows for the known ``categories`` (each row the
+        mean vector of that category's trained items), None when none is known: where the item
+        tower was trained without categories (the default), a new item with categories and no
+        text still lands among its kind, not at the catalogue's mean."""
+        if self._centroids is None:
+            path = self.model_dir / CATEGORY_VECTORS_FILE
+            self._centroids = np.load(path, mmap_mode="r") if path.exists() else np.zeros((0, self.item_embeddings.shape[1]))
+        rows = [self._category_index[c] - 1 for c in map(str, categories) if c in self._category_index]
+        rows = [row for row in rows if row < len(self._centroids)]
+        return np.asarray(self._centroids[rows]).mean(axis=0).astype(np.float32) if rows else None
 
     @torch.no_grad()
     def trained_items_from_content(self) -> np.ndarray | None:

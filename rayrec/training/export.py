@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from rayrec.models.factory import build_two_tower
+from rayrec.models.order_free import CATEGORY_VECTORS_FILE, category_mean_vectors
 from rayrec.training.config import TrainConfig
 from rayrec.training.model_dir import write_model_dir
 from rayrec.training.prepare import PreparedData
@@ -78,6 +79,11 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
         np.savez_compressed(out_dir / "item_features.npz", **arrays)
     if data.user_features is not None:
         np.save(out_dir / "user_features.npy", data.user_features)
+    # Where the item tower does not read categories (the default), serving places a new item
+    # that has categories but no text among its kind with these, as the order-free models do.
+    table = category_mean_vectors(item_embeddings, inputs.category_ids, inputs.num_categories)
+    if table is not None:
+        np.save(out_dir / CATEGORY_VECTORS_FILE, table)
     history = state.get("history", [])
     write_model_dir(
         out_dir, data, model_kind="two_tower", model_format=MODEL_FORMAT, item_embeddings=item_embeddings,

@@ -9,7 +9,8 @@ import numpy as np
 
 from rayrec.models.ease_model import MODEL_KIND
 from rayrec.models.order_free import CATEGORY_VECTORS_FILE
-from rayrec.training.model_dir import category_mean_vectors, max_history_for, write_model_dir
+from rayrec.models.order_free import category_mean_vectors
+from rayrec.training.model_dir import max_history_for, write_model_dir
 from rayrec.training.prepare import PreparedData
 
 MODEL_FORMAT = 1

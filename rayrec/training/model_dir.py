@@ -35,27 +35,6 @@ def max_history_for(data: PreparedData) -> int:
     return int(max(MIN_MAX_HISTORY, max((len(s) for s in data.sequences), default=0)))
 
 
-def category_mean_vectors(item_vectors: np.ndarray, category_ids: np.ndarray | None, num_categories: int
-                          ) -> np.ndarray | None:
-    """(C, D): per category the mean vector of its items, the cold-start vector of a new item
-    in it; None without categories. ``item_vectors: (N, D)``; ``category_ids``: (N + 1, W)
-    1-based codes, 0 = none (row 0 is padding), as in :class:`rayrec.models.factory.ItemInputs`.
-    A category without items gets the mean item vector."""
-    if category_ids is None or num_categories == 0:
-        return None
-    codes = category_ids[1:]
-    items, slots = np.nonzero(codes)
-    # (C, N) how often each category lists each item, so one matrix product sums the vectors:
-    # gathering and adding whole rows (np.add.at) is slow when they are N wide, as EASE's are.
-    membership = np.zeros((num_categories, len(item_vectors)), dtype=np.float32)
-    np.add.at(membership, (codes[items, slots] - 1, items), 1.0)
-    sums = (membership @ np.asarray(item_vectors, dtype=np.float32)).astype(np.float64)
-    counts = membership.sum(axis=1, dtype=np.float64)
-    table = np.repeat(item_vectors.mean(axis=0, keepdims=True), num_categories, axis=0).astype(np.float64)
-    table[counts > 0] = sums[counts > 0] / counts[counts > 0, None]
-    return table.astype(np.float32)
-
-
 def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str, model_format: int,
                     item_embeddings: np.ndarray, config: dict[str, Any], metrics: dict[str, Any]) -> str:
     """Write the files every model directory has into ``out_dir``; returns the model version.

@@ -161,3 +161,24 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     exact = exact_top(np.asarray(model.item_embeddings), query, 5, scorer.index.allowed_mask([]))
     assert len(set(rows) & set(exact)) >= 4
     store.close()
+
+
+def test_a_new_item_with_categories_and_no_text_lands_among_its_kind(tmp_path):
+    """The default item tower does not read categories; a new item that has some (and no text)
+    gets the mean vector of the trained items sharing them, not the catalogue's mean."""
+    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.serving.graph.model_loading import load_model
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.local import train_in_process
+
+    data = generate(SyntheticConfig(num_users=80, num_items=60, num_clusters=3, mean_events_per_user=12))
+    model_dir = train_in_process(data, tmp_path / "model", TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}),
+                                 log=lambda line: None)
+    model = load_model(model_dir)
+    assert model.network.item_tower.category_embedding is None  # the default tower
+    category = next(c for record in model.items for c in record.get("categories") or [])
+    members = [model.item_ids.index(str(r["item_id"])) for r in model.items if category in (r.get("categories") or [])]
+    [vector] = model.encode_items([{"item_id": "new", "categories": [category]}])
+    assert np.allclose(vector, np.asarray(model.item_embeddings)[members].mean(axis=0), atol=1e-5)
+    [neutral] = model.encode_items([{"item_id": "other", "categories": ["no-such-category"]}])
+    assert np.allclose(neutral, np.asarray(model.item_embeddings).mean(axis=0), atol=1e-5)
