@@ -97,6 +97,35 @@ def test_sampled_softmax_prefers_the_right_item_and_is_finite():
     assert torch.isfinite(right) and right < wrong
 
 
+def test_sampled_softmax_with_every_position_as_negative_is_the_full_in_batch_softmax():
+    """Under the in-batch cap every target is a negative: the loss is the classic in-batch
+    softmax (positive on the diagonal, other copies of the target masked, logQ corrected)."""
+    torch.manual_seed(0)
+    tower = torch.nn.Embedding(31, 8)
+    outputs = torch.randn(12, 8)
+    targets = torch.tensor([1, 2, 3, 3, 5, 8, 13, 21, 2, 30, 7, 7])
+    log_q = torch.log_softmax(torch.randn(31), dim=0)
+    torch.manual_seed(1)
+    loss = sampled_softmax_loss(outputs, tower, targets, log_q, num_uniform_negatives=10)
+    torch.manual_seed(1)
+    uniform = torch.randint(1, 31, (10,))
+    candidates = torch.cat([targets, uniform])
+    logits = outputs @ tower(candidates).T - torch.cat([log_q[targets], torch.full((10,), float(np.log(1 / 30)))])
+    same = targets[:, None] == candidates[None, :]
+    same[:, :12] &= ~torch.eye(12, dtype=torch.bool)
+    expected = torch.nn.functional.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(12))
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
+def test_sampled_softmax_caps_in_batch_negatives_for_long_batches():
+    tower = torch.nn.Embedding(101, 8)
+    targets = torch.randint(1, 101, (500,))
+    log_q = torch.log(torch.full((101,), 0.01))
+    loss = sampled_softmax_loss(tower(targets) * 3, tower, targets, log_q, num_uniform_negatives=5,
+                                max_in_batch_negatives=64)
+    assert torch.isfinite(loss) and loss > 0
+
+
 def test_next_item_batches_shift_by_one_and_left_pad():
     inputs, labels = next_item_batch([np.array([1, 2, 3, 4]), np.array([7, 8])], max_len=3)
     assert inputs.tolist() == [[1, 2, 3], [0, 0, 7]]
