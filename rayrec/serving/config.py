@@ -82,6 +82,12 @@ class StageOptions(BaseModel):
         gt=0,
         description="How often Serve checks each replica; a killed replica is noticed (and replaced) within this.",
     )
+    memory_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Memory Ray reserves for each replica (its 'memory' resource), in MB. Null: estimated, "
+        "300 MB plus, for a stage that loads the model, twice the size of the model directory's files.",
+    )
 
     def deployment_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {

@@ -41,6 +41,32 @@ def test_stage_options_become_deployment_options():
     assert deployment_options("preprocessor", two)["num_replicas"] == 2
 
 
+MB = 2**20
+
+
+@pytest.mark.parametrize("topology", ["split", "fused", "ingress"])
+def test_every_deployment_reserves_memory_for_the_model_it_loads(tmp_path, topology):
+    model = write_toy_model(tmp_path / "model", num_items=2000, dim=32)
+    model_mb = sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) / MB
+    assert model_mb > 0.1
+    args = AppArgs(model_dir=str(model), topology=topology)
+    loads_model = {"preprocessor", "user_encoder", "scorer", "pipeline"} | ({"ingress"} if topology == "ingress" else set())
+    for name in args.deployed_stages():
+        memory = deployment_options(name, args)["ray_actor_options"]["memory"]
+        expected = 300 + 2 * model_mb if name in loads_model else 300
+        assert expected * MB <= memory < (expected + 1) * MB, (name, memory / MB)
+
+
+def test_a_configured_memory_wins_over_the_estimate(tmp_path):
+    model = write_toy_model(tmp_path / "model", num_items=2000, dim=32)
+    args = AppArgs(model_dir=str(model), topology="split", stages={"scorer": {"memory_mb": 4096}, "feedback": {"memory_mb": 64}})
+    assert deployment_options("scorer", args)["ray_actor_options"]["memory"] == 4096 * MB
+    assert deployment_options("feedback", args)["ray_actor_options"]["memory"] == 64 * MB
+    assert deployment_options("user_encoder", args)["ray_actor_options"]["memory"] > 300 * MB  # still estimated
+    with pytest.raises(ValidationError, match="stages.scorer.memory_mb"):
+        AppArgs(model_dir="m", stages={"scorer": {"memory_mb": 0}})
+
+
 @pytest.mark.parametrize(
     "topology, stages",
     [

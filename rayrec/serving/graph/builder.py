@@ -1,11 +1,14 @@
 """The deployments of a topology, bound with their options: everything behind the ingress.
 
 :func:`rayrec.serving.app.build_app` puts the HTTP ingress in front of what :func:`bind_stages`
-returns.
+returns. Every deployment declares the CPUs and the memory Ray reserves for it, so replicas are
+placed where they fit instead of running a node out of memory.
 """
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
@@ -20,6 +23,29 @@ from rayrec.serving.graph.deployments import (
 )
 from rayrec.serving.graph.topology import FusedPipeline, IngressPipeline, ReadPath, SplitStages
 
+#: What a replica needs before any model: Python, Ray's worker, the libraries, the store.
+BASE_MEMORY_MB = 300
+#: The stages that load the model (the ingress does in topology ingress).
+MODEL_STAGES = ("preprocessor", "user_encoder", "scorer", "pipeline")
+
+
+def model_dir_mb(model_dir: str | Path) -> float:
+    """Size of the files in ``model_dir`` in MB (0 when it does not exist)."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return 0.0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def memory_mb(name: str, args: AppArgs) -> int:
+    """The configured ``memory_mb`` of stage ``name``, else the estimate: a model stage holds the
+    model once loaded and briefly a second copy while a reload builds the next generation."""
+    configured = getattr(args.stages, name).memory_mb
+    if configured is not None:
+        return configured
+    loads_model = name in MODEL_STAGES or (name == "ingress" and args.topology == Topology.INGRESS)
+    return math.ceil(BASE_MEMORY_MB + (2 * model_dir_mb(args.model_dir) if loads_model else 0))
+
 
 def deployment_options(name: str, args: AppArgs) -> dict[str, Any]:
     """Ray Serve ``.options(...)`` of stage ``name`` (a field of ``args.stages``)."""
@@ -31,7 +57,11 @@ def deployment_options(name: str, args: AppArgs) -> dict[str, Any]:
         # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the
         # ingress for the inner stages) instead of letting requests time out in a queue.
         "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
-        "ray_actor_options": {"num_cpus": stage.num_cpus, "runtime_env": {"env_vars": env}},
+        "ray_actor_options": {
+            "num_cpus": stage.num_cpus,
+            "memory": memory_mb(name, args) * 2**20,  # Ray counts bytes
+            "runtime_env": {"env_vars": env},
+        },
         "logging_config": {"enable_access_log": args.access_log},
     }
 
