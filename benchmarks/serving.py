@@ -174,9 +174,24 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
             answer = scorer.recommend(*pipeline.prepare_and_encode(RecommendRequest(user_id=users[i % len(users)], k=10)))
             times.append(time.perf_counter() - started)
             history += answer["items"][0]["explanation"]["source"] == "history"
+        recall = ann_recall(pipeline, users[:100]) if scorer.index.ann is not None else None
         store.close()
     return {"p50_ms": 1000 * percentile(times, 50), "p99_ms": 1000 * percentile(times, 99),
-            "history_share": history / requests}
+            "history_share": history / requests, "ann": scorer.index.ann is not None, "recall_at_10": recall}
+
+
+def ann_recall(pipeline, users: list[str]) -> float:
+    """Recall@10 of the ANN index against exact search, for these users' own vectors."""
+    from rayrec.serving.schemas import RecommendRequest
+
+    index, found = pipeline.scorer.index, []
+    for user in users:
+        _, vector, _ = pipeline.prepare_and_encode(RecommendRequest(user_id=user, k=10))
+        allowed = index.allowed_mask([])
+        exact, _ = index.search(vector, 10, allowed.copy(), exact=True)
+        approximate, _ = index.search(vector, 10, allowed.copy())
+        found.append(len(set(exact.tolist()) & set(approximate.tolist())) / max(1, len(exact)))
+    return float(np.mean(found))
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -309,6 +324,10 @@ def print_rows(rows: list[dict]) -> None:
         command = "rayrec serve " + (shlex.join(r["flags"]) or "(defaults)")
         print(f"| {r['model']} | {r['tower']} | {r['items']:,} | {command} | {r['in_process']['p50_ms']:.2f} | "
               f"{r['startup_s']:.1f} | {load_cells} | {r['e2e_over_in_process']:.1f}x | {history:.2f} | {stale} |")
+    for r in rows:
+        if r["in_process"].get("recall_at_10") is not None:
+            print(f"{r['model']}: HNSW index from the model directory, recall@10 against exact search "
+                  f"{r['in_process']['recall_at_10']:.3f} (100 users' own vectors)")
     for r in rows:
         if r.get("serving"):
             print(f"{r['model']} {shlex.join(r['flags'])}: {r['serving']}")
