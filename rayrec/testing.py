@@ -33,6 +33,8 @@ from unittest import mock
 
 import pytest
 
+from rayrec.serving.graph.proxy import free_port  # noqa: F401  (tests and plugins import it from here)
+
 if TYPE_CHECKING:
     from rayrec.serving.config import AppArgs
 
@@ -86,13 +88,6 @@ def redis_unavailable() -> str | None:
     except ImportError:
         return "the redis client is not installed (pip install 'rayrec[redis]')"
     return None
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -70,8 +70,8 @@ def local_ray_env(proxy: str, direct_ingress: bool = False) -> dict[str, str]:
         env.update(HAPROXY_ENV)
         # HAProxy's own stats and metrics listeners default to fixed ports (8404, 9101): a second
         # local rayrec (or a test run beside one) would fail to start on them.
-        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
-        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
     elif direct_ingress:
         env.update(DIRECT_INGRESS_ENV)
     env = {name: os.environ.get(name, value) for name, value in env.items()}
@@ -80,7 +80,8 @@ def local_ray_env(proxy: str, direct_ingress: bool = False) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     import socket
 
     with socket.socket() as probe:
