@@ -55,8 +55,7 @@ class ItemIndex:
         self.calibration = new_item_calibration
         self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
         self.trained_vectors = vectors
-        self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # capacity-doubling block
-        self._added_rows = 0
+        self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # rows added later (see _appended)
         self.norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
         self.alive = np.ones(len(self.row_ids), dtype=bool)
         pop = np.zeros(len(self.row_ids), dtype=np.float32) if popularity is None else np.asarray(popularity, np.float32)
@@ -88,14 +87,14 @@ class ItemIndex:
     def vectors(self) -> np.ndarray:
         """Every row's vector (N + added, D). A copy when items were added: for whole-catalogue
         products use :meth:`scores`, which never concatenates."""
-        if not self._added_rows:
+        if not len(self._added):
             return self.trained_vectors
-        return np.concatenate([self.trained_vectors, self._added[: self._added_rows]])
+        return np.concatenate([self.trained_vectors, self._added])
 
     def rows_vectors(self, rows) -> np.ndarray:
         """Vectors of some rows: (M,) -> (M, D)."""
         rows = np.asarray(rows, dtype=np.int64)
-        if not self._added_rows:
+        if not len(self._added):
             return self.trained_vectors[rows]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         trained = rows < self.trained_rows
@@ -139,12 +138,7 @@ class ItemIndex:
             self.row_ids.append(item_id)
             self.row_of[item_id] = start + offset
         count = len(item_ids)
-        if self._added_rows + count > len(self._added):  # grow by doubling: amortised O(D) per item
-            grown = np.zeros((max(2 * len(self._added), self._added_rows + count, 16), self.dim), np.float32)
-            grown[: self._added_rows] = self._added[: self._added_rows]
-            self._added = grown
-        self._added[self._added_rows: self._added_rows + count] = vectors
-        self._added_rows += count
+        self._added = _appended(self._added, vectors)
         norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
         self.norms = _appended(self.norms, norms)
         self.alive = _appended(self.alive, np.ones(count, dtype=bool))
@@ -171,9 +165,9 @@ class ItemIndex:
     def _products(self, query: np.ndarray) -> np.ndarray:
         """Raw inner products of every row with ``query``: (rows,)."""
         trained = self.trained_vectors @ query
-        if not self._added_rows:
+        if not len(self._added):
             return trained
-        return np.concatenate([trained, self._added[: self._added_rows] @ query])
+        return np.concatenate([trained, self._added @ query])
 
     def scores(self, query: np.ndarray) -> np.ndarray:
         """Scores of every row for ``query`` (D,) -> (rows,), new items' calibrated."""
@@ -224,8 +218,8 @@ class ItemIndex:
             return None
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores = queries @ self.trained_vectors.T
-        if self._added_rows:
-            scores = np.concatenate([scores, queries @ self._added[: self._added_rows].T], axis=1)
+        if len(self._added):
+            scores = np.concatenate([scores, queries @ self._added.T], axis=1)
             if self.calibration is not None:
                 for row, query in enumerate(queries):
                     scores[row, self.trained_rows:] = self.calibration.apply(query, scores[row, self.trained_rows:])
@@ -260,19 +254,22 @@ class ItemIndex:
             return None, None  # not enough survived the filters: fall back to exact
         return rows, scores
 
-    def recall_at_k(self, samples: int = 8, k: int = 10, seed: int | None = None) -> float:
-        """Sampled recall@k of :meth:`search` against exact search, with live items as queries.
+    def recall_at_k(self, samples: int = 8, k: int = 10, seed: int | None = None,
+                    queries: np.ndarray | None = None) -> float:
+        """Sampled recall@k of :meth:`search` against exact search, with live items as queries
+        (or the given ``queries``, (Q, D), e.g. users' vectors).
 
-        1.0 without an ANN index (search is exact). Costs ``samples`` ANN queries and one
-        exact pass per sample; used by the serving metrics' recall probe.
+        1.0 without an ANN index (search is exact). Costs one ANN query and one exact pass per
+        query; used by the serving metrics' recall probe and benchmarks/serving.py.
         """
         if self.ann is None:
             return 1.0
-        live = np.flatnonzero(self.alive)
-        if len(live) == 0:
-            return 1.0
-        rng = np.random.default_rng(seed)
-        queries = self.unit_rows(rng.choice(live, size=min(samples, len(live)), replace=False))
+        if queries is None:
+            live = np.flatnonzero(self.alive)
+            if len(live) == 0:
+                return 1.0
+            rng = np.random.default_rng(seed)
+            queries = self.unit_rows(rng.choice(live, size=min(samples, len(live)), replace=False))
         found = []
         for query in queries:
             exact_rows, _ = self.top_rows(self.scores(query), k, self.alive)
@@ -296,13 +293,14 @@ class ItemIndex:
 
 
 def _appended(array: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``array`` with ``values`` after it, as a view of a buffer with room to spare: appends cost
-    their own size, amortised, not a copy of every row (the buffer doubles when full)."""
+    """``array`` with ``values`` (rows) after it, as a view of a buffer with room to spare:
+    appends cost their own size, amortised, not a copy of every row (the buffer doubles when
+    full). Used for the added item vectors and the per-row bookkeeping alike."""
     used, extra = len(array), len(values)
-    buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == 1 else array
+    buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == array.ndim else array
     is_prefix = buffer.ctypes.data == array.ctypes.data and buffer.dtype == array.dtype
     if not is_prefix or len(buffer) < used + extra:
-        grown = np.empty(max(2 * used, used + extra, 16), dtype=array.dtype)
+        grown = np.empty((max(2 * used, used + extra, 16), *array.shape[1:]), dtype=array.dtype)
         grown[:used] = array
         buffer = grown
     buffer[used: used + extra] = values
