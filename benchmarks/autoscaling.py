@@ -32,6 +32,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from _common import training_users  # noqa: E402
 
 #: Serve's autoscaling_config for the read path; short delays so a minutes-long run shows both ways.
 AUTOSCALING = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
@@ -82,13 +83,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.graph.model_loading import load_model
     from rayrec.serving.graph.proxy import default_proxy, prepare_local_ray
     from rayrec.testing import free_port
 
-    model = load_model(options.model)
-    users = [user for user in model.user_vocab.ids if len(model.training_history(user))][:1000]
-    del model
+    users = training_users(options.model)
     prepare_local_ray(default_proxy())
     ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
     samples: list[tuple[float, float, bool]] = []

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -51,8 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+from _common import DATASETS  # noqa: E402  (the script's folder is on sys.path)
 #: Warm items a user must have before a cold test or validation target.
 MIN_HISTORY = 3
 #: The content-aware model: text vectors into content_item_tower (id + text, with a second

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -57,7 +56,7 @@ sys.path.insert(0, str(HERE))
 
 from _leave_one_out import LeaveOneOut, load_leave_one_out, read_recommendations  # noqa: E402
 
-DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+from _common import DATASETS, rayrec_command  # noqa: E402
 SYNTHETIC = "synthetic-shuffled"
 #: About 80,000 events: a few minutes per method on 2 cores.
 DEFAULT_SYNTHETIC_SPEC = "users=2000,items=1000,clusters=20,events=40,seed=0"
@@ -187,12 +186,6 @@ def run_reference(data: LeaveOneOut, grid: bool, max_epochs: int | None, log) ->
 
 
 # --- rayrec through its command line ----------------------------------------------------------
-
-
-def rayrec_command() -> list[str]:
-    """The ``rayrec`` script of this Python's environment, or ``python -m rayrec``."""
-    script = Path(sys.executable).with_name("rayrec")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rayrec"]
 
 
 def _run_logged(command: list[str], log_path: Path, log) -> float:

@@ -52,7 +52,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+from _common import DATASETS, rayrec_command, training_users  # noqa: E402
+
+from rayrec.testing import free_port  # noqa: E402
 
 #: name -> how to make its training data; the model is `rayrec train` on it.
 STANDARD_MODELS = {
@@ -77,17 +79,6 @@ VARIANTS = [
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def rayrec_command() -> list[str]:
-    script = Path(sys.executable).with_name("rayrec")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "rayrec"]
-
-
-def free_port() -> int:
-    from rayrec.testing import free_port as port
-
-    return port()
 
 
 # -- the models -----------------------------------------------------------------------------
@@ -127,19 +118,10 @@ def describe(model_dir: Path) -> dict:
         return {"tower": "ToyModel: numpy mean, no trained tower", "items": len(load_model(model_dir).item_ids)}
     config = json.loads((model_dir / "config.json").read_text())
     model = config.get("train_config", {}).get("model", {})
-    tower = model.get("user_encoder") or config.get("model_kind", "?")
-    if config.get("model_kind") not in (None, "two_tower"):
-        tower = config["model_kind"]
+    kind = config.get("model_kind", "two_tower")
+    tower = model.get("user_encoder", "?") if kind == "two_tower" else kind
     return {"tower": tower, "item_tower": model.get("item_encoder"), "items": config["num_items"],
             "dim": config["dim"], "max_len": model.get("max_len")}
-
-
-def training_users(model_dir: Path, count: int = 1000) -> list[str]:
-    from rayrec.serving.graph.model_loading import load_model
-
-    model = load_model(model_dir)
-    ids = model.user_vocab.ids if hasattr(model, "user_vocab") else list(model.histories)  # ToyModel
-    return [user for user in ids if len(model.training_history(user))][:count]
 
 
 # -- in-process compute ---------------------------------------------------------------------
@@ -184,14 +166,8 @@ def ann_recall(pipeline, users: list[str]) -> float:
     """Recall@10 of the ANN index against exact search, for these users' own vectors."""
     from rayrec.serving.schemas import RecommendRequest
 
-    index, found = pipeline.scorer.index, []
-    for user in users:
-        _, vector, _ = pipeline.prepare_and_encode(RecommendRequest(user_id=user, k=10))
-        allowed = index.allowed_mask([])
-        exact, _ = index.search(vector, 10, allowed.copy(), exact=True)
-        approximate, _ = index.search(vector, 10, allowed.copy())
-        found.append(len(set(exact.tolist()) & set(approximate.tolist())) / max(1, len(exact)))
-    return float(np.mean(found))
+    vectors = [pipeline.prepare_and_encode(RecommendRequest(user_id=user, k=10))[1] for user in users]
+    return pipeline.scorer.index.recall_at_k(k=10, queries=np.stack(vectors))
 
 
 # -- the server -----------------------------------------------------------------------------

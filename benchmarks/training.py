@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-DATASETS = Path(os.environ.get("RAYREC_DATASETS", HERE.parent.parent / "shared" / "datasets"))
+from _common import DATASETS  # noqa: E402  (the script's folder is on sys.path)
 
 
 def median_throughput(history: list[dict]) -> float:
