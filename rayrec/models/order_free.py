@@ -41,6 +41,31 @@ def category_mean_vectors(item_vectors: np.ndarray, category_ids: np.ndarray | N
     return table.astype(np.float32)
 
 
+def read_category_vectors(files: ModelFiles) -> np.ndarray | None:
+    """``category_factors.npy`` of a model directory, (C, D), checked against config.json's
+    category_vocab; None when the model has none; a :class:`ModelError` when it is damaged."""
+    path = files.model_dir / CATEGORY_VECTORS_FILE
+    if not path.exists():
+        return None
+    try:
+        table = np.load(path).astype(np.float32)
+    except Exception as exc:  # corrupt or truncated
+        raise ModelError(f"{files.model_dir}: cannot read {path.name} ({type(exc).__name__}: {exc})") from None
+    expected = (len(files.config.get("category_vocab", [])), files.item_embeddings.shape[1])
+    if table.shape != expected:
+        raise ModelError(f"{files.model_dir}: {path.name} has shape {table.shape}, expected {expected} for "
+                         f"config.json's category_vocab")
+    return table
+
+
+def category_vector(table: np.ndarray | None, category_rows: Sequence[int]) -> np.ndarray | None:
+    """A new item's vector from its categories: the mean of their rows of ``table``, or None
+    when there is no table or no known category."""
+    if table is None or not len(category_rows):
+        return None
+    return table[list(category_rows)].mean(axis=0)
+
+
 class OrderFreeModel(ServableModel):
     """A servable model whose user vector is computed from the current history at request
     time, so feedback changes the next answer without retraining.
@@ -66,18 +91,7 @@ class OrderFreeModel(ServableModel):
             int(files.config["max_history"])
         except (KeyError, TypeError, ValueError):
             raise ModelError(f"{model_dir}: config.json has no usable max_history; re-export the model") from None
-        path = model_dir / CATEGORY_VECTORS_FILE
-        if not path.exists():
-            return files, None
-        try:
-            table = np.load(path).astype(np.float32)
-        except Exception as exc:  # corrupt or truncated
-            raise ModelError(f"{model_dir}: cannot read {path.name} ({type(exc).__name__}: {exc})") from None
-        expected = (len(files.config.get("category_vocab", [])), files.item_embeddings.shape[1])
-        if table.shape != expected:
-            raise ModelError(f"{model_dir}: {path.name} has shape {table.shape}, expected {expected} for "
-                             f"config.json's category_vocab")
-        return files, table
+        return files, read_category_vectors(files)
 
     def encode_items(self, records: Sequence[dict]) -> np.ndarray:
         """(M, D) vectors for items added after training: the mean of the vectors of their known
@@ -90,8 +104,9 @@ class OrderFreeModel(ServableModel):
             return vectors
         for row, record in enumerate(records):
             known = [self._category_index[c] for c in record.get("categories") or [] if c in self._category_index]
-            if known:
-                vectors[row] = self.category_vectors[known].mean(axis=0)
+            vector = category_vector(self.category_vectors, known)
+            if vector is not None:
+                vectors[row] = vector
         return vectors
 
     def new_item_calibration(self, boost: float = 0.0) -> None:

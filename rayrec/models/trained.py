@@ -13,7 +13,7 @@ from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.models.arrays import shared_tensor
-from rayrec.models.order_free import CATEGORY_VECTORS_FILE
+from rayrec.models.order_free import category_vector, read_category_vectors
 from rayrec.models.padding import left_pad
 from rayrec.models.servable import ServableModel, load_model_dir, read_model_files
 from rayrec.schema import Vocabulary
@@ -37,7 +37,7 @@ class TrainedModel(ServableModel):
         self._calibration: NewItemCalibration | None = None
         self._padding_input: torch.Tensor | None = None
         self._item_inputs: torch.Tensor | None = None
-        self._centroids: np.ndarray | None = None  # category_factors.npy, read on first use
+        self.category_vectors: np.ndarray | None = None  # (C, D) category_factors.npy, where exported
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -72,6 +72,7 @@ class TrainedModel(ServableModel):
         model = cls(model_dir, config, network, files.user_vocab, files.item_vocab, files.item_embeddings,
                     files.item_popularity, files.histories, files.items)
         model.user_features = user_features
+        model.category_vectors = read_category_vectors(files)
         return model
 
     # -- the RecommenderModel protocol -------------------------------------------------------
@@ -143,16 +144,11 @@ class TrainedModel(ServableModel):
         return vectors
 
     def _category_centroid(self, categories: Sequence[str]) -> np.ndarray | None:
-        """The mean of ``category_factors.npy``'s rows for the known ``categories`` (each row the
-        mean vector of that category's trained items), None when none is known: where the item
-        tower was trained without categories (the default), a new item with categories and no
-        text still lands among its kind, not at the catalogue's mean."""
-        if self._centroids is None:
-            path = self.model_dir / CATEGORY_VECTORS_FILE
-            self._centroids = np.load(path, mmap_mode="r") if path.exists() else np.zeros((0, self.item_embeddings.shape[1]))
+        """Where the item tower was trained without categories (the default), a new item with
+        categories and no text still lands among its kind (the mean of their items' vectors,
+        ``category_factors.npy``), not at the catalogue's mean; None when none is known."""
         rows = [self._category_index[c] - 1 for c in map(str, categories) if c in self._category_index]
-        rows = [row for row in rows if row < len(self._centroids)]
-        return np.asarray(self._centroids[rows]).mean(axis=0).astype(np.float32) if rows else None
+        return category_vector(self.category_vectors, rows)
 
     @torch.no_grad()
     def trained_items_from_content(self) -> np.ndarray | None:
