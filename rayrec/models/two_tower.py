@@ -39,11 +39,17 @@ class TwoTowerModel(nn.Module):
         """User vector after each position: (B, L) -> (B, L, D)."""
         mask = sequences > 0
         outputs = self.user_tower(self.item_tower(sequences), mask)
-        if self.user_feature_embedding is not None and user_features is not None:
-            features = self.user_feature_embedding(user_features)  # (B, D)
+        return self._normalise(self._with_user_features(outputs, user_features))
+
+    def _with_user_features(self, outputs: torch.Tensor, user_features: torch.Tensor | None) -> torch.Tensor:
+        """Mix the user's features (a bag of categorical values) into the tower's output, (B, D)
+        or (B, L, D); unchanged for models trained without them."""
+        if self.user_feature_embedding is None or user_features is None:
+            return outputs
+        features = self.user_feature_embedding(user_features)  # (B, D)
+        if outputs.dim() == 3:
             features = features.unsqueeze(1).expand_as(outputs)
-            outputs = outputs + self.user_feature_mix(torch.cat([outputs, features], dim=-1))
-        return self._normalise(outputs)
+        return outputs + self.user_feature_mix(torch.cat([outputs, features], dim=-1))
 
     def user_vectors(self, sequences: torch.Tensor, user_features: torch.Tensor | None = None) -> torch.Tensor:
         """The user vector after the most recent item: (B, L) -> (B, D)."""
@@ -54,10 +60,7 @@ class TwoTowerModel(nn.Module):
         """Serving's pass: ``item_vectors`` (B, L, D) of the history (the item tower's output) ->
         the user vectors (B, D) and each position's attribution (B, L), the tower run once."""
         user, attribution = self.user_tower.encode_last(item_vectors, mask)
-        if self.user_feature_embedding is not None and user_features is not None:
-            features = self.user_feature_embedding(user_features)  # (B, D)
-            user = user + self.user_feature_mix(torch.cat([user, features], dim=-1))
-        return self._normalise(user), attribution
+        return self._normalise(self._with_user_features(user, user_features)), attribution
 
     def item_table(self) -> torch.Tensor:
         """All item vectors, row 0 = padding: (N + 1, D)."""
