@@ -40,15 +40,15 @@ class PipelineLogic:
         prepared = [self.preprocessor.prepare(request) for request in requests]
         personal = [i for i, p in enumerate(prepared) if p.personalized]
         encoded = dict(zip(personal, self.encoder.encode([prepared[i].history_indices for i in personal])))
-        scores = None
+        scores: dict[int, np.ndarray] = {}
         if len(personal) > 1:
-            scores = self.scorer.index.scores_many(np.stack([encoded[i][0] for i in personal]))
+            every = self.scorer.index.scores_many(np.stack([encoded[i][0] for i in personal]))
+            scores = dict(zip(personal, every)) if every is not None else {}
         answers: list[dict[str, Any] | StageError] = []
         for i, request in enumerate(prepared):
             vector, attributions = encoded.get(i, (None, None))
-            row = None if scores is None or i not in encoded else scores[personal.index(i)]
             try:
-                answers.append(self.scorer.recommend(request, vector, attributions, scores=row))
+                answers.append(self.scorer.recommend(request, vector, attributions, scores=scores.get(i)))
             except RequestError as exc:
                 answers.append(StageError(exc))
         return answers
