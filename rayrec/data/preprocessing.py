@@ -1,5 +1,6 @@
 """Cleaning interactions and encoding them for models: duplicates, thresholds, k-core,
-vocabularies, per-user sequences and the user-item matrix. All vectorised, so millions of rows take seconds."""
+vocabularies, per-user sequences and the user-item matrix (dense for a batch of users, sparse
+for all of them). All vectorised, so millions of rows take seconds."""
 
 from __future__ import annotations
 
@@ -143,4 +144,24 @@ def interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.floa
         if items.min() < 0 or items.max() >= num_items:
             raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
         matrix[np.repeat(np.arange(len(seqs)), lengths), items] = 1
+    return matrix
+
+
+def sparse_interaction_matrix(seqs: Sequence[np.ndarray], num_items: int, dtype=np.float32):
+    """Binary user-item matrix as a ``scipy.sparse.csr_array``: U index arrays -> (U, num_items),
+    1 where the user saw the item (repeats count once).
+
+    Memory grows with the interactions, not with users x items: 100,000 users x 50,000 items
+    as a dense float64 array would be 40 GB, however few events they have.
+    """
+    import scipy.sparse as sparse
+
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    items = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s, dtype=np.int64) for s in seqs)])
+    if items.size and (items.min() < 0 or items.max() >= num_items):
+        raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
+    rows = np.repeat(np.arange(len(seqs), dtype=np.int64), lengths)
+    matrix = sparse.csr_array((np.ones(items.size, dtype=dtype), (rows, items)), shape=(len(seqs), num_items))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1  # binary: a repeated item is still one cell
     return matrix

@@ -6,58 +6,38 @@ float32, the shape :func:`rayrec.evaluation.protocol.evaluate_ranking` expects. 
 offer ``score_histories(histories)`` to score arbitrary item histories (fold-in) without
 refitting.
 
-Most hold a dense user-item matrix, which is fine for the MovieLens-sized data used in tests
-and benchmarks (ml-latest-small: 610 x 9,742 cells); EASE's item solver, the one it uses when
-users outnumber items, builds its item-item Gram matrix from the sparse interactions instead.
+The user-item matrix is a scipy sparse matrix
+(:func:`rayrec.data.preprocessing.sparse_interaction_matrix`), so no baseline ever holds a
+dense users x items array: 100,000 users x 50,000 items would be 40 GB in float64. What stays
+dense is what the method is: EASE's (N, N) item weights (or, with its users solver, a (U, U)
+factor for U < N), item-kNN's (N, k) neighbours, and one batch of (B, N) scores.
 """
 
 from __future__ import annotations
 
 import time
-import warnings
 from typing import ClassVar, Sequence
 
 import numpy as np
 
-from rayrec.data.preprocessing import interaction_matrix
+from rayrec.data.preprocessing import sparse_interaction_matrix
 
 #: The l2 values :func:`fit_ease_tuned` tries by default.
 EASE_L2_GRID = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
-#: Cells of the dense (users x items) column blocks :func:`item_cooccurrence` works through.
-COOCCURRENCE_BLOCK_CELLS = 1 << 22
+#: Catalogues above this size skip the EASE baseline in :func:`rayrec.evaluation.protocol.evaluate_baselines`:
+#: its (N, N) float64 Gram matrix and inverse are 2 x 3.2 GB at 20,000 items and grow with N^2.
+EASE_BASELINE_MAX_ITEMS = 20_000
 
 
 def item_cooccurrence(seqs: Sequence[np.ndarray], num_items: int) -> np.ndarray:
     """``X^T X`` of the binary user-item matrix X: (N, N) float64, entry (i, j) the number of
     users who have both i and j (the diagonal: each item's users).
 
-    Computed from the sparse X, a block of item columns at a time (a sparse-dense product per
-    block), so memory stays at the result plus ``COOCCURRENCE_BLOCK_CELLS`` and the cost grows
-    with the interactions, not with users x items.
+    A sparse product, so the cost grows with the interactions and memory with the (N, N)
+    result, never with users x items.
     """
-    import torch
-
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    items = np.concatenate([np.zeros(0, np.int64), *(np.asarray(s, dtype=np.int64) for s in seqs)])
-    if items.size and (items.min() < 0 or items.max() >= num_items):
-        raise ValueError(f"item indices must lie in [0, {num_items}); found {items.min()}..{items.max()}")
-    cells = np.unique(items * len(seqs) + np.repeat(np.arange(len(seqs), dtype=np.int64), lengths))
-    columns, users = cells // max(1, len(seqs)), cells % max(1, len(seqs))  # sorted by item
-    transposed = torch.sparse_coo_tensor(torch.from_numpy(np.stack([columns, users])),
-                                         torch.ones(len(cells), dtype=torch.float64), (num_items, len(seqs)),
-                                         check_invariants=False).coalesce()  # X^T: (N, U)
-    gram = np.empty((num_items, num_items), dtype=np.float64)
-    width = max(1, COOCCURRENCE_BLOCK_CELLS // max(1, len(seqs)))
-    bounds = np.searchsorted(columns, np.arange(0, num_items + width, width))
-    with warnings.catch_warnings():  # torch warns that its sparse kernels are in beta
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        for block, start in enumerate(range(0, num_items, width)):
-            stop = min(num_items, start + width)
-            lo, hi = bounds[block], bounds[block + 1]
-            dense = torch.zeros((len(seqs), stop - start), dtype=torch.float64)  # X[:, start:stop]
-            dense[torch.from_numpy(users[lo:hi]), torch.from_numpy(columns[lo:hi] - start)] = 1.0
-            gram[:, start:stop] = torch.sparse.mm(transposed, dense).numpy()
-    return gram
+    x = sparse_interaction_matrix(seqs, num_items, dtype=np.float64)
+    return (x.T @ x).toarray()
 
 
 class _Baseline:
@@ -139,23 +119,38 @@ class EASEBaseline(_Baseline):
             #: (N, N) item-item weights B
             self.weights = weights.astype(np.float32)
         else:
-            x = interaction_matrix(self.train_seqs, self.num_items, dtype=np.float64)  # (U, N), U < N
-            kernel = x @ x.T
+            from scipy.linalg import cho_factor
+
+            x = sparse_interaction_matrix(self.train_seqs, self.num_items, dtype=np.float64)  # (U, N), U < N
+            kernel = (x @ x.T).toarray()  # (U, U)
             kernel[np.diag_indices_from(kernel)] += self.l2
-            # (U, N) K^-1 X; a solve is more accurate than forming K^-1.
-            self._kernel_inv_x = np.linalg.solve(kernel, x)
+            #: the sparse (U, N) X and the Cholesky factor of K = l2 I + X X^T: K^-1 v is a
+            #: solve (more accurate than forming K^-1), and nothing (U, N) is ever dense
             self._x = x
-            # diag(P)_j = (1 - sum_u X_uj (K^-1 X)_uj) / l2
-            self._precision_diag = (1.0 - np.einsum("uj,uj->j", x, self._kernel_inv_x)) / self.l2
+            self._kernel_factor = cho_factor(kernel)
+            # diag(P)_j = (1 - sum_u X_uj (K^-1 X)_uj) / l2, a block of columns at a time
+            diagonal = np.empty(self.num_items, dtype=np.float64)
+            for start in range(0, self.num_items, self.weight_block):
+                stop = min(self.num_items, start + self.weight_block)
+                block = x[:, start:stop].toarray()  # (U, b)
+                diagonal[start:stop] = np.einsum("uj,uj->j", block, self._kernel_solve(block))
+            self._precision_diag = (1.0 - diagonal) / self.l2
         return self
+
+    def _kernel_solve(self, rhs: np.ndarray) -> np.ndarray:
+        """K^-1 rhs for the users solver: (U, b) -> (U, b)."""
+        from scipy.linalg import cho_solve
+
+        return cho_solve(self._kernel_factor, rhs)
 
     def score_histories(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(B histories) -> (B, num_items) float32 EASE scores ``x_h B``."""
         if self.solver_used == "items":
-            x_h = interaction_matrix(histories, self.num_items, dtype=np.float32)
-            return x_h @ self.weights
-        x_h = interaction_matrix(histories, self.num_items, dtype=np.float64)
-        x_h_precision = (x_h - (x_h @ self._x.T) @ self._kernel_inv_x) / self.l2  # (B, N) = x_h P
+            return np.asarray(sparse_interaction_matrix(histories, self.num_items, dtype=np.float32) @ self.weights)
+        x_h = sparse_interaction_matrix(histories, self.num_items, dtype=np.float64)  # (B, N)
+        projected = self._kernel_solve((self._x @ x_h.T).toarray())  # (U, B) = K^-1 X x_h^T
+        x_h = x_h.toarray()
+        x_h_precision = (x_h - (self._x.T @ projected).T) / self.l2  # (B, N) = x_h P
         return (x_h - x_h_precision / self._precision_diag[None, :]).astype(np.float32)
 
     #: Item columns of B formed at once from the users solver (bounds the float64 temporaries).
@@ -165,7 +160,7 @@ class EASEBaseline(_Baseline):
         """B: (N, N) float32 with a zero diagonal, so that ``x_h @ B`` are a history's scores.
 
         The items solver has it already. The users solver forms it from ``B = I - P diag(P)^-1``
-        with ``P = (I - X^T K^-1 X) / l2``, a block of columns at a time: N^2 U work and the
+        with ``P = (I - X^T K^-1 X) / l2``, a block of columns at a time: N U^2 work and the
         (N, N) result, so only for catalogues where N^2 floats fit in memory.
         """
         if self.solver_used == "items":
@@ -174,7 +169,7 @@ class EASEBaseline(_Baseline):
         for start in range(0, self.num_items, self.weight_block):
             stop = min(self.num_items, start + self.weight_block)
             columns = np.arange(start, stop)
-            precision = -(self._x.T @ self._kernel_inv_x[:, start:stop])  # (N, b): l2 P - I
+            precision = -(self._x.T @ self._kernel_solve(self._x[:, start:stop].toarray()))  # (N, b): l2 P - I
             precision[columns, columns - start] += 1.0
             precision /= self.l2  # P[:, start:stop]
             block = -precision / self._precision_diag[None, start:stop]
@@ -248,15 +243,16 @@ class ItemKNNBaseline(_Baseline):
 
     def fit(self, train_seqs: Sequence[np.ndarray], num_items: int) -> "ItemKNNBaseline":
         self._remember(train_seqs, num_items)
-        x = interaction_matrix(self.train_seqs, self.num_items, dtype=np.float32)  # (U, N)
-        norms = np.sqrt(x.sum(axis=0))  # (N,)
+        x = sparse_interaction_matrix(self.train_seqs, self.num_items, dtype=np.float32)  # (U, N)
+        by_item = x.T.tocsr()  # (N, U): a block of items' users is a row slice
+        norms = np.sqrt(np.bincount(x.indices, minlength=self.num_items).astype(np.float32))  # (N,)
         k = min(self.k_neighbors, max(self.num_items - 1, 1))
         #: (N, k) neighbour indices and similarities per item
         self.neighbors = np.zeros((self.num_items, k), dtype=np.int64)
         self.similarities = np.zeros((self.num_items, k), dtype=np.float32)
         for start in range(0, self.num_items, self.block_size):
             stop = min(start + self.block_size, self.num_items)
-            co_counts = x[:, start:stop].T @ x  # (block, N)
+            co_counts = (by_item[start:stop] @ x).toarray()  # (block, N)
             denominator = norms[start:stop, None] * norms[None, :] + self.shrink
             sims = np.divide(co_counts, denominator, out=np.zeros_like(co_counts), where=denominator > 0)
             sims[np.arange(stop - start), np.arange(start, stop)] = 0.0  # an item is not its own neighbour

@@ -121,23 +121,35 @@ def format_table(
 
 
 def evaluate_baselines(train: Sequence[np.ndarray], validation: np.ndarray, histories: Sequence[np.ndarray],
-                       targets: np.ndarray, num_items: int) -> dict[str, dict[str, float]]:
+                       targets: np.ndarray, num_items: int, log: Callable[[str], None] = print
+                       ) -> dict[str, dict[str, float]]:
     """Popularity, EASE (its ``l2`` tuned on ``validation``) and item-kNN, fitted on ``train``
     and ranked for ``targets`` with ``histories`` as input and mask.
 
     All 0-based with target -1 for none (the form of
     :func:`rayrec.data.splits.leave_one_out_sequences`): ``train`` and ``histories`` hold one
     item array per user, ``validation`` and ``targets`` are (U,). Returns ``{name: metrics}``
-    of :func:`evaluate_ranking`.
+    of :func:`evaluate_ranking`. EASE is left out above
+    :data:`rayrec.evaluation.baselines.EASE_BASELINE_MAX_ITEMS` items (its weights are N x N),
+    and ``log`` says so.
     """
-    from rayrec.evaluation.baselines import ItemKNNBaseline, PopularityBaseline, fit_ease_tuned
+    from rayrec.evaluation.baselines import (
+        EASE_BASELINE_MAX_ITEMS,
+        ItemKNNBaseline,
+        PopularityBaseline,
+        fit_ease_tuned,
+    )
 
     def ranked(baseline) -> dict[str, float]:
         return evaluate_ranking(lambda users: baseline.score_histories([histories[u] for u in users]),
                                 histories, targets, num_items)
 
     results = {"popularity": ranked(PopularityBaseline().fit(train, num_items))}
-    ease, l2 = fit_ease_tuned(train, validation, num_items)
-    results[f"EASE (λ={l2:g})"] = ranked(ease)
+    if num_items <= EASE_BASELINE_MAX_ITEMS:
+        ease, l2 = fit_ease_tuned(train, validation, num_items)
+        results[f"EASE (λ={l2:g})"] = ranked(ease)
+    else:
+        log(f"baselines: EASE left out, {num_items:,} items is above its {EASE_BASELINE_MAX_ITEMS:,} "
+            f"(its item-item weights are N x N)")
     results["item-kNN"] = ranked(ItemKNNBaseline().fit(train, num_items))
     return results

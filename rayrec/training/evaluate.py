@@ -51,5 +51,5 @@ def evaluate_leave_one_out(data: PreparedData, config, *, in_process: bool = Fal
 
         results[f"rayrec ({config.model.user_encoder})"] = evaluate_ranking(model_scores, history0, test0, num_items)
     if baselines:
-        results.update(evaluate_baselines(train0, validation0, history0, test0, num_items))
+        results.update(evaluate_baselines(train0, validation0, history0, test0, num_items, log=log))
     return results

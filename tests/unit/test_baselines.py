@@ -11,9 +11,9 @@ from rayrec.evaluation.baselines import (
     ItemKNNBaseline,
     PopularityBaseline,
     fit_ease_tuned,
-    interaction_matrix,
     item_cooccurrence,
 )
+from rayrec.data.preprocessing import interaction_matrix
 from rayrec.evaluation.protocol import evaluate_ranking
 
 GROUP_SIZE = 5
@@ -147,12 +147,11 @@ def test_ease_item_weights_are_the_textbook_matrix_for_either_solver(shape):
         np.testing.assert_allclose(model.score_histories([history])[0], weights[history].sum(axis=0), atol=1e-5)
 
 
-def test_item_cooccurrence_counts_users_who_have_both_items(monkeypatch):
+def test_item_cooccurrence_counts_users_who_have_both_items():
     rng = np.random.default_rng(7)
     # repeats within a user count once, as in the binary matrix
     train = [rng.choice(25, size=rng.integers(0, 9)) for _ in range(40)]
     x = interaction_matrix(train, 25, dtype=np.float64)
-    monkeypatch.setattr("rayrec.evaluation.baselines.COOCCURRENCE_BLOCK_CELLS", 40 * 3)  # 3 items per block
     np.testing.assert_array_equal(item_cooccurrence(train, 25), x.T @ x)
     with pytest.raises(ValueError, match=r"\[0, 25\)"):
         item_cooccurrence([np.array([25])], 25)
@@ -205,3 +204,71 @@ def test_baselines_reject_bad_input():
         EASEBaseline(l2=0)
     with pytest.raises(ValueError, match="k_neighbors"):
         ItemKNNBaseline(k_neighbors=0)
+
+
+def dense_item_knn_scores(train, num_items, histories, k_neighbors, shrink):
+    """Item-kNN written out once more on the dense user-item matrix, to check the sparse fit."""
+    x = interaction_matrix(train, num_items, dtype=np.float32)
+    norms = np.sqrt(x.sum(axis=0))
+    denominator = norms[:, None] * norms[None, :] + shrink
+    sims = np.divide(x.T @ x, denominator, out=np.zeros((num_items, num_items), np.float32), where=denominator > 0)
+    np.fill_diagonal(sims, 0.0)
+    kept = np.zeros_like(sims)
+    top = np.argpartition(-sims, k_neighbors - 1, axis=1)[:, :k_neighbors]
+    np.put_along_axis(kept, top, np.take_along_axis(sims, top, axis=1), axis=1)
+    return interaction_matrix(histories, num_items, dtype=np.float32) @ kept
+
+
+@pytest.mark.parametrize("shape", [(60, 25), (25, 60)], ids=["more-users", "more-items"])
+def test_sparse_baselines_rank_exactly_as_the_dense_formulas(shape):
+    num_users, num_items = shape
+    rng = np.random.default_rng(11)
+    # repeats within a history, users with one item, and items nobody has
+    train = [rng.choice(num_items - 3, size=rng.integers(1, 9)) for _ in range(num_users)]
+    valid = np.array([rng.integers(num_items) for _ in range(num_users)])
+    test = np.array([rng.integers(num_items) for _ in range(num_users)])
+    histories = [np.append(seq, v) for seq, v in zip(train, valid)]
+    x, b = naive_ease_weights(train, num_items, l2=5.0)
+    expected = {
+        "ease-items": interaction_matrix(histories, num_items, dtype=np.float64) @ b,
+        "ease-users": interaction_matrix(histories, num_items, dtype=np.float64) @ b,
+        "item_knn": dense_item_knn_scores(train, num_items, histories, k_neighbors=4, shrink=1.0),
+    }
+    models = {
+        "ease-items": EASEBaseline(l2=5.0, solver="items"),
+        "ease-users": EASEBaseline(l2=5.0, solver="users"),
+        "item_knn": ItemKNNBaseline(k_neighbors=4, shrink=1.0),
+    }
+    for name, model in models.items():
+        model.fit(train, num_items)
+        scores = model.score_histories(histories)
+        np.testing.assert_allclose(scores, expected[name], atol=1e-5, err_msg=name)
+        reference = expected[name].astype(np.float32)
+        got = evaluate_ranking(lambda users: scores[users], histories, test, num_items, ks=(5, 10))
+        want = evaluate_ranking(lambda users: reference[users], histories, test, num_items, ks=(5, 10))
+        assert got == pytest.approx(want, abs=1e-12), name
+
+
+@pytest.mark.parametrize(("name", "num_users", "num_items"), [
+    ("item_knn", 50_000, 1_000), ("ease-items", 50_000, 1_000), ("ease-users", 500, 40_000)])
+def test_baselines_never_hold_a_dense_users_by_items_matrix(name, num_users, num_items):
+    import tracemalloc
+
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    train = list(rng.integers(0, num_items, size=(num_users, 5)))
+    model = {"item_knn": ItemKNNBaseline(k_neighbors=20), "ease-items": EASEBaseline(l2=10.0, solver="items"),
+             "ease-users": EASEBaseline(l2=10.0, solver="users")}[name]
+    dense_bytes = num_users * num_items * 4  # the float32 users x items matrix
+    tracemalloc.start()
+    try:
+        model.fit(train, num_items)
+        scores = model.score(np.arange(4))  # a batch of (4, N) scores is the method's own
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scores.shape == (4, num_items)
+    assert peak < dense_bytes / 4, f"{name} peaked at {peak / 1e6:.0f} MB; the dense matrix is {dense_bytes / 1e6:.0f} MB"
+    if name == "ease-users":
+        assert scipy.sparse.issparse(model._x)
