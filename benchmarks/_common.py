@@ -21,8 +21,8 @@ def rayrec_command() -> list[str]:
 def training_users(model_dir: str | Path, count: int = 1000) -> list[str]:
     """Up to ``count`` users with a training history in ``model_dir``: their requests run the
     user tower (the tests' ToyModel keeps its histories by user id)."""
-    from rayrec.serving.graph.model_loading import load_model
+    from rayrec.models.servable import load_model_dir
 
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     ids = model.user_vocab.ids if hasattr(model, "user_vocab") else list(model.histories)
     return [user for user in ids if len(model.training_history(user))][:count]

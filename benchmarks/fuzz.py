@@ -104,7 +104,7 @@ def start_local_server(workdir: Path, api_key: str) -> str:
 
     from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.toy_model import write_toy_model
+    from rayrec.testing import write_toy_model
 
     model = write_toy_model(workdir / "models" / "toy", num_items=2000, dim=32)
     keys = workdir / "keys.txt"

@@ -114,7 +114,7 @@ def main() -> int:
 
     from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.toy_model import write_toy_model
+    from rayrec.testing import write_toy_model
 
     workdir = Path(tempfile.mkdtemp(prefix="rayrec-load-"))
     results = []

@@ -142,7 +142,7 @@ def run(workdir: Path, replicas: int = 2, clients: int = 8, num_cpus: int = 2, w
 
     from rayrec.serving.app import build_app
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.toy_model import write_toy_model
+    from rayrec.testing import write_toy_model
 
     model = write_toy_model(workdir / "models" / "toy", num_items=2000, dim=32, num_users=500)
     state = state or f"sqlite:///{workdir / 'state.db'}"

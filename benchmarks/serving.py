@@ -112,11 +112,11 @@ def run(command: list[str], what: str) -> None:
 
 
 def describe(model_dir: Path) -> dict:
-    if not (model_dir / "config.json").exists():  # the tests' ToyModel (toy_model.json)
-        from rayrec.serving.graph.model_loading import load_model
-
-        return {"tower": "ToyModel: numpy mean, no trained tower", "items": len(load_model(model_dir).item_ids)}
     config = json.loads((model_dir / "config.json").read_text())
+    if config.get("model_kind") == "toy":  # the tests' ToyModel
+        from rayrec.models.servable import load_model_dir
+
+        return {"tower": "ToyModel: numpy mean, no trained tower", "items": len(load_model_dir(model_dir).item_ids)}
     model = config.get("train_config", {}).get("model", {})
     kind = config.get("model_kind", "two_tower")
     tower = model.get("user_encoder", "?") if kind == "two_tower" else kind
@@ -129,7 +129,8 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
     """The request as an ingress replica runs it (topology ingress), without Ray or HTTP."""
     from rayrec.serving.config import AppArgs
     from rayrec.serving.graph.deployments import components
-    from rayrec.serving.graph.model_loading import item_records, load_model
+    from rayrec.models.servable import load_model_dir
+    from rayrec.serving.graph.model_loading import item_records
     from rayrec.serving.schemas import RecommendRequest
     from rayrec.serving.stages.encode import UserEncoderLogic
     from rayrec.serving.stages.pipeline import PipelineLogic
@@ -144,7 +145,7 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
         args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{tmp}/state.db")
         store = open_state_store(args.state)
         store.ensure_model(str(model_dir))
-        model = load_model(model_dir)
+        model = load_model_dir(model_dir)
         scorer = ScorerLogic(model, store, item_records(model, model_dir),
                              candidate_sources=components("candidate_source", args.candidate_sources),
                              exact_search_max_items=args.exact_search_max_items, ann_options=args.ann.model_dump())
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not options.model:
         models += [(name, ensure_model(name, options.cache)) for name in options.models]
     if options.toy_items:
-        from rayrec.serving.toy_model import write_toy_model
+        from rayrec.testing import write_toy_model
 
         toy = options.cache / f"toy-{options.toy_items}"
         if not toy.exists():

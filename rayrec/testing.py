@@ -11,6 +11,10 @@ Whatever the test does, the plugin is unregistered afterwards.
 ``RedisServer(directory).start()`` runs a private, durable ``redis-server`` for tests of the
 Redis state store (or a state-store plugin); ``redis_unavailable()`` says why it cannot run.
 
+``write_toy_model(directory, num_items=..., dim=...)`` writes a :class:`ToyModel` directory:
+an untrained model of known structure (clustered items, users who stay in one cluster) that
+serves like a trained one, for tests that need a model but not training.
+
 ``serve_locally(args)`` runs the real serving graph on a local Ray for end-to-end tests and
 yields its base URL::
 
@@ -33,6 +37,7 @@ from unittest import mock
 
 import pytest
 
+from rayrec.models.toy import ToyModel, write_toy_model  # noqa: F401  (tests and plugins import them from here)
 from rayrec.serving.graph.proxy import free_port  # noqa: F401  (tests and plugins import it from here)
 
 if TYPE_CHECKING:

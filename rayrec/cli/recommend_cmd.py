@@ -33,9 +33,9 @@ def read_user_list(path: str) -> list[str]:
 @click.option("--users", "users_path", default=None, help="Only these users: a text file with one id per line, or a CSV with user_id.")
 def recommend(model_dir, k, out_path, users_path):
     """Write the top K unseen items for every training user (or the listed ones)."""
-    from rayrec.models.trained import load_model
+    from rayrec.models.servable import load_model_dir
 
-    model = load_model(model_dir)  # any model_kind (two-tower, ALS)
+    model = load_model_dir(model_dir)  # any model_kind (two-tower, ALS)
     user_ids = read_user_list(users_path) if users_path else model.user_vocab.ids
     known = [(uid, model.user_vocab.index_of(uid)) for uid in user_ids]
     known_rows = [index for _, index in known if index is not None]

@@ -6,7 +6,12 @@ metadata. ``config.json``'s ``model_kind`` says how user vectors are made from a
 ``"two_tower"`` (also when the key is absent, as in directories written before it existed)
 by the trained user tower (:class:`rayrec.models.trained.TrainedModel`), ``"als"`` by an
 exact least-squares fold-in (:class:`rayrec.models.als_model.ALSModel`), ``"ease"`` as the
-multi-hot vector of the history's items (:class:`rayrec.models.ease_model.EASEModel`).
+multi-hot vector of the history's items (:class:`rayrec.models.ease_model.EASEModel`),
+``"toy"`` by a recency-weighted mean (:class:`rayrec.models.toy.ToyModel`, an untrained model
+of known structure for tests, demos and benchmarks).
+
+:func:`load_model_dir` is the one loader: training's checks, ``rayrec recommend`` and every
+serving stage call it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from rayrec.errors import ModelError
 from rayrec.schema import Vocabulary
+
+if TYPE_CHECKING:
+    from rayrec.models.bundle import RecommenderModel
 
 MODEL_KIND_KEY = "model_kind"
 DEFAULT_MODEL_KIND = "two_tower"
@@ -29,6 +37,7 @@ MODEL_KINDS = {
     "two_tower": "rayrec.models.trained:TrainedModel",
     "als": "rayrec.models.als_model:ALSModel",
     "ease": "rayrec.models.ease_model:EASEModel",
+    "toy": "rayrec.models.toy:ToyModel",
 }
 #: Files every model directory has, whatever its kind.
 COMMON_FILES = ("config.json", "user_vocab.json", "item_vocab.json", "item_embeddings.npy", "item_popularity.npy",
@@ -161,8 +170,13 @@ def model_kind(model_dir: str | Path) -> str:
     return str(kind)
 
 
-def load_model_dir(model_dir: str | Path) -> ServableModel:
-    """Load a model directory of any kind, chosen by its ``config.json``'s ``model_kind``."""
+def load_model_dir(model_dir: str | Path) -> "RecommenderModel":
+    """Load a model directory of any kind, chosen by its ``config.json``'s ``model_kind``.
+
+    Raises :class:`rayrec.errors.ModelError` naming the directory when it cannot be loaded.
+    """
+    if not Path(model_dir).is_dir():
+        raise ModelError(f"model directory {str(model_dir)!r} does not exist or is not a directory")
     kind = model_kind(model_dir)
     target = MODEL_KINDS.get(kind)
     if target is None:

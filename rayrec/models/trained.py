@@ -206,5 +206,9 @@ def _with_format_1_defaults(config: dict) -> dict:
 
 
 def load_model(model_dir: str | Path) -> ServableModel:
-    """Load a model directory of any kind (``model_kind`` in config.json); see :mod:`rayrec.models.servable`."""
+    """Deprecated: :func:`rayrec.models.servable.load_model_dir`, the one model loader."""
+    import warnings
+
+    warnings.warn("rayrec.models.trained.load_model is deprecated: use rayrec.models.servable.load_model_dir",
+                  DeprecationWarning, stacklevel=2)
     return load_model_dir(model_dir)

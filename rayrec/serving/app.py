@@ -22,7 +22,7 @@ from ray.serve import Application
 
 from rayrec.serving.config import AppArgs, Topology, check_components
 from rayrec.serving.graph.builder import bind_stages, deployment_options
-from rayrec.serving.graph.model_loading import load_model
+from rayrec.models.servable import load_model_dir
 from rayrec.serving.graph.topology import pick_topology
 from rayrec.serving.http.ingress import Ingress
 from rayrec.serving.http.security import default_model_roots, load_api_keys, resolve_model_roots
@@ -57,7 +57,7 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     if args.request_log and args.request_log != "-":
         update["request_log"] = str(Path(args.request_log).expanduser().resolve())
     args = args.model_copy(update=update)
-    load_model(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
+    load_model_dir(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
     load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too
     check_components(args)  # one line naming the list entry, the component and the field
     return args

@@ -13,7 +13,7 @@ import pytest
 
 from rayrec.serving.config import AppArgs
 from rayrec.serving.graph.proxy import DIRECT_INGRESS_ENV, replica_urls
-from rayrec.serving.toy_model import write_toy_model
+from rayrec.testing import write_toy_model
 from rayrec.testing import serve_locally
 
 pytestmark = pytest.mark.integration

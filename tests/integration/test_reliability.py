@@ -29,7 +29,7 @@ pytest.importorskip("schemathesis")
 from rayrec.data.synthetic import SyntheticConfig, generate  # noqa: E402
 from rayrec.serving.app import build_app  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.toy_model import write_toy_model  # noqa: E402
+from rayrec.testing import write_toy_model  # noqa: E402
 from rayrec.testing import free_port  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rayrec.serving.toy_model import write_toy_model
+from rayrec.testing import write_toy_model
 from rayrec.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

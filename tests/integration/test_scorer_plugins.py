@@ -19,7 +19,7 @@ pytest.importorskip("ray.serve")
 blend = pytest.importorskip("rayrec_popularity_blend")
 
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.toy_model import write_toy_model  # noqa: E402
+from rayrec.testing import write_toy_model  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 
 if not any(ep.name == "popularity_blend" for ep in importlib.metadata.entry_points(group="rayrec")):

@@ -23,7 +23,7 @@ from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # 
 from rayrec.evaluation.baselines import EASEBaseline  # noqa: E402
 from rayrec.models.als import ALSParams, fit_als  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.graph.model_loading import load_model  # noqa: E402
+from rayrec.models.servable import load_model_dir  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.export_als import export_als_model_dir  # noqa: E402
 from rayrec.training.export_ease import export_ease_model_dir  # noqa: E402
@@ -44,7 +44,7 @@ def server(tmp_path_factory):
     truth = synthetic_truth(DATA)
     args = AppArgs(model_dir=str(model_dir), state=f"sqlite:///{root / 'state.db'}")
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
-        yield {"client": client, "model": load_model(model_dir), "truth": truth, "data": data, "root": root}
+        yield {"client": client, "model": load_model_dir(model_dir), "truth": truth, "data": data, "root": root}
 
 
 def recommend(client, **body):
@@ -113,7 +113,7 @@ def test_an_ease_model_switched_in_answers_from_the_current_history(server):
     client, truth, data, root = server["client"], server["truth"], server["data"], server["root"]
     ease = EASEBaseline(l2=50.0).fit([s - 1 for s in data.sequences], data.num_items)
     ease_dir = export_ease_model_dir(data, 50.0, ease.item_weights(), root / "ease")
-    model = load_model(ease_dir)
+    model = load_model_dir(ease_dir)
     reloaded = client.post("/admin/reload", json={"model_dir": str(ease_dir)})
     assert reloaded.status_code == 200, reloaded.text
     try:

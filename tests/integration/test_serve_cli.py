@@ -15,7 +15,7 @@ import httpx
 import pytest
 import yaml
 
-from rayrec.serving.toy_model import write_toy_model
+from rayrec.testing import write_toy_model
 from rayrec.testing import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

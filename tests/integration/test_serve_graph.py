@@ -26,7 +26,7 @@ serve = pytest.importorskip("ray.serve")
 
 from rayrec.data.synthetic import SyntheticConfig, generate, synthetic_truth  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.graph.model_loading import load_model  # noqa: E402
+from rayrec.models.servable import load_model_dir  # noqa: E402
 from rayrec.testing import serve_locally  # noqa: E402
 from rayrec.training.config import TrainConfig  # noqa: E402
 from rayrec.training.local import train_in_process  # noqa: E402
@@ -62,7 +62,7 @@ def make_models(root):
     config = json.loads((v2 / "config.json").read_text())
     config["model_version"] = "reloaded-v2"
     (v2 / "config.json").write_text(json.dumps(config))
-    return load_model(v1), v1, v2
+    return load_model_dir(v1), v1, v2
 
 
 #: Two replicas of whatever holds the catalogue: a change made through one must reach the other.

@@ -17,7 +17,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from rayrec.serving.app import build_app  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
-from rayrec.serving.toy_model import write_toy_model  # noqa: E402
+from rayrec.testing import write_toy_model  # noqa: E402
 from rayrec.testing import RedisServer, free_port, redis_unavailable  # noqa: E402
 
 pytestmark = [pytest.mark.integration]

@@ -35,7 +35,7 @@ def check_rayrec_recommend(shuffled, order_free_data, tmp_path):
     unknown one, and checks the lists: unseen items of the user's cluster, popular items for
     the stranger."""
     from rayrec.cli import cli
-    from rayrec.models.trained import load_model
+    from rayrec.models.servable import load_model_dir
 
     def check(model_dir) -> None:
         data, clusters = shuffled
@@ -47,7 +47,7 @@ def check_rayrec_recommend(shuffled, order_free_data, tmp_path):
         assert result.exit_code == 0, result.output
         lines = [json.loads(line) for line in out.read_text().splitlines()]
         assert [line["user_id"] for line in lines] == [data.user_vocab.ids[0], data.user_vocab.ids[1], "never-seen"]
-        model = load_model(model_dir)
+        model = load_model_dir(model_dir)
         truth = synthetic_truth(order_free_data)
         for line in lines[:2]:
             assert len(line["items"]) == 5 and not set(line["items"]) & set(model.training_history(line["user_id"]))

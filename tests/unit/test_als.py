@@ -14,7 +14,7 @@ from rayrec.evaluation.baselines import PopularityBaseline
 from rayrec.evaluation.protocol import evaluate_ranking
 from rayrec.models.als import ALSParams, fit_als, fit_als_factors, fold_in, fold_in_with_contributions
 from rayrec.models.als_model import ALSModel
-from rayrec.models.trained import load_model
+from rayrec.models.servable import load_model_dir
 from rayrec.training.als import als_validation_metrics
 from rayrec.training.export_als import export_als_model_dir
 
@@ -142,10 +142,8 @@ def test_model_directory_round_trip(model_dir, shuffled):
     assert metrics["model_kind"] == "als" and metrics["best_val_ndcg@10"] == 0.5
     np.testing.assert_array_equal(np.load(model_dir / "item_factors.npy"), np.load(model_dir / "item_embeddings.npy"))
 
-    model = load_model(model_dir)
-    from rayrec.serving.graph.model_loading import load_model as serving_load_model
-
-    assert isinstance(model, ALSModel) and isinstance(serving_load_model(model_dir), ALSModel)
+    model = load_model_dir(model_dir)
+    assert isinstance(model, ALSModel)
     assert model.version == config["model_version"] and model.model_dir == model_dir
     assert model.item_ids == data.item_vocab.ids and model.user_vocab.ids == data.user_vocab.ids
     assert model.item_embeddings.shape == (data.num_items, PARAMS.factors)
@@ -167,7 +165,7 @@ def test_model_directory_round_trip(model_dir, shuffled):
 def test_batch_recommendations_follow_the_users_cluster_and_skip_their_history(model_dir, shuffled,
                                                                                order_free_data):
     data, clusters = shuffled
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     users = np.arange(50)
     items, scores = model.recommend_indices(users, 10)
     assert items.shape == scores.shape == (50, 10)
@@ -182,7 +180,7 @@ def test_batch_recommendations_follow_the_users_cluster_and_skip_their_history(m
 
 def test_new_items_get_their_categorys_vectors(model_dir, shuffled):
     _, clusters = shuffled
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     category_of = {}
     for index, record in enumerate(model.items):
         for category in record["categories"]:
@@ -209,13 +207,13 @@ def test_a_damaged_or_unknown_directory_names_the_problem(model_dir, tmp_path):
     shutil.copytree(model_dir, broken)
     np.save(broken / "item_factors.npy", np.zeros((3, 2), np.float32))
     with pytest.raises(ModelError, match="item_factors.npy .* must hold the same vectors"):
-        load_model(broken)
+        load_model_dir(broken)
     (broken / "item_factors.npy").unlink()
     with pytest.raises(ModelError, match="missing item_factors.npy"):
-        load_model(broken)
+        load_model_dir(broken)
     config = json.loads((model_dir / "config.json").read_text())
     future = tmp_path / "future"
     shutil.copytree(model_dir, future)
     (future / "config.json").write_text(json.dumps({**config, "model_kind": "hyperbolic"}))
-    with pytest.raises(ModelError, match="model_kind 'hyperbolic'.*known kinds: als, ease, two_tower"):
-        load_model(future)
+    with pytest.raises(ModelError, match="model_kind 'hyperbolic'.*known kinds: als, ease, toy, two_tower"):
+        load_model_dir(future)

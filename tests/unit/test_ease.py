@@ -15,7 +15,7 @@ import pytest
 from rayrec.errors import ModelError
 from rayrec.evaluation.baselines import EASEBaseline, fit_ease_tuned
 from rayrec.models.ease_model import EASE_MAX_ITEMS, EASEModel
-from rayrec.models.trained import load_model
+from rayrec.models.servable import load_model_dir
 from rayrec.schema import Vocabulary
 from rayrec.training.config import TrainConfig
 from rayrec.training.ease import train_ease
@@ -42,7 +42,7 @@ def model_dir(tmp_path_factory, shuffled, baseline):
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    return load_model(model_dir)
+    return load_model_dir(model_dir)
 
 
 def in_cluster(items, clusters, cluster) -> float:
@@ -121,9 +121,7 @@ def test_model_directory_round_trip(model_dir, model, shuffled):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert config["model_kind"] == "ease" and config["ease_l2"] == L2 and config["dim"] == data.num_items
     assert metrics["model_kind"] == "ease" and metrics["best_val_ndcg@10"] == 0.5
-    from rayrec.serving.graph.model_loading import load_model as serving_load_model
-
-    assert isinstance(model, EASEModel) and isinstance(serving_load_model(model_dir), EASEModel)
+    assert isinstance(model, EASEModel)
     assert model.version == config["model_version"] and model.l2 == L2
     assert model.item_ids == data.item_vocab.ids and model.item_popularity.sum() == data.num_interactions
     assert model.max_history >= max(len(s) for s in data.sequences)
@@ -140,18 +138,18 @@ def test_a_damaged_directory_names_the_problem(model_dir, tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     np.save(broken / "item_embeddings.npy", np.eye(len(weights), dtype=np.float32))
     with pytest.raises(ModelError, match="non-zero diagonal"):
-        load_model(broken)
+        load_model_dir(broken)
     np.save(broken / "item_embeddings.npy", weights[:, :10])
     (broken / "config.json").write_text(json.dumps({**config, "dim": 10}))
     with pytest.raises(ModelError, match=r"category_factors.npy has shape \(66, 300\), expected \(66, 10\)"):
-        load_model(broken)
+        load_model_dir(broken)
     (broken / "category_factors.npy").unlink()
     with pytest.raises(ModelError, match=r"are square: \(300, 300\)"):
-        load_model(broken)
+        load_model_dir(broken)
     (broken / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "ease_l2"}))
     np.save(broken / "item_embeddings.npy", weights)
     with pytest.raises(ModelError, match="no usable ease_l2"):
-        load_model(broken)
+        load_model_dir(broken)
 
 
 def test_rayrec_recommend_writes_top_k_per_user(model_dir, check_rayrec_recommend):
@@ -170,7 +168,7 @@ def test_train_ease_chooses_l2_on_validation_and_refits_on_everything(shuffled, 
     assert metrics["best_val_ndcg@10"] == pytest.approx(reference.validation_ndcg[l2])
     assert metrics["best_val_hr@10"] == pytest.approx(reference.validation_metrics[l2]["HR@10"])
     assert metrics["ease_l2"] == l2 and metrics["best_val_ndcg@10"] > 0.3
-    trained = load_model(tmp_path / "model")
+    trained = load_model_dir(tmp_path / "model")
     final = EASEBaseline(l2=l2).fit([s - 1 for s in data.sequences], data.num_items)  # held-out items included
     np.testing.assert_allclose(trained.weights, final.item_weights(), atol=1e-5)
 

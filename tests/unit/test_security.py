@@ -94,7 +94,7 @@ def test_model_roots_allow_only_directories_inside_them(tmp_path):
 def test_app_args_default_the_model_roots_to_the_initial_models_parent(tmp_path):
     from rayrec.serving.app import resolve_args
     from rayrec.serving.config import AppArgs
-    from rayrec.serving.toy_model import write_toy_model
+    from rayrec.testing import write_toy_model
 
     model = write_toy_model(tmp_path / "models" / "m1", num_items=20, dim=4)
     args = resolve_args(AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/s.db"))

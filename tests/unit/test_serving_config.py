@@ -13,7 +13,7 @@ from rayrec.errors import ConfigError, ModelError
 from rayrec.serving.app import _absolute_state_url, resolve_args
 from rayrec.serving.config import AppArgs, Topology
 from rayrec.serving.graph.builder import deployment_options
-from rayrec.serving.toy_model import write_toy_model
+from rayrec.testing import write_toy_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -135,7 +135,8 @@ def test_adding_items_never_copies_the_trained_vectors():
 def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     from rayrec.data.synthetic import SyntheticConfig, generate
     from rayrec.models import ann
-    from rayrec.serving.graph.model_loading import item_records, load_model
+    from rayrec.models.servable import load_model_dir
+    from rayrec.serving.graph.model_loading import item_records
     from rayrec.serving.stages.scoring import ScorerLogic
     from rayrec.state import open_state_store
     from rayrec.training.config import TrainConfig
@@ -145,14 +146,14 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     data = generate(SyntheticConfig(num_users=60, num_items=80, num_clusters=3, mean_events_per_user=10))
     model_dir = train_in_process(data, tmp_path / "model", TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}),
                                  log=lambda line: None)
-    recorded = load_model(model_dir).config["item_index"]
+    recorded = load_model_dir(model_dir).config["item_index"]
     assert (model_dir / recorded["file"]).exists() and recorded["rows"] == 80
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the scorer rebuilt the index instead of loading the exported one")
 
     monkeypatch.setattr(index_module, "build_hnsw", no_rebuild)
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     store = open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
     scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=50)
     assert scorer.index.ann is not None and scorer.index.ann.ntotal == 80
@@ -167,14 +168,14 @@ def test_a_new_item_with_categories_and_no_text_lands_among_its_kind(tmp_path):
     """The default item tower does not read categories; a new item that has some (and no text)
     gets the mean vector of the trained items sharing them, not the catalogue's mean."""
     from rayrec.data.synthetic import SyntheticConfig, generate
-    from rayrec.serving.graph.model_loading import load_model
+    from rayrec.models.servable import load_model_dir
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import train_in_process
 
     data = generate(SyntheticConfig(num_users=80, num_items=60, num_clusters=3, mean_events_per_user=12))
     model_dir = train_in_process(data, tmp_path / "model", TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}),
                                  log=lambda line: None)
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     assert model.network.item_tower.category_embedding is None  # the default tower
     category = next(c for record in model.items for c in record.get("categories") or [])
     members = [model.item_ids.index(str(r["item_id"])) for r in model.items if category in (r.get("categories") or [])]

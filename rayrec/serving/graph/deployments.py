@@ -21,7 +21,8 @@ from ray import serve
 from rayrec.components import FeedbackEvent
 from rayrec.errors import ModelError
 from rayrec.serving.config import AppArgs
-from rayrec.serving.graph.model_loading import item_records, load_model
+from rayrec.models.servable import load_model_dir
+from rayrec.serving.graph.model_loading import item_records
 from rayrec.serving.graph.observability import serving_metrics
 from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest, SearchRequest
 from rayrec.serving.stages.encode import UserEncoderLogic
@@ -144,7 +145,7 @@ class Preprocessor(_ModelStage):
 
     def _build(self, record: ModelGeneration) -> PreprocessorLogic:
         return PreprocessorLogic(
-            load_model(record.model_dir), self.store, self.args.event_weights, record.generation, self.extractors
+            load_model_dir(record.model_dir), self.store, self.args.event_weights, record.generation, self.extractors
         )
 
     @timed
@@ -164,7 +165,7 @@ class UserEncoder(_ModelStage):
         self.encode_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> UserEncoderLogic:
-        logic = UserEncoderLogic(load_model(record.model_dir))
+        logic = UserEncoderLogic(load_model_dir(record.model_dir))
         logic.encode([[0]])  # warm: the first torch call pays for lazy initialisation
         return logic
 
@@ -281,7 +282,7 @@ class CandidateScorer(_CatalogueMethods, _ModelStage):
         self._init_stage(args)
 
     def _build(self, record: ModelGeneration) -> ScorerLogic:
-        return self._build_scorer(load_model(record.model_dir), record.model_dir)
+        return self._build_scorer(load_model_dir(record.model_dir), record.model_dir)
 
     async def _scorer(self, generation: int | None = None) -> ScorerLogic:
         return await self._logic(generation)
@@ -322,7 +323,7 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
         self._recommend_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> PipelineLogic:
-        model = load_model(record.model_dir)  # one copy of the model for the three stages
+        model = load_model_dir(record.model_dir)  # one copy of the model for the three stages
         logic = PipelineLogic(
             PreprocessorLogic(model, self.store, self.args.event_weights, record.generation, self.extractors),
             UserEncoderLogic(model),

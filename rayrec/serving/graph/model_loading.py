@@ -1,32 +1,23 @@
-"""The single place serving loads a model directory from."""
+"""What serving reads from a loaded model besides the model itself: its item metadata.
+
+Model directories are loaded by :func:`rayrec.models.servable.load_model_dir`, the one loader.
+"""
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
-from rayrec.errors import ModelError
-from rayrec.models.bundle import RecommenderModel
+from rayrec.models.servable import load_model_dir
 
 
-def load_model(model_dir: str | Path) -> RecommenderModel:
-    """Load a model directory written by training (or a toy model for benchmarks and tests).
-
-    Raises :class:`rayrec.errors.ModelError` naming the directory when it cannot be served.
-    """
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise ModelError(f"model directory {str(model_dir)!r} does not exist or is not a directory")
-    from rayrec.serving.toy_model import TOY_MARKER, ToyModel
-
-    if (path / TOY_MARKER).exists():
-        return ToyModel.load(path)
-    try:
-        from rayrec.models.trained import load_model as load_trained  # imported lazily: pulls in torch
-    except ImportError as exc:  # pragma: no cover - only before the training layer exists
-        raise ModelError(f"cannot load {str(model_dir)!r}: trained-model support is unavailable ({exc})") from exc
-    return load_trained(path)  # any model_kind: two-tower, ALS
+def load_model(model_dir: str | Path):
+    """Deprecated: :func:`rayrec.models.servable.load_model_dir`, the one model loader."""
+    warnings.warn("rayrec.serving.graph.model_loading.load_model is deprecated: use "
+                  "rayrec.models.servable.load_model_dir", DeprecationWarning, stacklevel=2)
+    return load_model_dir(model_dir)
 
 
 def item_records(model: Any, model_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
