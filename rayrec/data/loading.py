@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rayrec.config import validation_problems
 from rayrec.data.metadata import load_items_file, load_users_file
 from rayrec.data.tables import TABLE_EXTENSIONS
-from rayrec.errors import ConfigError, DataError
+from rayrec.errors import ConfigError, DataError, RayrecError
 from rayrec.schema import Dataset
 
 
@@ -43,7 +43,7 @@ def load_dataset(
                 source = entry.cls(options or {})
             except ValidationError as exc:
                 raise ConfigError(f"invalid options for data source {name!r}: {validation_problems(exc)}") from None
-            dataset = source.load(text)
+            dataset = _load_with(source, name, entry.plugin, text)
             break
     else:
         exists = Path(text).exists()
@@ -61,3 +61,20 @@ def load_dataset(
     return dataset
 
 
+def _load_with(source, name: str, plugin: str, path: str) -> Dataset:
+    """``source.load(path)``, checked: a :class:`DataError` (or any rayrec error) the source
+    raises passes as it is; any other exception, and a result that is not a
+    :class:`Dataset`, become a one-line :class:`DataError` naming the data source and its
+    plugin (the original exception stays chained for a debugger)."""
+    try:
+        dataset = source.load(path)
+    except RayrecError:
+        raise
+    except Exception as exc:
+        problem = " ".join(str(exc).split()) or "(no message)"
+        raise DataError(f"data source {name!r} (plugin {plugin}) failed to load it: {type(exc).__name__}: {problem}",
+                        path=path) from exc
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"data source {name!r} (plugin {plugin}) returned {type(dataset).__name__}, "
+                        "not a rayrec.schema.Dataset", path=path)
+    return dataset

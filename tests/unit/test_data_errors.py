@@ -192,3 +192,62 @@ def test_report_is_filled_even_when_loading_succeeds(tmp_path):
     report = LoadReport()
     load_interactions_file(path, report=report)
     assert report.rows_read == 3 and report.malformed_rows == 0 and report.malformed_examples == []
+
+
+# -- a plugin's data source, through `rayrec train` as a user runs it ------------------------
+def jsonl_plugin(load):
+    """A plugin whose data source claims ``*.jsonl`` files and loads them with ``load``."""
+    import types
+
+    from rayrec.components import DataSource
+    from rayrec.hookspecs import hookimpl
+
+    class JsonLines(DataSource):
+        name = "jsonl-events"
+        description = "JSON lines of events."
+
+        def can_load(self, path: str) -> bool:
+            return path.endswith(".jsonl")
+
+        def load(self, path: str):
+            return load(path)
+
+    module = types.ModuleType("rayrec_jsonl_events")
+    module.register_data_sources = hookimpl(lambda register: register(JsonLines))
+    return module
+
+
+def train_error(tmp_path, capsys, register_rayrec_plugin, load) -> list[str]:
+    from rayrec.cli import main
+
+    register_rayrec_plugin(jsonl_plugin(load), name="rayrec-jsonl-events")
+    path = tmp_path / "events.jsonl"
+    path.write_text("{}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["train", "--interactions", str(path), "--out", str(tmp_path / "model"), "--in-process"])
+    assert exited.value.code == 1
+    assert not (tmp_path / "model").exists()
+    return capsys.readouterr().err.strip().splitlines()
+
+
+def test_any_exception_from_a_plugin_data_source_is_one_line_naming_source_and_plugin(tmp_path, capsys,
+                                                                                       register_rayrec_plugin):
+    def broken(path):
+        raise ValueError("Expecting ',' delimiter:\nline 1 column 3")
+
+    [line] = train_error(tmp_path, capsys, register_rayrec_plugin, broken)
+    assert line == (f"Error: {tmp_path / 'events.jsonl'}: data source 'jsonl-events' (plugin rayrec-jsonl-events) "
+                    "failed to load it: ValueError: Expecting ',' delimiter: line 1 column 3")
+
+
+def test_a_data_error_from_a_plugin_data_source_is_shown_as_raised(tmp_path, capsys, register_rayrec_plugin):
+    def strict(path):
+        raise DataError("expected an object with user_id", path=path, line=1)
+
+    [line] = train_error(tmp_path, capsys, register_rayrec_plugin, strict)
+    assert line == f"Error: {tmp_path / 'events.jsonl'}:1: expected an object with user_id"
+
+
+def test_a_plugin_data_source_that_returns_no_dataset_is_named(tmp_path, capsys, register_rayrec_plugin):
+    [line] = train_error(tmp_path, capsys, register_rayrec_plugin, lambda path: [{"user_id": "u1"}])
+    assert "data source 'jsonl-events' (plugin rayrec-jsonl-events) returned list, not a rayrec.schema.Dataset" in line
