@@ -7,7 +7,9 @@ does not pay for importing torch and Ray.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -47,8 +49,28 @@ def cli() -> None:
     """rayrec: train two-tower recommenders on Ray and serve them in real time."""
 
 
+def let_ray_workers_import_this_rayrec() -> None:
+    """Ray puts the driver's working directory first on its workers' ``sys.path``. Run from the
+    folder that holds a clone named ``rayrec/`` (no ``__init__.py``), a worker imports that
+    folder as a namespace package ``rayrec`` in place of an editable install, which is found
+    by a finder Python asks only after the path; its ``rayrec.plugins`` is then the clone's
+    ``plugins/`` folder. A regular package wins over a namespace folder wherever it is on the
+    path, so naming this package's parent in ``PYTHONPATH``, which a local Ray's processes
+    inherit, lets the workers find it. Nothing changes where no such folder is in the way, or
+    where the package is found on the path anyway (a regular install)."""
+    import rayrec
+
+    parent = str(Path(rayrec.__file__).resolve().parent.parent)
+    on_path = {os.path.abspath(entry or ".") for entry in sys.path}
+    shadow = Path.cwd() / "rayrec"
+    if parent in on_path or not shadow.is_dir() or (shadow / "__init__.py").exists():
+        return
+    os.environ["PYTHONPATH"] = os.pathsep.join([parent, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one clear line and exit 1, never a traceback."""
+    let_ray_workers_import_this_rayrec()
     try:
         cli.main(args=argv, prog_name="rayrec", standalone_mode=False)
     except click.exceptions.Abort:
