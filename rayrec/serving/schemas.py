@@ -85,6 +85,11 @@ class RecommendRequest(BaseModel):
         default_factory=list, max_length=3,
         description='Item metadata to add to each returned item, e.g. ["title", "categories"], so a page needs '
                     "no GET /items/{id} per item.")
+    scorer_options: dict[FilterKey, dict[FilterKey, Any]] = Field(
+        default_factory=dict, max_length=MAX_FILTER_KEYS,
+        description='Options of configured scorers for this request only, by scorer name, over the configured '
+                    'ones, e.g. {"category_diversity": {"penalty": 0.5}}. Each is validated by the scorer\'s '
+                    "Options: a name that is not configured, or a bad option, is a 422 naming it.")
 
 
 def _not_blank(value: str) -> str:
@@ -268,6 +273,7 @@ class PreparedRequest:
     source: str = "popular"  # history | session | popular
     user_features: Any = None  # output of user-side feature extractors, if any
     include: list[str] = field(default_factory=list)  # item metadata fields to add to the answer
+    scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # this request's, by scorer name
 
     @property
     def personalized(self) -> bool:

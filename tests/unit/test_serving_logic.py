@@ -286,6 +286,40 @@ def test_recency_boost_puts_a_freshly_active_item_first(model, store):
     assert after[0]["explanation"]["notes"] == ["recency +1.000"]
 
 
+def test_scorer_options_of_a_request_apply_to_that_request_only(model, store):
+    from rayrec.builtin.scorers import CategoryDiversity
+
+    pipeline = Pipeline(model, store, scorers=[CategoryDiversity({"penalty": 0.0})])
+
+    def categories(**request):
+        return [item["item_id"][0] for item in pipeline.recommend(user_id="alice", k=3, **request)["items"]]
+
+    assert categories() == ["a", "a", "a"]  # no penalty: alice's own category
+    assert sorted(categories(scorer_options={"category_diversity": {"penalty": 5.0}})) == ["a", "b", "c"]
+    assert categories() == ["a", "a", "a"]  # the configured options again
+    assert pipeline.scorer.scorers[0].options.penalty == 0.0
+    with pytest.raises(RequestError) as error:
+        categories(scorer_options={"category_diversity": {"penalty": -1}})
+    assert error.value.field == "scorer_options.category_diversity.penalty" and "greater than or equal to 0" in error.value.message
+
+
+@pytest.mark.parametrize("requested, field, message", [
+    ({"category_diversity": {"penalti": 1}}, "scorer_options.category_diversity.penalti", "Extra inputs are not permitted"),
+    ({"category_diversity": {"penalty": "lots"}}, "scorer_options.category_diversity.penalty", "valid number"),
+    ({"mmr": {"lambda_": 0.3}}, "scorer_options.mmr", "no scorer 'mmr' is configured on this server (configured: "
+                                                       "category_diversity)"),
+])
+def test_bad_scorer_options_are_refused_naming_the_scorer_and_the_option(requested, field, message):
+    from rayrec.serving.config import ComponentSpec
+    from rayrec.serving.stages.scoring import check_scorer_options
+
+    configured = [ComponentSpec(name="category_diversity", options={"penalty": 0.2})]
+    check_scorer_options(configured, {"category_diversity": {"penalty": 0.9}})  # valid: no error
+    with pytest.raises(RequestError) as error:
+        check_scorer_options(configured, requested)
+    assert error.value.field == field and message in error.value.message
+
+
 class CountCandidates(Scorer):
     name = "count-test"
     seen: list[int] = []

@@ -56,6 +56,7 @@ from rayrec.serving.schemas import (
     SimilarItemsResponse,
 )
 from rayrec.serving.stages.errors import ForbiddenError, RequestError, StageError
+from rayrec.serving.stages.scoring import check_scorer_options
 
 logger = logging.getLogger("ray.serve")
 
@@ -111,6 +112,8 @@ class Ingress:
     async def recommend(self, request: RecommendRequest) -> Any:
         if request.k > self.args.max_k:
             raise RequestError("k", f"at most {self.args.max_k}")
+        if request.scorer_options:
+            check_scorer_options(self.args.scorers, request.scorer_options)
         return StageError.raise_for(await self.reads.recommend(request))
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_unset=True, responses=openapi_errors(404))

@@ -88,6 +88,7 @@ class PreprocessorLogic:
             source=source,
             user_features=self._user_features(request.user_id, history_ids),
             include=list(request.include),
+            scorer_options=dict(request.scorer_options),
         )
 
     def _user_features(self, user_id: str | None, history_ids: list[str]) -> Any:

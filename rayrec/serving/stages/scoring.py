@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
 from rayrec.models.ann import read_index
 from rayrec.models.bundle import RecommenderModel
-from rayrec.serving.config import NewItemOptions, SearchOptions
+from rayrec.config import validation_problems
+from rayrec.serving.config import ComponentSpec, NewItemOptions, SearchOptions
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.index import ItemIndex
@@ -23,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: A ``filter_candidates`` implementation: returns the kept candidates, or None to keep all.
 CandidateFilter = Callable[..., "list[Candidate] | None"]
+
+#: Scorers built with a request's ``scorer_options`` that a scoring replica keeps for reuse.
+MAX_REQUEST_SCORERS = 64
 
 EXPLANATION_ITEMS = 3
 #: History items contributing less than this share of the top contributor are left out.
@@ -54,6 +60,37 @@ def rerank_pool_size(k: int, configured: int | None = None) -> int:
     """
     pool = configured if configured is not None else min(max(2 * k, k + 20), 2000)
     return max(pool, k)
+
+
+def request_scorer_options(scorer: type[Scorer], name: str, configured: dict[str, Any],
+                           overrides: dict[str, Any]) -> BaseModel:
+    """``scorer``'s options for one request: ``overrides`` (``RecommendRequest.scorer_options``)
+    over the ``configured`` ones, validated by its ``Options``; a :class:`RequestError` (422)
+    naming ``scorer_options.<name>.<option>`` otherwise."""
+    try:
+        return scorer.Options.model_validate({**configured, **overrides})
+    except ValidationError as exc:
+        errors = exc.errors()
+        if len(errors) == 1 and errors[0]["loc"]:
+            where = ".".join(str(part) for part in errors[0]["loc"])
+            raise RequestError(f"scorer_options.{name}.{where}", errors[0]["msg"].removeprefix("Value error, ")) from None
+        raise RequestError(f"scorer_options.{name}", validation_problems(exc)) from None
+
+
+def check_scorer_options(configured: Sequence[ComponentSpec], requested: dict[str, dict[str, Any]]) -> None:
+    """Raise the 422 a request's ``scorer_options`` deserve, before any stage runs: each name must
+    be a configured scorer, and its options valid over each configured entry of that name."""
+    from rayrec.plugins import get_component
+
+    names = [spec.name for spec in configured]
+    for name, overrides in requested.items():
+        if name not in names:
+            known = ", ".join(dict.fromkeys(names)) or "none"
+            raise RequestError(f"scorer_options.{name}", f"no scorer {name!r} is configured on this server "
+                                                         f"(configured: {known})")
+        for spec in configured:
+            if spec.name == name:
+                request_scorer_options(get_component("scorer", name), name, spec.options, overrides)
 
 
 def new_item_calibration(model: RecommenderModel, options: NewItemOptions):
@@ -95,6 +132,7 @@ class ScorerLogic:
         self.candidate_sources = list(candidate_sources)
         self.store = store
         self.scorers = list(scorers)
+        self._request_scorers: dict[tuple[int, str], Scorer] = {}
         for scorer in self.scorers:
             if scorer.sorts_by_score():
                 logger.warning("scorer %r uses the deprecated score() form: rename it to rerank() and return "
@@ -354,9 +392,26 @@ class ScorerLogic:
             now=time.time(),
         )
 
+    def _for_request(self, position: int, scorer: Scorer, request: PreparedRequest) -> Scorer:
+        """The scorer as this request's ``scorer_options`` configure it: the configured instance,
+        or one built with the request's options over its own (kept for the next request that
+        asks for the same, a few dozen at most)."""
+        overrides = request.scorer_options.get(scorer.name)
+        if not overrides:
+            return scorer
+        options = request_scorer_options(type(scorer), scorer.name, scorer.options.model_dump(), overrides)
+        key = (position, json.dumps(options.model_dump(mode="json"), sort_keys=True, default=str))
+        built = self._request_scorers.get(key)
+        if built is None:
+            if len(self._request_scorers) >= MAX_REQUEST_SCORERS:
+                self._request_scorers.clear()
+            built = self._request_scorers[key] = type(scorer)(options)
+        return built
+
     def _rerank(self, candidates: list[Candidate], request: PreparedRequest) -> list[Candidate]:
         context = self._context(candidates, request)
-        for scorer in self.scorers:
+        for position, scorer in enumerate(self.scorers):
+            scorer = self._for_request(position, scorer, request)
             if scorer.sorts_by_score():  # the deprecated form: its order is that of its scores
                 candidates = sorted(scorer.score(candidates, context), key=lambda c: -c.score)
             else:
