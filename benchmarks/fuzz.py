@@ -112,8 +112,8 @@ def start_local_server(workdir: Path, api_key: str) -> str:
     port = free_port()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
-    args = AppArgs(model_dir=str(model), state=f"sqlite:///{workdir / 'state.db'}", api_keys_file=str(keys),
-                   max_feedback_batch=100)
+    args = AppArgs(model_dir=str(model), state=f"sqlite:///{workdir / 'state.db'}",
+                   security={"api_keys_file": str(keys)}, limits={"max_feedback_batch": 100})
     serve.run(build_app(args), name="rayrec", route_prefix="/")
     return f"http://127.0.0.1:{port}"
 

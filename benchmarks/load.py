@@ -128,7 +128,7 @@ def main() -> int:
             # Fractional CPUs so that 5 stages x 2 replicas fit the logical CPUs; Ray does not pin cores.
             cpus = min(0.25, options.num_cpus / (len(STAGES) * replicas) * 0.9)
             state = options.state or f"sqlite:///{workdir / f'state-{replicas}.db'}"
-            args = AppArgs(model_dir=str(model), state=state, ann_recall_probe_interval_s=0,
+            args = AppArgs(model_dir=str(model), state=state, observability={"ann_recall_probe_interval_s": 0},
                            stages={name: {"num_replicas": replicas, "num_cpus": cpus} for name in STAGES})
             serve.run(build_app(args), name="rayrec", route_prefix="/")
             asyncio.run(drive(url, options.warmup, options.clients, options.feedback_share, options.items, seed=1))

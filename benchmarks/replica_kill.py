@@ -149,7 +149,7 @@ def run(workdir: Path, replicas: int = 2, clients: int = 8, num_cpus: int = 2, w
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     stage = {"num_replicas": replicas, "num_cpus": 0.1}
-    args = AppArgs(model_dir=str(model), state=state, ann_recall_probe_interval_s=0,
+    args = AppArgs(model_dir=str(model), state=state, observability={"ann_recall_probe_interval_s": 0},
                    stages={name: stage for name in ("ingress", "preprocessor", "user_encoder", "scorer", "feedback")})
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     stop = threading.Event()

@@ -148,7 +148,8 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
         model = load_model_dir(model_dir)
         scorer = ScorerLogic(model, store, item_records(model, model_dir),
                              candidate_sources=components("candidate_source", args.candidate_sources),
-                             exact_search_max_items=args.exact_search_max_items, ann_options=args.ann.model_dump())
+                             exact_search_max_items=args.retrieval.exact_search_max_items,
+                             ann_options=args.retrieval.ann.model_dump())
         pipeline = PipelineLogic(PreprocessorLogic(model, store, args.event_weights), UserEncoderLogic(model), scorer)
         pipeline.warm_up()
         times, history = [], 0

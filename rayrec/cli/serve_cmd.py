@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import warnings
 
 import click
 
@@ -72,25 +73,33 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
     """
     from rayrec.config import parse_config, read_yaml_mapping
     from rayrec.errors import ConfigError
-    from rayrec.serving.config import AppArgs, check_components
+    from rayrec.serving.config import AppArgs, check_components, nest_flat_keys
 
-    extra = {}
-    if config_path:
-        extra = read_yaml_mapping(config_path)
-        extra = extra.get("args", extra)  # also accept a serve.yaml application's args block
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{config_path}: args: expected a mapping of app arguments")
-    flags = {"model_dir": model_dir, "state": state}
-    if api_keys_file:
-        flags["api_keys_file"] = api_keys_file
-    if model_roots:
-        flags["model_roots"] = list(model_roots)
-    if request_log:
-        flags["request_log"] = request_log
-    if topology:
-        flags["topology"] = topology
     where = config_path or "arguments"
-    args = parse_config(AppArgs, {**extra, **flags}, what="serve config", where=where)
+    extra: dict = {}
+    with warnings.catch_warnings(record=True) as deprecated:
+        warnings.simplefilter("always", DeprecationWarning)
+        if config_path:
+            extra = read_yaml_mapping(config_path)
+            extra = extra.get("args", extra)  # also accept a serve.yaml application's args block
+            if not isinstance(extra, dict):
+                raise ConfigError(f"{config_path}: args: expected a mapping of app arguments")
+            try:
+                extra = nest_flat_keys(extra)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: invalid serve config: {exc}") from None
+    for warning in deprecated:  # shown: a user of the CLI would never see a DeprecationWarning
+        click.echo(f"{where}: {warning.message}", err=True)
+    values = {**extra, "model_dir": model_dir, "state": state}
+    if topology:
+        values["topology"] = topology
+    for group, key, flag in [("security", "api_keys_file", api_keys_file),
+                             ("security", "model_roots", list(model_roots)),
+                             ("observability", "request_log", request_log)]:
+        if flag:  # a flag wins over the config file's value
+            section = values.get(group)
+            values[group] = {**(section if isinstance(section, dict) else {}), key: flag}
+    args = parse_config(AppArgs, values, what="serve config", where=where)
     check_components(args, where=where)  # each scorer, source, extractor and handler, before Ray starts
 
     import ray
@@ -121,7 +130,7 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
         try:
             ray_serve.start(
                 http_options={"host": host, "port": port},
-                logging_config={"enable_access_log": args.access_log},
+                logging_config={"enable_access_log": args.observability.access_log},
             )
             ray_serve.run(build_app(args), name="rayrec", route_prefix="/")
         except KeyboardInterrupt:  # Ctrl-C while starting: stop cleanly

@@ -47,18 +47,19 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     if not isinstance(args, AppArgs):
         args = AppArgs(**args)
     model_dir = str(Path(args.model_dir).expanduser().resolve())
-    update: dict[str, Any] = {
-        "model_dir": model_dir,
-        "state": _absolute_state_url(args.state),
-        "model_roots": resolve_model_roots(args.model_roots) if args.model_roots else default_model_roots(model_dir),
-    }
-    if args.api_keys_file:
-        update["api_keys_file"] = str(Path(args.api_keys_file).expanduser().resolve())
-    if args.request_log and args.request_log != "-":
-        update["request_log"] = str(Path(args.request_log).expanduser().resolve())
-    args = args.model_copy(update=update)
+    security, observability = args.security, args.observability
+    security = security.model_copy(update={
+        "model_roots": resolve_model_roots(security.model_roots) if security.model_roots
+        else default_model_roots(model_dir),
+        "api_keys_file": str(Path(security.api_keys_file).expanduser().resolve()) if security.api_keys_file else None,
+    })
+    if observability.request_log and observability.request_log != "-":
+        observability = observability.model_copy(
+            update={"request_log": str(Path(observability.request_log).expanduser().resolve())})
+    args = args.model_copy(update={"model_dir": model_dir, "state": _absolute_state_url(args.state),
+                                   "security": security, "observability": observability})
     load_model_dir(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
-    load_api_keys(args.api_keys_file, env_var=None)  # a missing or empty key file fails here too
+    load_api_keys(args.security.api_keys_file, env_var=None)  # a missing or empty key file fails here too
     check_components(args)  # one line naming the list entry, the component and the field
     return args
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rayrec.serving.schemas import MAX_K
 
@@ -148,58 +148,48 @@ class NewItemOptions(BaseModel):
         description="Standard deviations added to new items' calibrated scores: > 0 shows them more, < 0 less.")
 
 
-class AppArgs(BaseModel):
-    """Arguments of :func:`rayrec.serving.app.build_app` (also ``args:`` in ``deploy/serve.yaml``)."""
+class RetrievalOptions(BaseModel):
+    """How candidates are found: exact or ANN top-K, what is never shown, how many the scorers see."""
 
     model_config = ConfigDict(extra="forbid")
-
-    model_dir: str = Field(description="Trained model directory served at start.")
-    state: str = Field("sqlite:///rayrec-state.db", description="State store URL or SQLite file path.")
     exact_search_max_items: int = Field(
         250_000, ge=0, description="Exact top-K up to this many items; an ANN index (FAISS HNSW) above."
     )
     ann: AnnOptions = AnnOptions()
-    scorers: list[ComponentSpec] = Field(default_factory=list, description="Re-rankers applied after retrieval.")
-    candidate_sources: list[ComponentSpec] = Field(
-        default_factory=lambda: [ComponentSpec(name="new_items")],
-        description="Candidate sources whose items join the retrieved pool (scored by the model).",
-    )
-    feature_extractors: list[ComponentSpec] = Field(
-        default_factory=list, description="User-side feature extractors run by the preprocessor."
-    )
-    feedback_handlers: list[ComponentSpec] = Field(default_factory=list)
-    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
     filter_seen: bool = Field(True, description="Never recommend items the user already interacted with.")
-    max_k: int = Field(
-        1000, ge=1, le=MAX_K,
-        description=f"Largest k a request may ask for (/recommend, /search, /similar-items); at most {MAX_K}.")
     rerank_pool: int | None = Field(
         None, ge=1, le=100_000,
         description="Candidates the scorers and candidate filters see per request (at least k). "
                     "Null: min(max(2k, k + 20), 2000), so the pool grows with k.")
-    max_feedback_batch: int = Field(1000, ge=1)
-    batch_max_size: int = Field(16, ge=1, description="Most requests the user encoder encodes in one batch.")
-    batch_wait_timeout_s: float = Field(
+
+
+class Limits(BaseModel):
+    """What one request may ask for, and what an overloaded server tells clients."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_k: int = Field(
+        1000, ge=1, le=MAX_K,
+        description=f"Largest k a request may ask for (/recommend, /search, /similar-items); at most {MAX_K}.")
+    max_feedback_batch: int = Field(1000, ge=1, description="Most events one POST /feedback may carry.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies are refused with 413.")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 answers when overloaded.")
+
+
+class Batching(BaseModel):
+    """How the user encoder batches requests (``@serve.batch``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_size: int = Field(16, ge=1, description="Most requests the user encoder encodes in one batch.")
+    wait_timeout_s: float = Field(
         0.0, ge=0, description="The user encoder's extra wait for a fuller batch; 0 batches only what queued "
                                "meanwhile (no added latency)."
     )
-    threads_per_replica: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
-    topology: Topology = Field(
-        Topology.AUTO,
-        description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
-                    "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
-                    "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
-                    "(one handle hop instead of three); ingress: every ingress replica runs that pipeline "
-                    "itself (no handle hop on reads; the ingress stage's options size it).",
-    )
-    replica_env: dict[str, str] = Field(
-        default_factory=lambda: dict(LOW_LATENCY_REPLICA_ENV),
-        description="Environment variables of every replica (Ray Serve settings read in the replica); "
-                    "the default runs user code and the handle router on the replica's own event loop.",
-    )
-    stages: Stages = Stages()
-    access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")
-    # -- security and limits (see README "Operating rayrec") -------------------------------
+
+
+class Security(BaseModel):
+    """API keys for writes and /admin/*, and where /admin/reload may load models from."""
+
+    model_config = ConfigDict(extra="forbid")
     api_keys_file: str | None = Field(
         None,
         description="File of API keys (one per line, '#' comments); with any key configured, writes and "
@@ -208,23 +198,138 @@ class AppArgs(BaseModel):
     api_keys_env: str | None = Field(
         "RAYREC_API_KEYS", description="Environment variable (in the ingress replicas) holding comma-separated keys."
     )
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="Larger request bodies are refused with 413.")
-    retry_after_s: float = Field(1.0, ge=0, description="Retry-After sent with 503 answers when overloaded.")
     model_roots: list[str] = Field(
         default_factory=list,
         description="/admin/reload loads model directories only from inside these; default: the parent "
         "directory of model_dir.",
     )
-    # -- observability -------------------------------------------------------------------
+
+
+class ReplicaOptions(BaseModel):
+    """What every replica of every stage gets: thread limits and environment variables."""
+
+    model_config = ConfigDict(extra="forbid")
+    threads: int = Field(1, ge=1, description="torch/BLAS threads per replica.")
+    env: dict[str, str] = Field(
+        default_factory=lambda: dict(LOW_LATENCY_REPLICA_ENV),
+        description="Environment variables of every replica (Ray Serve settings read in the replica); "
+                    "the default runs user code and the handle router on the replica's own event loop.",
+    )
+
+
+class Observability(BaseModel):
+    """Logs and the metrics that cost something to gather."""
+
+    model_config = ConfigDict(extra="forbid")
+    access_log: bool = Field(False, description="Serve access logs (off: they cost several ms a request).")
     request_log: str | None = Field(
         None, description="JSON-lines request log file, appended by every ingress replica ('-': stderr); off when unset."
     )
-    search: SearchOptions = Field(default_factory=SearchOptions, description="Natural-language search (POST /search).")
-    new_items: NewItemOptions = Field(default_factory=NewItemOptions,
-                                      description="Scoring of items added after training.")
     ann_recall_probe_interval_s: float = Field(
         60.0, ge=0, description="How often each scorer samples the top-K index's recall@10 for the metrics; 0: never."
     )
+
+
+#: Where each key of the first, flat form of the serve config now lives (group, key).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "exact_search_max_items": ("retrieval", "exact_search_max_items"),
+    "ann": ("retrieval", "ann"),
+    "filter_seen": ("retrieval", "filter_seen"),
+    "rerank_pool": ("retrieval", "rerank_pool"),
+    "max_k": ("limits", "max_k"),
+    "max_feedback_batch": ("limits", "max_feedback_batch"),
+    "max_body_bytes": ("limits", "max_body_bytes"),
+    "retry_after_s": ("limits", "retry_after_s"),
+    "batch_max_size": ("batching", "max_size"),
+    "batch_wait_timeout_s": ("batching", "wait_timeout_s"),
+    "api_keys_file": ("security", "api_keys_file"),
+    "api_keys_env": ("security", "api_keys_env"),
+    "model_roots": ("security", "model_roots"),
+    "threads_per_replica": ("replica", "threads"),
+    "replica_env": ("replica", "env"),
+    "access_log": ("observability", "access_log"),
+    "request_log": ("observability", "request_log"),
+    "ann_recall_probe_interval_s": ("observability", "ann_recall_probe_interval_s"),
+}
+_warned_flat_keys: set[str] = set()
+
+
+def nest_flat_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each flat key of the first serve-config form (``max_k: 50``) moved to its
+    group (``limits: {max_k: 50}``), warning once per key (``DeprecationWarning``) with the new
+    spelling. A key given both ways is a ``ValueError`` naming both. Anything else is left for
+    validation, which names a misspelt key."""
+    import warnings
+
+    if not any(key in FLAT_KEYS for key in values):
+        return values
+    nested = dict(values)
+    for flat, (group, key) in FLAT_KEYS.items():
+        if flat not in nested:
+            continue
+        section = nested.get(group)
+        if isinstance(section, BaseModel):
+            section = section.model_dump(exclude_unset=True)
+        section = dict(section or {}) if isinstance(section, dict) or section is None else section
+        if not isinstance(section, dict):
+            continue  # the group itself is malformed: validation says so
+        if key in section:
+            raise ValueError(f"`{flat}` and `{group}.{key}` are the same setting: keep only `{group}.{key}`")
+        section[key] = nested.pop(flat)
+        nested[group] = section
+        if flat not in _warned_flat_keys:
+            _warned_flat_keys.add(flat)
+            warnings.warn(f"serve config: `{flat}` is now `{group}.{key}`; the flat form will be removed",
+                          DeprecationWarning, stacklevel=4)
+    return nested
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`rayrec.serving.app.build_app` (also ``args:`` in ``deploy/serve.yaml``),
+    grouped by concern. The first, flat form of the groups' keys (``max_k: 50``) still works,
+    with a ``DeprecationWarning`` naming the new place (:data:`FLAT_KEYS`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # -- what is served, and where its state lives -------------------------------------------
+    model_dir: str = Field(description="Trained model directory served at start.")
+    state: str = Field("sqlite:///rayrec-state.db", description="State store URL or SQLite file path.")
+    topology: Topology = Field(
+        Topology.AUTO,
+        description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
+                    "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
+                    "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
+                    "(one handle hop instead of three); ingress: every ingress replica runs that pipeline "
+                    "itself (no handle hop on reads; the ingress stage's options size it).",
+    )
+    # -- the plugin components of each stage -------------------------------------------------
+    scorers: list[ComponentSpec] = Field(default_factory=list, description="Re-rankers applied after retrieval.")
+    candidate_sources: list[ComponentSpec] = Field(
+        default_factory=lambda: [ComponentSpec(name="new_items")],
+        description="Candidate sources whose items join the retrieved pool (scored by the model).",
+    )
+    feature_extractors: list[ComponentSpec] = Field(
+        default_factory=list, description="User-side feature extractors run by the preprocessor."
+    )
+    feedback_handlers: list[ComponentSpec] = Field(
+        default_factory=list, description="Called with each stored batch of feedback, in every feedback replica.")
+    event_weights: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS))
+    # -- groups ------------------------------------------------------------------------------
+    retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions, description=RetrievalOptions.__doc__)
+    search: SearchOptions = Field(default_factory=SearchOptions, description="Natural-language search (POST /search).")
+    new_items: NewItemOptions = Field(default_factory=NewItemOptions,
+                                      description="Scoring of items added after training.")
+    limits: Limits = Field(default_factory=Limits, description=Limits.__doc__)
+    batching: Batching = Field(default_factory=Batching, description=Batching.__doc__)
+    security: Security = Field(default_factory=Security, description=Security.__doc__)
+    replica: ReplicaOptions = Field(default_factory=ReplicaOptions, description=ReplicaOptions.__doc__)
+    stages: Stages = Stages()
+    observability: Observability = Field(default_factory=Observability, description=Observability.__doc__)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_keys(cls, values: Any) -> Any:
+        return nest_flat_keys(values) if isinstance(values, dict) else values
 
     @field_validator("event_weights")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_serializer
 
-#: The most items one answer may hold, whatever the config says: the ceiling of ``AppArgs.max_k``,
+#: The most items one answer may hold, whatever the config says: the ceiling of ``AppArgs.limits.max_k``,
 #: which is the limit a server applies (1000 by default; a larger k is a 422 naming it).
 MAX_K = 10_000
 #: Longest user or item id, and the other string limits of the API (413 caps the whole body).

@@ -25,7 +25,8 @@ def urls(tmp_path_factory):
     # 50,000 items: each answer takes a few ms, so a burst of requests really queues.
     model = write_toy_model(root / "model", num_items=50_000, dim=32, num_users=50)
     args = AppArgs(model_dir=str(model), state=f"sqlite:///{root / 'state.db'}", topology="ingress",
-                   max_body_bytes=4096, stages={"ingress": {"max_ongoing_requests": 2, "max_queued_requests": 2}})
+                   limits={"max_body_bytes": 4096},
+                   stages={"ingress": {"max_ongoing_requests": 2, "max_queued_requests": 2}})
     with serve_locally(args, cluster_env=DIRECT_INGRESS_ENV) as proxy_url:
         [direct_url] = replica_urls()  # one ingress replica, one port of its own
         assert direct_url != proxy_url

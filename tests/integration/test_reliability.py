@@ -93,13 +93,11 @@ def server(tmp_path_factory):
         args = AppArgs(
             model_dir=str(toy),
             state=f"sqlite:///{root / 'state.db'}",
-            api_keys_file=str(key_file),
-            max_body_bytes=MAX_BODY,
-            max_feedback_batch=50,
-            max_k=100,
-            request_log=str(root / "requests.jsonl"),
-            exact_search_max_items=100,  # 300 items: the HNSW index (with faiss), so recall is probed for real
-            ann_recall_probe_interval_s=1,
+            security={"api_keys_file": str(key_file)},
+            limits={"max_body_bytes": MAX_BODY, "max_feedback_batch": 50, "max_k": 100},
+            # 300 items: the HNSW index (with faiss), so recall is probed for real
+            retrieval={"exact_search_max_items": 100},
+            observability={"request_log": str(root / "requests.jsonl"), "ann_recall_probe_interval_s": 1},
             stages={"ingress": {"max_ongoing_requests": 2, "max_queued_requests": 2}},
             topology="split",  # the stage metrics below are the split graph's, one per stage
         )

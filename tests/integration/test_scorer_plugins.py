@@ -35,7 +35,8 @@ def test_a_scorer_plugin_ranks_by_recency_and_its_notes_reach_the_answer(tmp_pat
     model = write_toy_model(tmp_path / "model", num_items=60, dim=8)
     scorer = {"name": "popularity_blend", "options": {"weight": 0.0, "recency_weight": 5.0, "half_life_hours": 1}}
     # The whole catalogue is the pool: a boost can only lift what the scorer is given.
-    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", scorers=[scorer], rerank_pool=60)
+    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", scorers=[scorer],
+                   retrieval={"rerank_pool": 60})
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
         def recommend(k):
             response = client.post("/recommend", json={"recent_items": [], "k": k})
@@ -61,7 +62,8 @@ def test_a_request_sets_a_scorer_option_for_itself_only_without_a_restart(tmp_pa
     # category. Split topology: the options travel from the ingress through the preprocessor
     # to the scorer replica.
     model = write_toy_model(tmp_path / "model", num_items=80, dim=8, num_categories=4)
-    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", topology="split", rerank_pool=80,
+    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", topology="split",
+                   retrieval={"rerank_pool": 80},
                    scorers=[{"name": "category_diversity", "options": {"penalty": 0.0}}])
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
         def categories(**body):

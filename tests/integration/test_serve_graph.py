@@ -80,7 +80,8 @@ def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("serve")
     model, v1, v2 = make_models(root)
     state = root / "state.db"
-    args = AppArgs(model_dir=str(v1), state=f"sqlite:///{state}", **TOPOLOGIES[request.param], max_feedback_batch=100)
+    args = AppArgs(model_dir=str(v1), state=f"sqlite:///{state}", **TOPOLOGIES[request.param],
+                   limits={"max_feedback_batch": 100})
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield {"client": client, "model": model, "truth": Truth(model), "v1": v1, "v2": v2, "state": state, "url": url,
                "topology": request.param}

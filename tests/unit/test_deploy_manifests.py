@@ -123,8 +123,8 @@ def test_the_cluster_config_listens_on_every_node_and_shares_its_state():
     args = AppArgs(**config["applications"][0]["args"])
     # Replicas on several machines cannot share a SQLite file (its WAL needs one host).
     assert not args.state.startswith("sqlite") and "://" in args.state
-    assert args.api_keys_env, "writes on a cluster need API keys"
-    assert all(PurePosixPath(args.model_dir).is_relative_to(root) for root in args.model_roots)
+    assert args.security.api_keys_env, "writes on a cluster need API keys"
+    assert all(PurePosixPath(args.model_dir).is_relative_to(root) for root in args.security.model_roots)
 
 
 # -- command lines ------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def test_the_serving_pods_see_the_model_the_keys_the_port_and_redis():
         mounts = [PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]]
         assert any(PurePosixPath(args.model_dir).is_relative_to(m) for m in mounts), "model_dir is not on a mounted volume"
         env = {e["name"]: e for e in container["env"]}
-        assert env[args.api_keys_env]["valueFrom"]["secretKeyRef"]["name"] == "rayrec-api-keys"
+        assert env[args.security.api_keys_env]["valueFrom"]["secretKeyRef"]["name"] == "rayrec-api-keys"
         assert config["http_options"]["port"] in [p["containerPort"] for p in container["ports"]]
     redis_url = re.match(r"redis://([^:/]+):(\d+)/", args.state)
     service = objects[("Service", redis_url.group(1))]

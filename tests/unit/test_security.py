@@ -98,19 +98,20 @@ def test_app_args_default_the_model_roots_to_the_initial_models_parent(tmp_path)
 
     model = write_toy_model(tmp_path / "models" / "m1", num_items=20, dim=4)
     args = resolve_args(AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/s.db"))
-    assert args.model_roots == [str((tmp_path / "models").resolve())]
-    explicit = resolve_args(AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/s.db", model_roots=[str(tmp_path)]))
-    assert explicit.model_roots == [str(tmp_path.resolve())]
+    assert args.security.model_roots == [str((tmp_path / "models").resolve())]
+    explicit = resolve_args(AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/s.db",
+                                    security={"model_roots": [str(tmp_path)]}))
+    assert explicit.security.model_roots == [str(tmp_path.resolve())]
     with pytest.raises(ConfigError, match="api_keys_file"):
         resolve_args(AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/s.db",
-                             api_keys_file=str(tmp_path / "no-keys.txt")))
+                             security={"api_keys_file": str(tmp_path / "no-keys.txt")}))
 
 
 def test_deployments_get_a_queue_limit_and_a_503_with_retry_after():
     from rayrec.serving.config import AppArgs
     from rayrec.serving.graph.builder import deployment_options
 
-    args = AppArgs(model_dir="/m", retry_after_s=2.5, stages={"scorer": {"max_queued_requests": 7}})
+    args = AppArgs(model_dir="/m", limits={"retry_after_s": 2.5}, stages={"scorer": {"max_queued_requests": 7}})
     options = deployment_options("scorer", args)
     assert options["max_queued_requests"] == 7
     assert options["backpressure_config"] == {"status_code": 503, "retry_after_s": 2.5}
@@ -232,7 +233,7 @@ def test_keys_file_is_not_part_of_logged_args(tmp_path):
 
     key_file = tmp_path / "keys"
     key_file.write_text(KEY)
-    args = AppArgs(model_dir="/m", api_keys_file=str(key_file))
+    args = AppArgs(model_dir="/m", security={"api_keys_file": str(key_file)})
     assert KEY not in args.model_dump_json() and KEY not in repr(args)
     assert os.environ.get("RAYREC_API_KEYS", "") == "" or KEY not in os.environ["RAYREC_API_KEYS"]
 

@@ -126,8 +126,8 @@ def test_the_user_encoder_batches_as_app_args_say(tmp_path):
     from rayrec.state import open_state_store
 
     model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
-    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db", batch_max_size=7,
-                   batch_wait_timeout_s=0.25)
+    args = AppArgs(model_dir=str(model), state=f"sqlite:///{tmp_path}/state.db",
+                   batching={"max_size": 7, "wait_timeout_s": 0.25})
     store = open_state_store(args.state)
     store.ensure_model(args.model_dir)
     store.close()
@@ -142,10 +142,10 @@ def test_the_user_encoder_batches_as_app_args_say(tmp_path):
 def test_max_k_is_the_limit_up_to_the_schema_ceiling():
     from rayrec.serving.schemas import MAX_K, RecommendRequest, SearchRequest
 
-    assert AppArgs(model_dir="m").max_k == 1000
-    assert AppArgs(model_dir="m", max_k=MAX_K).max_k == MAX_K
-    with pytest.raises(ValidationError, match="max_k"):
-        AppArgs(model_dir="m", max_k=MAX_K + 1)
+    assert AppArgs(model_dir="m").limits.max_k == 1000
+    assert AppArgs(model_dir="m", limits={"max_k": MAX_K}).limits.max_k == MAX_K
+    with pytest.raises(ValidationError, match="limits.max_k"):
+        AppArgs(model_dir="m", limits={"max_k": MAX_K + 1})
     # The request schema lets a configured max_k through (the ingress then applies max_k itself).
     assert RecommendRequest(k=MAX_K).k == SearchRequest(query="x", k=MAX_K).k == MAX_K
     with pytest.raises(ValidationError, match="k"):
@@ -173,14 +173,19 @@ def run_serve(model, config_text: str, tmp_path):
      "scorers[0]: invalid options for scorer 'category_diversity': penalty: Input should be greater than or equal to 0"),
     ("feedback_handlers: [{name: no_such_handler}]\n", "feedback_handlers[0]: unknown feedback handler 'no_such_handler'; available: (none)"),
     ("max_kk: 5\n", "invalid serve config: max_kk: Extra inputs are not permitted"),
-], ids=["misspelt-option", "bad-value-in-args-block", "unknown-component", "misspelt-app-arg"])
+    ("limits:\n  max_kk: 5\n", "invalid serve config: limits.max_kk: Extra inputs are not permitted"),
+    ("max_k: 5\nlimits: {max_k: 6}\n",
+     "invalid serve config: `max_k` and `limits.max_k` are the same setting: keep only `limits.max_k`"),
+], ids=["misspelt-option", "bad-value-in-args-block", "unknown-component", "misspelt-app-arg", "misspelt-key-in-a-group",
+        "flat-and-grouped"])
 def test_a_config_error_is_one_line_naming_file_component_and_field(tmp_path, config_text, expected):
     model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
     result, _, config = run_serve(model, config_text, tmp_path)
     assert result.returncode != 0
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
-    assert lines == [f"Error: {config}: {expected}"], result.stderr
+    assert lines[-1:] == [f"Error: {config}: {expected}"], result.stderr
+    assert all("is now" in line for line in lines[:-1]), result.stderr  # at most deprecation notes before it
     assert "starting Ray" not in result.stderr  # it failed before Ray started
 
 
@@ -199,3 +204,89 @@ def test_cli_help_lists_the_options():
     assert result.exit_code == 0
     for option in ["--model", "--host", "--port", "--state", "--config", "--topology", "--direct-ingress"]:
         assert option in result.output
+
+
+# -- AppArgs grouped by concern, the first flat form still accepted --------------------------
+FLAT = {"model_dir": "m", "max_k": 50, "batch_max_size": 4, "batch_wait_timeout_s": 0.01, "rerank_pool": 40,
+        "exact_search_max_items": 10, "ann": {"m": 16}, "filter_seen": False, "api_keys_file": "keys.txt",
+        "model_roots": ["/models"], "threads_per_replica": 2, "replica_env": {"X": "1"}, "access_log": True,
+        "request_log": "-", "ann_recall_probe_interval_s": 0, "max_feedback_batch": 10, "max_body_bytes": 4096,
+        "retry_after_s": 2.0, "api_keys_env": "KEYS"}
+GROUPED = {"model_dir": "m", "limits": {"max_k": 50, "max_feedback_batch": 10, "max_body_bytes": 4096, "retry_after_s": 2.0},
+           "batching": {"max_size": 4, "wait_timeout_s": 0.01},
+           "retrieval": {"rerank_pool": 40, "exact_search_max_items": 10, "ann": {"m": 16}, "filter_seen": False},
+           "security": {"api_keys_file": "keys.txt", "model_roots": ["/models"], "api_keys_env": "KEYS"},
+           "replica": {"threads": 2, "env": {"X": "1"}},
+           "observability": {"access_log": True, "request_log": "-", "ann_recall_probe_interval_s": 0}}
+
+
+@pytest.fixture
+def fresh_flat_warnings(monkeypatch):
+    """Each flat key warns once per process: start this test with none warned yet."""
+    from rayrec.serving import config
+
+    monkeypatch.setattr(config, "_warned_flat_keys", set())
+
+
+def test_the_flat_form_still_works_and_warns_once_per_key_with_the_new_spelling(fresh_flat_warnings):
+    from rayrec.serving.config import FLAT_KEYS
+
+    assert set(FLAT) - {"model_dir"} == set(FLAT_KEYS)  # every flat key of the first form is covered
+    with pytest.warns(DeprecationWarning) as caught:
+        flat = AppArgs(**FLAT)
+    assert flat == AppArgs(**GROUPED)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == len(FLAT_KEYS)
+    assert "serve config: `max_k` is now `limits.max_k`; the flat form will be removed" in messages
+    assert "serve config: `threads_per_replica` is now `replica.threads`; the flat form will be removed" in messages
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        AppArgs(model_dir="m", max_k=20)  # once per key: no second warning
+        AppArgs(**GROUPED)  # the grouped form never warns
+
+
+def test_a_flat_key_and_its_group_mix_and_the_group_wins_nothing_silently(fresh_flat_warnings):
+    args = AppArgs(model_dir="m", max_k=50, limits={"retry_after_s": 3.0})
+    assert (args.limits.max_k, args.limits.retry_after_s) == (50, 3.0)
+    with pytest.raises(ValidationError, match="`max_k` and `limits.max_k` are the same setting"):
+        AppArgs(model_dir="m", max_k=50, limits={"max_k": 60})
+
+
+def test_every_deploy_file_uses_the_grouped_form():
+    import warnings
+
+    from rayrec.serving import config
+
+    for name in ("serve.yaml", "serve-cluster.yaml"):
+        document = yaml.safe_load((REPO / "deploy" / name).read_text())
+        [app] = document["applications"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DeprecationWarning)
+            assert not set(app["args"]) & set(config.FLAT_KEYS), name
+            AppArgs(**app["args"])
+
+
+def test_rayrec_serve_shows_the_flat_form_note_and_merges_flags_into_the_groups(tmp_path, monkeypatch,
+                                                                                 fresh_flat_warnings):
+    from rayrec import cli
+    from rayrec.errors import RayrecError
+    from rayrec.serving import app
+
+    seen = {}
+
+    def stop_before_ray(args):
+        seen["args"] = args
+        raise RayrecError("stopped before Ray")
+
+    monkeypatch.setattr(app, "resolve_args", stop_before_ray)
+    config = tmp_path / "serve.yaml"
+    config.write_text("max_k: 50\nobservability: {access_log: true}\nsecurity: {api_keys_env: KEYS}\n")
+    result = CliRunner().invoke(cli.cli, ["serve", "--model", str(tmp_path), "--config", str(config),
+                                          "--request-log", "-", "--api-keys-file", "keys.txt"])
+    assert f"{config}: serve config: `max_k` is now `limits.max_k`; the flat form will be removed" in result.output
+    args = seen["args"]
+    assert args.limits.max_k == 50
+    assert (args.observability.access_log, args.observability.request_log) == (True, "-")
+    assert (args.security.api_keys_env, args.security.api_keys_file) == ("KEYS", "keys.txt")

@@ -50,19 +50,20 @@ def memory_mb(name: str, args: AppArgs) -> int:
 def deployment_options(name: str, args: AppArgs) -> dict[str, Any]:
     """Ray Serve ``.options(...)`` of stage ``name`` (a field of ``args.stages``)."""
     stage = getattr(args.stages, name)
-    env = {var: str(args.threads_per_replica) if var.endswith("THREADS") else value for var, value in SINGLE_THREAD_ENV.items()}
-    env.update(args.replica_env)
+    env = {var: str(args.replica.threads) if var.endswith("THREADS") else value
+           for var, value in SINGLE_THREAD_ENV.items()}
+    env.update(args.replica.env)
     return {
         **stage.deployment_options(),
         # Overload answers 503 with Retry-After at once (at the proxy for the ingress, in the
         # ingress for the inner stages) instead of letting requests time out in a queue.
-        "backpressure_config": {"status_code": 503, "retry_after_s": args.retry_after_s},
+        "backpressure_config": {"status_code": 503, "retry_after_s": args.limits.retry_after_s},
         "ray_actor_options": {
             "num_cpus": stage.num_cpus,
             "memory": memory_mb(name, args) * 2**20,  # Ray counts bytes
             "runtime_env": {"env_vars": env},
         },
-        "logging_config": {"enable_access_log": args.access_log},
+        "logging_config": {"enable_access_log": args.observability.access_log},
     }
 
 

@@ -105,7 +105,7 @@ class _ModelStage:
         self.slots = ModelSlots(self.store, self._build)
         self._load_lock = asyncio.Lock()
         self.slots.get()  # the live model, loaded before the replica takes traffic
-        limit_threads(args.threads_per_replica)
+        limit_threads(args.replica.threads)
 
     def _build(self, record: ModelGeneration) -> Any:  # pragma: no cover - per stage
         raise NotImplementedError
@@ -118,7 +118,7 @@ class _ModelStage:
         else:
             async with self._load_lock:  # load off the event loop: in-flight requests continue
                 logic = await asyncio.to_thread(self.slots.load, generation)
-            limit_threads(self.args.threads_per_replica)
+            limit_threads(self.args.replica.threads)
         serving_metrics().record_model(self.stage, generation, str(logic.model.version))
         return logic
 
@@ -160,9 +160,9 @@ class UserEncoder(_ModelStage):
 
     def __init__(self, args: AppArgs) -> None:
         self._init_stage(args)
-        # The one place batching is configured: AppArgs.batch_max_size / batch_wait_timeout_s.
-        self.encode_batch.set_max_batch_size(args.batch_max_size)
-        self.encode_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        # The one place batching is configured: AppArgs.batching (max_size, wait_timeout_s).
+        self.encode_batch.set_max_batch_size(args.batching.max_size)
+        self.encode_batch.set_batch_wait_timeout_s(args.batching.wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> UserEncoderLogic:
         logic = UserEncoderLogic(load_model_dir(record.model_dir))
@@ -209,13 +209,13 @@ class _CatalogueMethods:
             item_records(model, model_dir),
             scorers=self.scorers,
             candidate_filters=self.candidate_filters,
-            exact_search_max_items=self.args.exact_search_max_items,
-            ann_options=self.args.ann.model_dump(),
-            filter_seen=self.args.filter_seen,
+            exact_search_max_items=self.args.retrieval.exact_search_max_items,
+            ann_options=self.args.retrieval.ann.model_dump(),
+            filter_seen=self.args.retrieval.filter_seen,
             candidate_sources=self.candidate_sources,
             search=self.args.search,
             new_items=self.args.new_items,
-            rerank_pool=self.args.rerank_pool,
+            rerank_pool=self.args.retrieval.rerank_pool,
         )
 
     async def _scorer(self, generation: int | None = None) -> ScorerLogic:  # pragma: no cover - per class
@@ -224,7 +224,7 @@ class _CatalogueMethods:
     def _start_recall_probe(self) -> None:
         """Sample the index's recall@10 every ``ann_recall_probe_interval_s`` (started on first use:
         the constructor has no running event loop to attach a task to)."""
-        if self._recall_probe is None and self.args.ann_recall_probe_interval_s > 0:
+        if self._recall_probe is None and self.args.observability.ann_recall_probe_interval_s > 0:
             self._recall_probe = asyncio.get_running_loop().create_task(self._probe_recall_forever())
 
     async def _probe_recall_forever(self) -> None:
@@ -236,7 +236,7 @@ class _CatalogueMethods:
                 serving_metrics().record_ann_recall(scorer.index.recall_at_k(samples=8, k=10))
             except Exception:
                 logger.exception("the ANN recall probe failed")
-            await asyncio.sleep(self.args.ann_recall_probe_interval_s)
+            await asyncio.sleep(self.args.observability.ann_recall_probe_interval_s)
 
     async def _search(self, scorer: ScorerLogic, request: SearchRequest, prepared: PreparedRequest | None,
                       user_vector: np.ndarray | None, attributions: np.ndarray | None) -> dict[str, Any]:
@@ -319,8 +319,8 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
         self.extractors = components("feature_extractor", args.feature_extractors)
         self._init_scoring(args)
         self._init_stage(args)
-        self._recommend_batch.set_max_batch_size(args.batch_max_size)
-        self._recommend_batch.set_batch_wait_timeout_s(args.batch_wait_timeout_s)
+        self._recommend_batch.set_max_batch_size(args.batching.max_size)
+        self._recommend_batch.set_batch_wait_timeout_s(args.batching.wait_timeout_s)
 
     def _build(self, record: ModelGeneration) -> PipelineLogic:
         model = load_model_dir(record.model_dir)  # one copy of the model for the three stages
@@ -374,7 +374,7 @@ class FeedbackIngestor:
             args.event_weights,
             handlers=components("feedback_handler", args.feedback_handlers),
             on_ingested=lambda events: pm.hook.feedback_ingested(events=events),
-            max_batch=args.max_feedback_batch,
+            max_batch=args.limits.max_feedback_batch,
         )
 
     @timed

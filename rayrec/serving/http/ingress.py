@@ -86,11 +86,12 @@ class Ingress:
         self.feedback = feedback
         self.args = args
         self.metrics = serving_metrics()
-        self.request_log = RequestLog(args.request_log) if args.request_log else None
+        self.request_log = RequestLog(args.observability.request_log) if args.observability.request_log else None
         # Keys are read here, in the replica, and kept only as digests; never logged.
-        keys = load_api_keys(args.api_keys_file, env_var=args.api_keys_env)
+        keys = load_api_keys(args.security.api_keys_file, env_var=args.security.api_keys_env)
         self.guard_policy = GuardPolicy(
-            keys=keys, max_body_bytes=args.max_body_bytes, retry_after_s=args.retry_after_s, on_response=self._on_response
+            keys=keys, max_body_bytes=args.limits.max_body_bytes, retry_after_s=args.limits.retry_after_s,
+            on_response=self._on_response,
         )
         logger.info("ingress ready: %s; writes %s", keys, "need an API key" if keys else "are open (no API keys configured)")
 
@@ -110,8 +111,8 @@ class Ingress:
     # exclude_unset: an item carries title/text/categories only when ``include`` asked for them.
     @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_unset=True, responses=READ)
     async def recommend(self, request: RecommendRequest) -> Any:
-        if request.k > self.args.max_k:
-            raise RequestError("k", f"at most {self.args.max_k}")
+        if request.k > self.args.limits.max_k:
+            raise RequestError("k", f"at most {self.args.limits.max_k}")
         if request.scorer_options:
             check_scorer_options(self.args.scorers, request.scorer_options)
         return StageError.raise_for(await self.reads.recommend(request))
@@ -122,8 +123,8 @@ class Ingress:
 
         404 when this server has no text model for search (see ``search`` in the app arguments).
         """
-        if request.k > self.args.max_k:
-            raise RequestError("k", f"at most {self.args.max_k}")
+        if request.k > self.args.limits.max_k:
+            raise RequestError("k", f"at most {self.args.limits.max_k}")
         return StageError.raise_for(await self.reads.search(request))
 
     @app.post("/feedback", response_model=FeedbackResponse, responses=WRITE, dependencies=[Security(WRITE_ACCESS)])
@@ -136,8 +137,8 @@ class Ingress:
     async def similar_items(
         self, item_id: str = Path(min_length=1, max_length=MAX_ID_LENGTH), k: int = Query(10, ge=1, le=MAX_K)
     ) -> Any:
-        if k > self.args.max_k:
-            raise RequestError("k", f"at most {self.args.max_k}")
+        if k > self.args.limits.max_k:
+            raise RequestError("k", f"at most {self.args.limits.max_k}")
         return StageError.raise_for(await self.reads.similar(item_id, k))
 
     @app.get("/items/{item_id}", response_model=ItemOut, responses=openapi_errors(404))
@@ -172,7 +173,7 @@ class Ingress:
         if not os.path.isabs(body.model_dir):
             raise RequestError("model_dir", "must be an absolute path (replicas may run in another directory)")
         try:
-            model_dir = check_model_root(body.model_dir, self.args.model_roots)
+            model_dir = check_model_root(body.model_dir, self.args.security.model_roots)
         except PermissionError as exc:
             raise ForbiddenError("model_dir", str(exc)) from None
         except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte

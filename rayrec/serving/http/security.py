@@ -104,10 +104,10 @@ def load_api_keys(keys_file: str | None = None, env_var: str | None = API_KEYS_E
         try:
             text = path.read_text()
         except OSError as exc:
-            raise ConfigError(f"api_keys_file {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+            raise ConfigError(f"security.api_keys_file {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
         file_keys = parse_key_file(text)
         if not file_keys:
-            raise ConfigError(f"api_keys_file {str(path)!r}: no key in it (one key per line; '#' starts a comment)")
+            raise ConfigError(f"security.api_keys_file {str(path)!r}: no key in it (one key per line; '#' starts a comment)")
         keys += file_keys
     return ApiKeys(keys)
 
@@ -164,7 +164,7 @@ def check_model_root(model_dir: str, roots: Sequence[str]) -> str:
     shown = ", ".join(roots) or "(none)"
     raise PermissionError(
         f"{model_dir!r} is outside the allowed model roots ({shown}); put the model under one of them "
-        "or add its parent directory to model_roots"
+        "or add its parent directory to security.model_roots"
     )
 
 

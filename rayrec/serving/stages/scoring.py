@@ -55,7 +55,7 @@ class CatalogView:
 def rerank_pool_size(k: int, configured: int | None = None) -> int:
     """How many candidates the re-rankers see for a request of ``k`` items.
 
-    ``configured`` (``AppArgs.rerank_pool``) when set, else ``min(max(2k, k + 20), 2000)``;
+    ``configured`` (``AppArgs.retrieval.rerank_pool``) when set, else ``min(max(2k, k + 20), 2000)``;
     never fewer than ``k``, so re-ranking alone never shortens the answer.
     """
     pool = configured if configured is not None else min(max(2 * k, k + 20), 2000)
