@@ -7,8 +7,10 @@ metadata. ``config.json``'s ``model_kind`` says how user vectors are made from a
 by the trained user tower (:class:`rayrec.models.trained.TrainedModel`), ``"als"`` by an
 exact least-squares fold-in (:class:`rayrec.models.als_model.ALSModel`), ``"ease"`` as the
 multi-hot vector of the history's items (:class:`rayrec.models.ease_model.EASEModel`),
-``"toy"`` by a recency-weighted mean (:class:`rayrec.models.toy.ToyModel`, an untrained model
-of known structure for tests, demos and benchmarks).
+``"blend"`` by each of its parts, concatenated (:class:`rayrec.models.blend.BlendModel`, a
+sequential and an order-free model that model selection blended), ``"toy"`` by a
+recency-weighted mean (:class:`rayrec.models.toy.ToyModel`, an untrained model of known
+structure for tests, demos and benchmarks).
 
 :func:`load_model_dir` is the one loader: training's checks, ``rayrec recommend`` and every
 serving stage call it.
@@ -38,6 +40,7 @@ MODEL_KINDS = {
     "als": "rayrec.models.als_model:ALSModel",
     "ease": "rayrec.models.ease_model:EASEModel",
     "toy": "rayrec.models.toy:ToyModel",
+    "blend": "rayrec.models.blend:BlendModel",
 }
 #: Files every model directory has, whatever its kind.
 COMMON_FILES = ("config.json", "user_vocab.json", "item_vocab.json", "item_embeddings.npy", "item_popularity.npy",

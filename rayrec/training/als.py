@@ -12,6 +12,7 @@ import numpy as np
 from rayrec.evaluation.protocol import evaluate_ranking
 from rayrec.models.als import ALSParams, fit_als, fold_in, item_gram
 from rayrec.training.prepare import PreparedData, validation_split
+from rayrec.training.shortlists import write_shortlists
 
 #: Tried in turn, each stage keeping the best value so far: regularisation matters most,
 #: then the confidence slope, then the dimension.
@@ -47,9 +48,10 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
     train, targets = validation_split(data.sequences, zero_based=True)
     tried: list[dict[str, Any]] = []
     best: tuple[dict[str, float], ALSParams] | None = None
+    best_factors: np.ndarray | None = None
 
     def attempt(params: ALSParams) -> None:
-        nonlocal best
+        nonlocal best, best_factors
         if tried and deadline is not None and time.time() > deadline:
             return
         if any(t["params"] == params.model_dump() for t in tried):
@@ -62,7 +64,7 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
                       "seconds": round(time.perf_counter() - fit_started, 2)})
         log(f"ALS {params.model_dump()}: val NDCG@10 {scores['ndcg']:.4f} HR@10 {scores['hr']:.4f}")
         if best is None or scores["ndcg"] > best[0]["ndcg"]:
-            best = (scores, params)
+            best, best_factors = (scores, params), factors
 
     for regularization in REGULARIZATIONS:
         attempt(ALSParams(factors=FACTORS[0], regularization=regularization, alpha=ALPHAS[0]))
@@ -71,6 +73,11 @@ def train_als(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadlin
     for factors in FACTORS:
         attempt(best[1].model_copy(update={"factors": factors}))
     scores, params = best
+    gram = item_gram(best_factors)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    write_shortlists(out_dir, lambda _, histories: fold_in(best_factors, histories, params, gram) @ best_factors.T,
+                     train, targets)  # what a blend is chosen on
+    del best_factors
     # The final model also learns from the held-out items: the most recent ones, and the
     # nearest in time to what it will be asked to predict.
     item_factors = fit_als([s - 1 for s in data.sequences], data.num_items, params, seed=seed, threads=threads)

@@ -16,6 +16,7 @@ from rayrec.evaluation.baselines import EASE_L2_GRID, EASEBaseline, fit_ease_tun
 from rayrec.models.ease_model import EASE_MAX_ITEMS
 from rayrec.models.threads import compute_threads
 from rayrec.training.prepare import PreparedData, validation_split
+from rayrec.training.shortlists import write_shortlists
 
 #: The grid of the EASE baseline, nearest to Steck's usual l2 = 500 first (on a log scale), so
 #: a deadline cuts the least likely values.
@@ -46,6 +47,8 @@ def train_ease(data: PreparedData, out_dir: str | Path, *, seed: int = 0, deadli
         for row in tried:
             log(f"EASE l2={row['l2']:g}: val NDCG@10 {row['val_ndcg@10']:.4f} HR@10 {row['val_hr@10']:.4f}")
         best = tuned.validation_metrics[l2]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_shortlists(out_dir, lambda _, histories: tuned.score_histories(histories), train, targets)  # what a blend is chosen on
         del tuned  # its (N, N) matrices; the final fit needs as much again
         search_seconds = time.perf_counter() - started
         # The final model also learns from the held-out items: the most recent ones, and the

@@ -60,8 +60,10 @@ def _training_curve(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, Any], out_dir: Path,
-                     extra_metrics: dict[str, Any] | None = None) -> Path:
-    """Write the best weights and everything serving needs into ``out_dir``; returns it."""
+                     extra_metrics: dict[str, Any] | None = None, shortlists: bool = False) -> Path:
+    """Write the best weights and everything serving needs into ``out_dir``; returns it.
+    ``shortlists``: also the validation shortlists of the model validation chose (a
+    selection candidate's, :mod:`rayrec.training.shortlists`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     state = saved["state"]
@@ -106,4 +108,25 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     )
     if history:
         _training_curve(history, out_dir / "training_curve.png")
+    if shortlists:
+        _write_validation_shortlists(data, config, state.get("validation_model") or weights, out_dir)
     return out_dir
+
+
+def _write_validation_shortlists(data: PreparedData, config: TrainConfig, weights: dict[str, Any],
+                                 out_dir: Path) -> None:
+    from rayrec.training.loop import score_histories
+    from rayrec.training.prepare import validation_split
+    from rayrec.training.shortlists import write_shortlists
+
+    model = build_two_tower(config.model, data.num_items, data.item_inputs,
+                            num_user_feature_values=len(data.user_feature_vocab))
+    model.load_state_dict(weights)
+    model.eval()
+    with torch.no_grad():
+        table = model.item_table()
+    features = data.user_features if model.user_feature_embedding is not None else None
+    train, targets = validation_split(data.sequences, zero_based=True)
+    write_shortlists(out_dir, lambda rows, histories: score_histories(
+        model, [h + 1 for h in histories], config.model.max_len, table,
+        user_features=None if features is None else features[rows]), train, targets)

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 from rayrec.training.config import TrainConfig
 from rayrec.training.prepare import PreparedData
+from rayrec.training.shortlists import MIN_RELATIVE_GAIN, Shortlists, best_blend
 
 SELECTION_DIR = ".selection"
 SELECTION_FILE = "selection.json"
@@ -153,7 +154,7 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
         config = TrainConfig(**candidate.config)
         candidate_data = with_item_features(data, config)
         train_distributed(candidate_data, out_dir, config, deadline=deadline, callbacks=[TuneReportCallback()],
-                          log=lambda line: print(f"[{candidate.name}] {line}", flush=True))
+                          log=lambda line: print(f"[{candidate.name}] {line}", flush=True), shortlists=True)
         details = None
     metrics = json.loads((out_dir / "metrics.json").read_text())
     if details is None:  # a two-tower run: what its metrics say about the epochs
@@ -226,13 +227,26 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
     if not finished:
         errors = "; ".join(f"{row['candidate']}: {row['status']}" for row in rows)
         raise RuntimeError(f"no candidate model finished training ({errors})")
-    winner = max(finished, key=lambda row: row["val_ndcg@10"])
+    best_single = max(finished, key=lambda row: row["val_ndcg@10"])
+    blend = _blend_row(finished, candidates, work_dir)
+    if blend is not None:
+        rows.append(blend)
+    gain_needed = best_single["val_ndcg@10"] * (1 + MIN_RELATIVE_GAIN)
+    winner = blend if blend is not None and blend["val_ndcg@10"] >= gain_needed else best_single
     for row in rows:
         row["selected"] = row is winner
-    runner_up = max((r for r in finished if r is not winner), key=lambda r: r["val_ndcg@10"], default=None)
+    runner_up = max((r for r in rows if r is not winner and r is not blend and r["val_ndcg@10"] is not None),
+                    key=lambda r: r["val_ndcg@10"], default=None)
     reason = (f"highest validation NDCG@10 ({winner['val_ndcg@10']:.4f}"
               + (f" vs {runner_up['val_ndcg@10']:.4f} for {runner_up['candidate']})" if runner_up else ")"))
-    _install_winner(work_dir / winner["candidate"], out_dir)
+    if blend is not None and winner is not blend:
+        reason += (f"; the blend {blend['candidate']} ({blend['val_ndcg@10']:.4f}) gains less than "
+                   f"{MIN_RELATIVE_GAIN:.0%} over it")
+    if winner is blend:
+        _install_blend(work_dir, blend, data, out_dir)
+    else:
+        shutil.rmtree(out_dir / "parts", ignore_errors=True)  # an older blend's
+        _install_winner(work_dir / winner["candidate"], out_dir)
     record = {"selected": winner["candidate"], "reason": reason, "budget_s": config.search.budget_s,
               "seconds": time.time() - started, "candidates": rows}
     (out_dir / SELECTION_FILE).write_text(json.dumps(record, indent=2))
@@ -244,6 +258,57 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
         log(line)
     shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
+
+
+def _blend_row(finished: list[dict[str, Any]], candidates: list[Candidate], work_dir: Path) -> dict[str, Any] | None:
+    """The best sequential candidate blended with the best order-free one, weighted on their
+    validation shortlists (:mod:`rayrec.training.shortlists`), as a row of the table; None
+    when there are not one of each with shortlists."""
+    kinds = {c.name: c.kind for c in candidates}
+
+    def best(kind_matches) -> dict[str, Any] | None:
+        return max((r for r in finished if kind_matches(kinds.get(r["candidate"]))),
+                   key=lambda r: r["val_ndcg@10"], default=None)
+
+    sequential, order_free = best(lambda kind: kind == "two_tower"), best(lambda kind: kind in ORDER_FREE_KINDS)
+    if sequential is None or order_free is None:
+        return None
+    first = Shortlists.load(work_dir / sequential["candidate"])
+    second = Shortlists.load(work_dir / order_free["candidate"])
+    found = None if first is None or second is None else best_blend(first, second)
+    if found is None:
+        return None
+    names = [sequential["candidate"], order_free["candidate"]]
+    return {"candidate": "+".join(names), "val_ndcg@10": found.val_ndcg, "val_hr@10": found.val_hr, "seconds": None,
+            "details": {"parts": names, "weight": found.weight}, "status": "ok",
+            "description": f"blend: {names[0]} + {found.weight:.3g} x {names[1]} (weight chosen on validation)"}
+
+
+def _install_blend(work_dir: Path, blend: dict[str, Any], data: PreparedData, out_dir: Path) -> None:
+    """Write the blend of two candidates into ``out_dir``: each part's model under
+    ``parts/<name>/`` and the blend's own files (:mod:`rayrec.models.blend`)."""
+    import numpy as np
+
+    from rayrec.models.blend import MODEL_KIND, blend_item_embeddings
+    from rayrec.training.model_dir import write_model_dir
+
+    names, weight = blend["details"]["parts"], float(blend["details"]["weight"])
+    for path in list(out_dir.iterdir()):  # an older model in out_dir
+        if not path.name.startswith("."):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in names:
+        _install_winner(work_dir / name, out_dir / "parts" / name)
+    parts = [(np.load(out_dir / "parts" / name / "item_embeddings.npy"), w) for name, w in zip(names, (1.0, weight))]
+    first_config = json.loads((out_dir / "parts" / names[0] / "config.json").read_text())
+    first_metrics = json.loads((out_dir / "parts" / names[0] / "metrics.json").read_text())
+    write_model_dir(
+        out_dir, data, model_kind=MODEL_KIND, model_format=1, item_embeddings=blend_item_embeddings(parts),
+        config={"blend": {"parts": [{"dir": f"parts/{name}", "weight": w} for name, w in zip(names, (1.0, weight))]},
+                # What serving reads from a model's config (text search's extractor, categories).
+                **{key: first_config[key] for key in ("train_config", "category_vocab") if key in first_config}},
+        metrics={"best_val_ndcg@10": blend["val_ndcg@10"], "best_val_hr@10": blend["val_hr@10"],
+                 **{key: first_metrics.get(key) for key in ("best_epoch", "epochs_trained", "history")}},
+    )
 
 
 def _selection_rows(results, candidates: list[Candidate]) -> list[dict[str, Any]]:
@@ -267,6 +332,7 @@ def _selection_rows(results, candidates: list[Candidate]) -> list[dict[str, Any]
 
 def _install_winner(candidate_dir: Path, out_dir: Path) -> None:
     """Move the winning candidate's model files into ``out_dir`` (replacing an older model)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     for path in candidate_dir.iterdir():
         if path.name.startswith("."):
             continue  # its checkpoints stay behind with the other candidates'
@@ -280,12 +346,12 @@ def _install_winner(candidate_dir: Path, out_dir: Path) -> None:
 
 def format_selection(record: dict[str, Any]) -> str:
     """The selection table ``rayrec train`` prints."""
-    lines = [f"{'candidate':<13}{'val NDCG@10':>12}{'val HR@10':>11}{'seconds':>9}  result"]
+    lines = [f"{'candidate':<18}{'val NDCG@10':>12}{'val HR@10':>11}{'seconds':>9}  result"]
     for row in record["candidates"]:
         ndcg = "-" if row.get("val_ndcg@10") is None else f"{row['val_ndcg@10']:.4f}"
         hr = "-" if row.get("val_hr@10") is None else f"{row['val_hr@10']:.4f}"
         seconds = "-" if row.get("seconds") is None else f"{row['seconds']:.0f}"
         result = "selected" if row.get("selected") else row["status"]
-        lines.append(f"{row['candidate']:<13}{ndcg:>12}{hr:>11}{seconds:>9}  {result}")
+        lines.append(f"{row['candidate']:<18}{ndcg:>12}{hr:>11}{seconds:>9}  {result}")
     lines.append(f"selected {record['selected']}: {record['reason']}")
     return "\n".join(lines)

@@ -162,11 +162,13 @@ def worker_layout(config: TrainConfig, cluster_cpus: float) -> tuple[int, float]
 
 def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConfig, *,
                       resume: bool = False, log: Callable[[str], None] = print,
-                      deadline: float | None = None, callbacks: list | None = None) -> Path:
+                      deadline: float | None = None, callbacks: list | None = None,
+                      shortlists: bool = False) -> Path:
     """Train with Ray Train workers (see :func:`worker_layout`) and write the model directory.
 
     ``deadline`` (unix time): stop after the last epoch that fits, keeping the best one so far.
     ``callbacks``: Ray Train callbacks, e.g. Tune's report callback inside a selection trial.
+    ``shortlists``: also write the validation shortlists a selection blend is chosen on.
     """
     import ray
     import ray.train
@@ -224,4 +226,4 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
         f"{saved['state']['best_ndcg']:.4f} at epoch {saved['state']['best_epoch']}")
     return export_model_dir(data, config, saved, out_dir,
                             extra_metrics={"train_wall_seconds": wall_seconds, "num_workers": num_workers,
-                                           "threads_per_worker": threads})
+                                           "threads_per_worker": threads}, shortlists=shortlists)

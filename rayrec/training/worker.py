@@ -239,6 +239,7 @@ def _fit_held_out_items(model: torch.nn.Module, state: dict[str, Any], final_epo
     too instead of never seeing them as targets.
     """
     model.load_state_dict({k: v.to(device) for k, v in state["best_model"].items()})
+    state["validation_model"] = state["best_model"]  # what validation saw (a blend is chosen on it)
     for offset in range(final_epochs):
         loss, _ = train_epoch(state["epoch"] + offset)
         log(f"final epoch {offset + 1}/{final_epochs} with the validation items: loss {loss:.4f}")
