@@ -1,12 +1,10 @@
-"""``rayrec recommend``: batch top-K recommendations for training users, as JSON lines."""
+"""``rayrec recommend``: batch top-K recommendations for training users (see :mod:`rayrec.batch.recommend`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
-import numpy as np
 
 from rayrec.errors import DataError
 
@@ -29,33 +27,28 @@ def read_user_list(path: str) -> list[str]:
 @click.command()
 @click.option("--model", "model_dir", required=True, type=click.Path(file_okay=False), help="Model directory from rayrec train.")
 @click.option("-k", "k", type=click.IntRange(1, 10_000), default=10, show_default=True, help="Items per user.")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output JSON-lines file.")
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="Output: one JSON-lines file, or with --format a directory of shards.")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "parquet"]), default=None,
+              help="Write a directory of JSON-lines or Parquet shards (one per block of users) instead of one file.")
 @click.option("--users", "users_path", default=None, help="Only these users: a text file with one id per line, or a CSV with user_id.")
-def recommend(model_dir, k, out_path, users_path):
-    """Write the top K unseen items for every training user (or the listed ones)."""
-    from rayrec.models.servable import load_model_dir
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Model copies scoring in parallel (default: one per CPU Ray sees).")
+@click.option("--users-per-shard", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="With --format: the most users in one shard file.")
+def recommend(model_dir, k, out_path, output_format, users_path, actors, users_per_shard):
+    """Write the top K unseen items for every training user (or the listed ones).
 
-    model = load_model_dir(model_dir)  # any model_kind (two-tower, ALS)
-    user_ids = read_user_list(users_path) if users_path else model.user_vocab.ids
-    known = [(uid, model.user_vocab.index_of(uid)) for uid in user_ids]
-    known_rows = [index for _, index in known if index is not None]
-    items, scores = model.recommend_indices(known_rows, k)
-    by_user = {row: (items[i], scores[i]) for i, row in enumerate(known_rows)}
-    popular = np.argsort(-model.item_popularity, kind="stable")[:k]
-    unknown = 0
-    with open(out_path, "w") as handle:
-        for user_id, index in known:
-            if index is None:
-                # Not seen in training: the most popular items, scored by their popularity.
-                unknown += 1
-                top, top_scores = popular, model.item_popularity[popular]
-            else:
-                top, top_scores = by_user[index]
-            handle.write(json.dumps({
-                "user_id": user_id,
-                "items": model.item_vocab.decode(top.tolist()),
-                "scores": [round(float(s), 6) for s in top_scores],
-            }) + "\n")
-    click.echo(f"wrote top-{k} recommendations for {len(known):,} users to {out_path}")
-    if unknown:
-        click.echo(f"{unknown:,} listed users were not seen in training and got the most popular items", err=True)
+    The users are scored on Ray Data by a pool of actors, each holding one copy of the model.
+    """
+    from rayrec.batch.recommend import recommend_all
+
+    user_ids = read_user_list(users_path) if users_path else None
+    written = recommend_all(model_dir, k, out_path, output_format=output_format, user_ids=user_ids, actors=actors,
+                            users_per_shard=users_per_shard)
+    where = f"{written['shards']} {output_format} shards in {out_path}" if output_format else out_path
+    click.echo(f"wrote top-{k} recommendations for {written['users']:,} users to {where} "
+               f"({written['actors']} model copies)")
+    if written["unknown"]:
+        click.echo(f"{written['unknown']:,} listed users were not seen in training and got the most popular items",
+                   err=True)

@@ -20,6 +20,7 @@ FORBIDDEN = {
     "data": ("rayrec.training", "rayrec.models", "rayrec.evaluation", "rayrec.serving", "rayrec.cli"),
     "evaluation": ("rayrec.training", "rayrec.models", "rayrec.serving", "rayrec.cli"),
     "state": ("rayrec.training", "rayrec.models", "rayrec.serving", "rayrec.cli"),
+    "batch": ("rayrec.serving", "rayrec.cli"),
     # Serving's rooms: stage logic runs without Ray or HTTP; the graph knows nothing of HTTP;
     # only rayrec/serving/app.py puts the two together.
     "serving/stages": ("ray", "fastapi", "starlette", "rayrec.serving.graph", "rayrec.serving.http",
