@@ -77,10 +77,10 @@ class BatchRecommender:
     def __init__(self, model_dir: str, k: int, threads: int) -> None:
         import torch
 
-        from rayrec.models.trained import load_model
+        from rayrec.models.servable import load_model_dir
 
         torch.set_num_threads(max(1, int(threads)))
-        self.model = load_model(model_dir)
+        self.model = load_model_dir(model_dir)
         self.k = k
         self.popular = np.argsort(-self.model.item_popularity, kind="stable")[:k]
 
@@ -148,13 +148,13 @@ def recommend_all(model_dir: str | Path, k: int, out: str | Path, *, output_form
     """
     import ray
 
-    from rayrec.models.trained import load_model
+    from rayrec.models.servable import load_model_dir
     from rayrec.training.trainer import ensure_ray, ray_log_level
 
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise DataError(f"unknown output format {output_format!r}; use one of {', '.join(OUTPUT_FORMATS)}")
     model_dir, out = str(Path(model_dir).resolve()), Path(out)
-    vocabulary = load_model(model_dir).user_vocab  # the actors hold the copies that score
+    vocabulary = load_model_dir(model_dir).user_vocab  # the actors hold the copies that score
     unknown = 0 if user_ids is None else sum(1 for user_id in user_ids if user_id not in vocabulary)
     if output_format is not None:
         _check_output_directory(out, output_format)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from rayrec.batch.recommend import pool_layout, recommend_all
 from rayrec.cli import cli
-from rayrec.models.trained import load_model
+from rayrec.models.servable import load_model_dir
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def two_cpu_ray():
 def expected_lists(model_dir, k):
     """What the model itself ranks for every training user, in process, no Ray. Scores match
     to rounding: the product of a batch of user vectors and the items rounds by the batch."""
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     items, scores = model.recommend_indices(list(range(len(model.user_vocab))), k)
     return {user_id: (model.item_vocab.decode(items[row].tolist()), [round(float(s), 6) for s in scores[row]])
             for row, user_id in enumerate(model.user_vocab.ids)}
@@ -54,7 +54,7 @@ def test_one_file_keeps_the_users_order_and_the_models_lists(model_dir, two_cpu_
     written = recommend_all(model_dir, 5, out)
     assert written["actors"] == 2  # one model copy per CPU of the 2-CPU Ray, and it finished
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     assert [line["user_id"] for line in lines] == model.user_vocab.ids  # 700 users, two actors, in order
     expected = expected_lists(model_dir, 5)
     for line in lines:
@@ -84,7 +84,7 @@ def test_shards_hold_every_user_once_with_the_same_lists(model_dir, two_cpu_ray,
 
 
 def test_listed_users_in_their_order_and_strangers_get_popular_items(model_dir, two_cpu_ray, tmp_path):
-    model = load_model(model_dir)
+    model = load_model_dir(model_dir)
     listed = [model.user_vocab.ids[5], "never-seen", model.user_vocab.ids[0]]
     out = tmp_path / "recs.jsonl"
     written = recommend_all(model_dir, 3, out, user_ids=listed)
