@@ -112,6 +112,9 @@ class LoadReport:
     duplicates_dropped: int = 0
     below_threshold_dropped: int = 0
     kcore_dropped: int = 0
+    events_ignored: int = 0  # event-log events of a type that is no interaction (skip, dislike)
+    erased_dropped: int = 0  # rows of erased users, from every input
+    disliked_dropped: int = 0  # rows of items their user later disliked, from every input
 
     def lines(self) -> list[str]:
         out = [f"read {self.rows_read:,} rows"]
@@ -124,7 +127,21 @@ class LoadReport:
             out.append(f"dropped {self.below_threshold_dropped:,} rows below the rating threshold")
         if self.kcore_dropped:
             out.append(f"dropped {self.kcore_dropped:,} rows by the k-core filter")
+        if self.events_ignored:
+            out.append(f"left out {self.events_ignored:,} logged events that are no interaction (skips, dislikes)")
+        if self.erased_dropped:
+            out.append(f"dropped {self.erased_dropped:,} rows of erased users")
+        if self.disliked_dropped:
+            out.append(f"dropped {self.disliked_dropped:,} rows of items their user disliked")
         return out
+
+    def add(self, other: "LoadReport") -> None:
+        """Count ``other`` in too (several inputs read into one dataset)."""
+        for name, value in vars(other).items():
+            if name == "malformed_examples":
+                self.malformed_examples.extend(value)
+            else:
+                setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass
@@ -136,6 +153,12 @@ class Dataset:
     items: Items | None = None
     users: Users | None = None
     report: LoadReport = field(default_factory=LoadReport)
+    #: Users erased where this data came from (a state store's ``DELETE /users/{id}``):
+    #: :func:`rayrec.data.load_datasets` drops their rows from every input, this one included.
+    erased_users: frozenset[str] = frozenset()
+    #: (user_id, item_id) pairs the user disliked: dropped from every input the same way, as
+    #: serving drops a disliked item from the user's sequence for good.
+    disliked: frozenset[tuple[str, str]] = frozenset()
 
 
 class Vocabulary:

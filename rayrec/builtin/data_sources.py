@@ -1,7 +1,8 @@
 """Built-in data sources, registered through the same hook third-party plugins use.
 
 Order matters: ``load_dataset`` picks the first source whose ``can_load`` accepts a path, so
-the specific directory layouts come before the generic interactions file.
+the specific directory layouts come before the generic interactions file. The event log takes
+state store URLs (``sqlite:///...``, ``redis://...``), which no file source accepts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from rayrec.data.interactions_file import InteractionsFileSource
 from rayrec.data.movielens import MovieLens100K, MovieLensLatest
 from rayrec.data.synthetic import SyntheticSource
 from rayrec.hookspecs import hookimpl
+from rayrec.state.event_log import EventLogSource
 
 
 @hookimpl
@@ -17,4 +19,5 @@ def register_data_sources(register):
     register(MovieLens100K)
     register(MovieLensLatest)
     register(SyntheticSource)
+    register(EventLogSource)
     register(InteractionsFileSource)

@@ -11,7 +11,9 @@ TABLE_METRICS = ("HR@10", "NDCG@10", "MRR@10", "Recall@10", "HR@20", "NDCG@20", 
 
 
 @click.command()
-@click.option("--interactions", required=True, help="Interactions: CSV/TSV/Parquet file, MovieLens directory, or synthetic:...")
+@click.option("--interactions", required=True, multiple=True,
+              help="Interactions: CSV/TSV/Parquet file, MovieLens directory, synthetic:..., or a state store's "
+                   "event log (sqlite:///path/state.db, redis://host:port/db). Repeat it to train on the union.")
 @click.option("--items", default=None, help="Items file.")
 @click.option("--users", default=None, help="Users file.")
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False), help="Training config YAML.")

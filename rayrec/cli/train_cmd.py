@@ -8,7 +8,9 @@ import click
 
 
 @click.command()
-@click.option("--interactions", required=True, help="Interactions: CSV/TSV/Parquet file, MovieLens directory, or synthetic:...")
+@click.option("--interactions", required=True, multiple=True,
+              help="Interactions: CSV/TSV/Parquet file, MovieLens directory, synthetic:..., or a state store's "
+                   "event log (sqlite:///path/state.db, redis://host:port/db). Repeat it to train on the union.")
 @click.option("--items", default=None, help="Items file (item_id, title, text/description, categories).")
 @click.option("--users", default=None, help="Users file (user_id plus categorical features).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
@@ -24,7 +26,10 @@ import click
 @click.option("--in-process", is_flag=True, help="Train the configured model in this process without Ray.")
 def train(interactions, items, users, out_dir, config_path, user_encoder, epochs, num_workers, use_gpu, budget,
           no_search, resume, in_process):
-    """Train on every interaction in FILE and write a model directory.
+    """Train on every interaction of the inputs and write a model directory.
+
+    Several --interactions (files, a state store's event log) train on their union; a user
+    erased in a state store (DELETE /users/{id}) is dropped from all of them.
 
     By default a few candidate models (sequential, order-free, content-aware where the items
     have text) are trained as Ray Tune trials, each validated on every user's last interaction,

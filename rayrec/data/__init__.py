@@ -6,7 +6,7 @@ Everything other layers need is importable from here::
 """
 
 from rayrec.data.interactions_file import FileSourceOptions, InteractionsFileSource, load_interactions_file
-from rayrec.data.loading import load_dataset
+from rayrec.data.loading import load_dataset, load_datasets
 from rayrec.data.malformed import MalformedRows
 from rayrec.data.metadata import load_items_file, load_users_file
 from rayrec.data.movielens import MovieLens100K, MovieLensLatest
@@ -41,6 +41,7 @@ __all__ = [
     "leave_one_out",
     "leave_one_out_sequences",
     "load_dataset",
+    "load_datasets",
     "load_interactions_file",
     "load_items_file",
     "load_users_file",

@@ -1,9 +1,13 @@
-"""``load_dataset``: one entry point that picks the right data source for a path."""
+"""``load_dataset``: one entry point that picks the right data source for a path, and
+``load_datasets``: several of them (files, a state store's event log) as one dataset."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
+
+import numpy as np
 
 from pydantic import ValidationError
 
@@ -11,7 +15,7 @@ from rayrec.config import validation_problems
 from rayrec.data.metadata import load_items_file, load_users_file
 from rayrec.data.tables import TABLE_EXTENSIONS
 from rayrec.errors import ConfigError, DataError, RayrecError
-from rayrec.schema import Dataset
+from rayrec.schema import Dataset, Interactions, LoadReport
 
 
 def _supported_formats(sources: dict) -> str:
@@ -78,3 +82,61 @@ def _load_with(source, name: str, plugin: str, path: str) -> Dataset:
         raise DataError(f"data source {name!r} (plugin {plugin}) returned {type(dataset).__name__}, "
                         "not a rayrec.schema.Dataset", path=path)
     return dataset
+
+
+def load_datasets(
+    paths: Sequence[str | Path],
+    items: str | Path | None = None,
+    users: str | Path | None = None,
+    options: dict[str, Any] | None = None,
+) -> Dataset:
+    """Load each of ``paths`` with :func:`load_dataset` and combine them into one dataset.
+
+    The interactions are concatenated in the order given (exact duplicates, such as an event
+    both exported to a file and still in the event log, are dropped later by
+    :func:`rayrec.data.preprocess`); the metadata is the first input's that has any, unless
+    ``items``/``users`` name files; the reports add up. Then the rows of every user any input
+    erased (:attr:`rayrec.schema.Dataset.erased_users`), and of every (user, item) pair any
+    input disliked, are dropped from all of them, so the erasure reaches the next model.
+    """
+    if not paths:
+        raise DataError("no interactions given; name at least one file, directory or state store URL")
+    parts = [load_dataset(path, options=options) for path in paths]
+    if len(parts) == 1:
+        dataset = parts[0]
+    else:
+        report = LoadReport()
+        for part in parts:
+            report.add(part.report)
+        dataset = Dataset(
+            name="+".join(part.name for part in parts),
+            interactions=Interactions.concat([part.interactions for part in parts]),
+            items=next((part.items for part in parts if part.items is not None), None),
+            users=next((part.users for part in parts if part.users is not None), None),
+            report=report,
+            erased_users=frozenset().union(*(part.erased_users for part in parts)),
+            disliked=frozenset().union(*(part.disliked for part in parts)),
+        )
+    dataset = without_erased_and_disliked(dataset)
+    if items is not None:
+        dataset.items = load_items_file(items, report=dataset.report)
+    if users is not None:
+        dataset.users = load_users_file(users, report=dataset.report)
+    return dataset
+
+
+def without_erased_and_disliked(dataset: Dataset) -> Dataset:
+    """``dataset`` without the rows of its erased users and of its disliked (user, item)
+    pairs, counted into its report; the same object when there are none."""
+    interactions = dataset.interactions
+    if not (dataset.erased_users or dataset.disliked) or len(interactions) == 0:
+        return dataset
+    erased, disliked = dataset.erased_users, dataset.disliked
+    users, items = interactions.user_id.tolist(), interactions.item_id.tolist()
+    of_erased = np.fromiter((user in erased for user in users), dtype=bool, count=len(users))
+    of_disliked = np.fromiter(((user, item) in disliked for user, item in zip(users, items)), dtype=bool,
+                              count=len(users)) & ~of_erased
+    report = dataclasses.replace(dataset.report, malformed_examples=list(dataset.report.malformed_examples))
+    report.erased_dropped += int(of_erased.sum())
+    report.disliked_dropped += int(of_disliked.sum())
+    return dataclasses.replace(dataset, interactions=interactions.take(~(of_erased | of_disliked)), report=report)

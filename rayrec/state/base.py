@@ -19,7 +19,7 @@ and chosen by URL scheme: ``sqlite:///var/lib/rayrec/state.db`` picks the store 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Collection, Sequence
+from typing import Any, ClassVar, Collection, Iterator, Sequence
 
 from rayrec.components import Component, FeedbackEvent
 
@@ -119,6 +119,22 @@ class BaseStateStore(Component):
     def event_count(self, user_id: str | None = None) -> int:  # pragma: no cover
         """Events in the log, for one user or in total."""
         raise NotImplementedError
+
+    # -- the event log as training data ----------------------------------------------------
+    def iter_event_log(self, chunk_size: int = 10_000) -> Iterator[list[FeedbackEvent]]:
+        """Every event in the log, in chunks of at most ``chunk_size``, each user's events in
+        arrival order, with the stored time as ``timestamp``: what ``rayrec train
+        --interactions <state URL>`` learns from (:mod:`rayrec.state.event_log`).
+
+        An erased user's events are gone from the log (:meth:`erase_user` deletes them); a
+        user erased while this runs may still show up, so readers ask :meth:`erased_users`
+        afterwards. The default raises: a store that cannot list its log is no training source.
+        """
+        raise NotImplementedError(f"the {self.name!r} state store cannot list its event log for training")
+
+    def erased_users(self) -> set[str]:
+        """Every user erased so far (:meth:`erase_user`); training drops them from every input."""
+        raise NotImplementedError(f"the {self.name!r} state store cannot list its erased users for training")
 
     # -- item catalogue --------------------------------------------------------------------
     def put_item(self, item_id: str, record: dict[str, Any]) -> int:  # pragma: no cover

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any, Collection, Sequence
+from typing import Any, Collection, Iterator, Sequence
 from urllib.parse import parse_qs, urlparse, urlunparse
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -156,6 +156,18 @@ if redis.call('HGET', p .. 'models:status', generation) == 'staged' then
 end
 return 1
 """
+
+
+def _event_from_json(blob: str) -> FeedbackEvent:
+    """An event of a ``P:log:<user>`` list."""
+    r = json.loads(blob)
+    return FeedbackEvent(user_id=r["user_id"], item_id=r["item_id"], event_type=r["event_type"],
+                         timestamp=r["timestamp"], value=r["value"], event_id=r["event_id"])
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a SCAN MATCH pattern (a prefix may hold ``*``, ``?`` or ``[``)."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
 
 
 class RedisStateStore(BaseStateStore):
@@ -309,14 +321,37 @@ class RedisStateStore(BaseStateStore):
             return int(client.get(self._key("events", "count")) or 0)
         return int(client.llen(self._key("log", user_id)))
 
+    def iter_event_log(self, chunk_size: int = 10_000) -> Iterator[list[FeedbackEvent]]:
+        """Every ``P:log:<user>`` list, found with SCAN (which never blocks Redis the way KEYS
+        does; each key read once, though SCAN may repeat it) and read a page at a time."""
+        client = self._connect()
+        chunk_size = max(1, int(chunk_size))
+        pattern = _glob_escape(self._key("log", "")) + "*"
+        chunk: list[FeedbackEvent] = []
+        seen: set[str] = set()
+        for key in client.scan_iter(match=pattern, count=1000):
+            if key in seen:  # SCAN may return a key more than once
+                continue
+            seen.add(key)
+            start = 0
+            while True:
+                page = client.lrange(key, start, start + chunk_size - 1)
+                chunk.extend(_event_from_json(blob) for blob in page)
+                while len(chunk) >= chunk_size:
+                    yield chunk[:chunk_size]
+                    chunk = chunk[chunk_size:]
+                if len(page) < chunk_size:
+                    break
+                start += chunk_size
+        if chunk:
+            yield chunk
+
+    def erased_users(self) -> set[str]:
+        return set(self._connect().hkeys(self._key("erased")))
+
     def events(self, user_id: str) -> list[FeedbackEvent]:
         """The user's logged events in arrival order (for inspection and tests)."""
-        rows = [json.loads(blob) for blob in self._connect().lrange(self._key("log", user_id), 0, -1)]
-        return [
-            FeedbackEvent(user_id=r["user_id"], item_id=r["item_id"], event_type=r["event_type"],
-                          timestamp=r["timestamp"], value=r["value"], event_id=r["event_id"])
-            for r in rows
-        ]
+        return [_event_from_json(blob) for blob in self._connect().lrange(self._key("log", user_id), 0, -1)]
 
     # -- item catalogue --------------------------------------------------------------------
     def put_item(self, item_id: str, record: dict[str, Any]) -> int:

@@ -307,6 +307,26 @@ class SQLiteStateStore(BaseStateStore):
                 return conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
             return conn.execute("SELECT COUNT(*) FROM events WHERE user_id = ?", (user_id,)).fetchone()[0]
 
+    def iter_event_log(self, chunk_size: int = 10_000) -> Iterator[list[FeedbackEvent]]:
+        """The log in arrival order (``seq``), a short read transaction per chunk, so serving
+        keeps writing meanwhile; events stored during the walk come at its end."""
+        after = 0
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(
+                    "SELECT seq, user_id, item_id, event_type, timestamp, value, event_id FROM events "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?", (after, max(1, int(chunk_size))),
+                ).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield [FeedbackEvent(user_id=r[1], item_id=r[2], event_type=r[3], timestamp=r[4], value=r[5],
+                                 event_id=r[6]) for r in rows]
+
+    def erased_users(self) -> set[str]:
+        with self._read() as conn:
+            return {row[0] for row in conn.execute("SELECT user_id FROM erased_users")}
+
     def events(self, user_id: str) -> list[FeedbackEvent]:
         """The user's logged events in arrival order (for inspection and tests)."""
         with self._read() as conn:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -177,14 +178,16 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
     )
 
 
-def load_training_data(interactions: str, items: str | None, users: str | None, config,
+def load_training_data(interactions: str | Sequence[str], items: str | None, users: str | None, config,
                        echo: Callable[[str], None] = print) -> PreparedData:
-    """Load the data at these paths (:func:`rayrec.data.load_dataset`) and :func:`prepare` it
-    as ``config`` (a :class:`rayrec.training.config.TrainConfig`) says, telling ``echo`` what
-    preprocessing did."""
-    from rayrec.data import load_dataset
+    """Load the data at these paths (one or several interactions inputs, combined by
+    :func:`rayrec.data.load_datasets`, which drops erased users from all of them) and
+    :func:`prepare` it as ``config`` (a :class:`rayrec.training.config.TrainConfig`) says,
+    telling ``echo`` what preprocessing did."""
+    from rayrec.data import load_datasets
 
-    dataset = load_dataset(interactions, items=items, users=users)
+    paths = [interactions] if isinstance(interactions, (str, Path)) else list(interactions)
+    dataset = load_datasets(paths, items=items, users=users)
     data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
                    item_feature_extractors=[f.model_dump() for f in config.item_features])
     for line in data.report.lines():

@@ -25,7 +25,7 @@ from rayrec.plugins import registry
 
 def test_builtin_data_sources_are_registered_in_dispatch_order():
     names = list(registry().by_kind["data_source"])
-    assert names[:4] == ["movielens-100k", "movielens-latest", "synthetic", "interactions-file"]
+    assert names[:5] == ["movielens-100k", "movielens-latest", "synthetic", "event-log", "interactions-file"]
 
 
 # --- MovieLens on the shared datasets ---------------------------------------------------------

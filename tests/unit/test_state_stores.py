@@ -265,3 +265,19 @@ def test_redis_url_options_and_errors():
         open_state_store(f"redis://:secret@127.0.0.1:{port}/0")
     except ConfigError as exc:
         assert "secret" not in str(exc)  # the password never appears in messages
+
+
+def test_the_event_log_lists_every_stored_event_and_the_erased_users(store):
+    events = [FeedbackEvent(user_id=f"u{i % 3}", item_id=f"i{i}", event_type="click", timestamp=1000.0 + i,
+                            value=None if i % 2 else 1.5, event_id=f"e{i}") for i in range(7)]
+    store.append_events(events)
+    store.append_events([events[0]])  # a re-send is not logged twice
+    store.append_events([ev("gone", "x"), ev("gone", "y")])
+    store.erase_user("gone")
+    chunks = list(store.iter_event_log(chunk_size=2))
+    assert all(1 <= len(chunk) <= 2 for chunk in chunks)
+    logged = [event for chunk in chunks for event in chunk]
+    assert sorted(logged, key=lambda e: e.event_id) == events  # every field back, each event once
+    for user in ("u0", "u1", "u2"):  # each user's events in arrival order
+        assert [e.event_id for e in logged if e.user_id == user] == [e.event_id for e in events if e.user_id == user]
+    assert store.erased_users() == {"gone"}
