@@ -15,13 +15,18 @@ import click
 @click.option("--shuffle-order", is_flag=True,
               help="Randomly permute each user's events in time, so their order carries no signal.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=100_000, show_default=True, help="Rows generated and written at a time.")
+@click.option("--format", "file_format", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True,
+              help="csv: interactions.csv, items.csv, users.csv; parquet: interactions/ shards, items.parquet, users.parquet.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Parquet files the interactions are split into, each holding whole users (needs --format parquet).")
 def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_user: float, seed: int,
-              shuffle_order: bool, chunk_size: int) -> None:
-    """Write interactions.csv, items.csv and users.csv with known clusters and sequences.
+              shuffle_order: bool, chunk_size: int, file_format: str, shards: int) -> None:
+    """Write interactions, items and users with known clusters and sequences.
 
-    Train on it with `rayrec train --interactions DIR/interactions.csv --items DIR/items.csv
-    --users DIR/users.csv --out MODEL`; synthetic.json holds the config, from which the ground
-    truth can be recomputed.
+    Train on it with `rayrec train --interactions DIR --out MODEL` (the directory holds the
+    items and users too); synthetic.json holds the config, from which the ground truth can be
+    recomputed. With --format parquet --shards N the interactions are N Parquet files in
+    DIR/interactions/, written shard by shard in flat memory.
     """
     from rayrec.config import parse_config
     from rayrec.data.synthetic import SyntheticConfig, write_synthetic
@@ -29,9 +34,16 @@ def synthetic(out_dir: str, users: int, items: int, clusters: int, events_per_us
     config = parse_config(SyntheticConfig, {
         "num_users": users, "num_items": items, "num_clusters": clusters, "mean_events_per_user": events_per_user,
         "seed": seed, "shuffle_order": shuffle_order}, what="synthetic data options")
-    paths = write_synthetic(out_dir, config, chunk_size=chunk_size)
-    with open(paths["interactions"], "rb") as handle:
-        rows = sum(1 for _ in handle) - 1
+    if shards > 1 and file_format != "parquet":
+        raise click.UsageError("--shards needs --format parquet (shards are Parquet files)")
+    paths = write_synthetic(out_dir, config, chunk_size=chunk_size, file_format=file_format, shards=shards)
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = sum(pq.ParquetFile(shard).metadata.num_rows for shard in paths["interactions"].glob("*.parquet"))
+    else:
+        with open(paths["interactions"], "rb") as handle:
+            rows = sum(1 for _ in handle) - 1
     click.echo(f"wrote {rows:,} interactions of {users:,} users on {items:,} items in {clusters} clusters to {out_dir}")
     for kind, path in paths.items():
         click.echo(f"  {kind:<12} {path}")

@@ -1,4 +1,5 @@
-"""The generic interactions loader: one CSV/TSV/Parquet file (or a directory holding one).
+"""The generic interactions loader: one CSV/TSV/Parquet file, a directory of Parquet shards,
+a glob pattern of files, or a directory holding one of these.
 
 The file needs a header with at least ``user_id``, ``item_id`` and ``timestamp`` (any case);
 ``event_type`` and ``value`` are optional, other columns are ignored. Ids are opaque strings.
@@ -17,6 +18,7 @@ from rayrec.components import DataSource
 from rayrec.data.columns import parse_ids, parse_labels, parse_timestamps, parse_values
 from rayrec.data.malformed import DEFAULT_MAX_MALFORMED_FRACTION, MalformedRows
 from rayrec.data.tables import (
+    PARQUET_EXTENSIONS,
     TABLE_EXTENSIONS,
     METADATA_EXTENSIONS,
     RawTable,
@@ -213,20 +215,65 @@ def _find_in_directory(directory: Path, stem: str, extensions) -> Path | None:
     return None
 
 
+#: Characters that make an ``--interactions`` path a glob pattern.
+GLOB_CHARACTERS = "*?["
+
+
+def is_glob(path: str) -> bool:
+    return any(char in path for char in GLOB_CHARACTERS)
+
+
+def parquet_shards(directory: Path) -> list[Path]:
+    """The ``*.parquet`` (``*.pq``) files directly in ``directory``, in name order: a sharded
+    table as Spark, Ray Data or ``rayrec synthetic --format parquet`` write it."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in PARQUET_EXTENSIONS)
+
+
+def glob_files(pattern: str) -> list[Path]:
+    """The interaction files ``pattern`` matches, in name order; a DataError when none does,
+    or when one is no CSV/TSV/Parquet file."""
+    import glob
+
+    files = sorted(Path(match) for match in glob.glob(pattern, recursive=True) if Path(match).is_file())
+    if not files:
+        raise DataError("the pattern matches no file", path=pattern)
+    wrong = [f for f in files if file_kind(f) not in ("delimited", "parquet")]
+    if wrong:
+        raise DataError(f"the pattern matches {wrong[0].name}, which is no interactions file (they end in "
+                        f"{', '.join(TABLE_EXTENSIONS)})", path=pattern)
+    return files
+
+
+def _interaction_files(location: Path) -> list[Path] | None:
+    """The interaction files of a directory: ``interactions.<ext>``, the shards of an
+    ``interactions/`` folder, or the directory's own Parquet shards; None when it has none."""
+    single = _find_in_directory(location, INTERACTIONS_STEM, TABLE_EXTENSIONS)
+    if single is not None:
+        return [single]
+    folder = location / INTERACTIONS_STEM
+    if folder.is_dir() and parquet_shards(folder):
+        return parquet_shards(folder)
+    return parquet_shards(location) or None
+
+
 class InteractionsFileSource(DataSource):
-    """A generic interactions file, or a directory with ``interactions.*`` (+ items/users)."""
+    """A generic interactions file, a directory of Parquet shards or a glob pattern of files,
+    or a directory with ``interactions.*`` or an ``interactions/`` folder of shards (+ items/users)."""
 
     name = "interactions-file"
     description = (
-        "CSV/TSV/Parquet with user_id,item_id,timestamp[,event_type,value]; or a directory with "
-        "interactions.<ext> and optional items.<ext>, users.<ext>."
+        "CSV/TSV/Parquet with user_id,item_id,timestamp[,event_type,value]; a directory of Parquet shards or a "
+        "glob ('data/*.parquet'); or a directory with interactions.<ext> (or interactions/ shards) and optional "
+        "items.<ext>, users.<ext>."
     )
     Options = FileSourceOptions
 
     def can_load(self, path: str) -> bool:
+        if is_glob(path) and not Path(path).exists():
+            return True  # load() names the pattern when it matches nothing
         candidate = Path(path)
         if candidate.is_dir():
-            return _find_in_directory(candidate, INTERACTIONS_STEM, TABLE_EXTENSIONS) is not None
+            return _interaction_files(candidate) is not None
         return candidate.is_file() and file_kind(candidate) in ("delimited", "parquet")
 
     def load(self, path: str) -> Dataset:
@@ -234,28 +281,32 @@ class InteractionsFileSource(DataSource):
 
         location = Path(path)
         items_path = users_path = None
-        if location.is_dir():
-            interactions_path = _find_in_directory(location, INTERACTIONS_STEM, TABLE_EXTENSIONS)
-            if interactions_path is None:
+        if is_glob(path) and not location.exists():
+            files = glob_files(path)
+            name = files[0].parent.resolve().name
+        elif location.is_dir():
+            files = _interaction_files(location)
+            if files is None:
                 raise DataError(
-                    f"no {INTERACTIONS_STEM}.<ext> file in this directory (looked for "
-                    f"{', '.join(INTERACTIONS_STEM + e for e in TABLE_EXTENSIONS)})",
+                    f"no {INTERACTIONS_STEM}.<ext> file, {INTERACTIONS_STEM}/ folder of Parquet shards or *.parquet "
+                    f"shard in this directory (looked for {', '.join(INTERACTIONS_STEM + e for e in TABLE_EXTENSIONS)})",
                     path=str(location),
                 )
             items_path = _find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
             users_path = _find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
             name = location.resolve().name
         else:
-            interactions_path = location
+            files = [location]
             name = location.stem
         report = LoadReport()
         options = self.options
-        interactions = load_interactions_file(
-            interactions_path,
-            strict=options.strict,
-            max_malformed_fraction=options.max_malformed_fraction,
-            report=report,
-        )
+        # Each file on its own, so a malformed row names its own file and line; the share of
+        # malformed rows is checked per file.
+        interactions = Interactions.concat([
+            load_interactions_file(file, strict=options.strict, max_malformed_fraction=options.max_malformed_fraction,
+                                   report=report)
+            for file in files
+        ])
         limits = {"strict": options.strict, "max_malformed_fraction": options.max_malformed_fraction, "report": report}
         items = load_items_file(items_path, **limits) if items_path else None
         users = load_users_file(users_path, **limits) if users_path else None

@@ -345,6 +345,18 @@ def iter_chunks(config: SyntheticConfig, chunk_size: int = 100_000) -> Iterator[
         yield Interactions.concat(pending)
 
 
+def iter_user_blocks(config: SyntheticConfig) -> Iterator[tuple[np.ndarray, Interactions]]:
+    """Each block of :data:`USER_BLOCK` users' events with every row's user index:
+    ``((n,) int64, Interactions)``, the same rows as :func:`iter_chunks`, block after block."""
+    truth = synthetic_truth(config)
+    sampler = _EventSampler(config, truth)
+    for block in range(-(-config.num_users // USER_BLOCK)):
+        events = _block_events(config, truth, sampler, block)
+        # Users come one after another and each has an event, so a change of id is the next user.
+        changes = np.concatenate([[0], np.cumsum(events.user_id[1:] != events.user_id[:-1])]) if len(events) else []
+        yield block * USER_BLOCK + np.asarray(changes, dtype=np.int64), events
+
+
 def _title_case(word: str) -> str:
     return word[:1].upper() + word[1:]
 
@@ -418,15 +430,30 @@ def generate(config: SyntheticConfig | None = None) -> Dataset:
     )
 
 
-def write_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None, chunk_size: int = 100_000) -> dict[str, Path]:
-    """Write ``interactions.csv``, ``items.csv``, ``users.csv`` and ``synthetic.json`` (the config).
+#: ``write_synthetic`` formats.
+SYNTHETIC_FORMATS = ("csv", "parquet")
 
-    Interactions are written chunk by chunk, so memory stays flat for any size. The directory
-    loads back with ``load_dataset(out_dir)``. Returns the written paths by kind.
+
+def write_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None, chunk_size: int = 100_000,
+                    file_format: str = "csv", shards: int = 1) -> dict[str, Path]:
+    """Write the interactions, ``items``, ``users`` and ``synthetic.json`` (the config).
+
+    ``file_format="csv"``: ``interactions.csv``, ``items.csv``, ``users.csv``. ``"parquet"``:
+    ``interactions/part-00000.parquet``... (``shards`` files, each holding whole users:
+    user ``u`` of ``U`` is in shard ``u * shards // U``), ``items.parquet`` and
+    ``users.parquet``. Interactions are written ``chunk_size`` rows at a time, so memory
+    stays flat for any size. The directory loads back with ``load_dataset(out_dir)``.
+    Returns the written paths by kind (``interactions`` is the shard directory for Parquet).
     """
     config = config or SyntheticConfig()
+    if file_format not in SYNTHETIC_FORMATS:
+        raise DataError(f"unknown format {file_format!r}; use one of {', '.join(SYNTHETIC_FORMATS)}")
+    if shards < 1 or (shards > 1 and file_format != "parquet"):
+        raise DataError(f"{shards} shards: shards are Parquet files, so use format parquet (or 1 shard)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if file_format == "parquet":
+        return _write_synthetic_parquet(out, config, chunk_size, shards)
     truth = synthetic_truth(config)
     paths = {
         "interactions": out / "interactions.csv",
@@ -455,6 +482,69 @@ def write_synthetic(out_dir: str | Path, config: SyntheticConfig | None = None, 
         for row in range(len(users)):
             writer.writerow([users.user_id[row], *(users.features[name][row] for name in features)])
     # The config, so the ground truth can be recomputed: synthetic_truth(SyntheticConfig(**json)).
+    paths["config"].write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    return paths
+
+
+def _interaction_schema():
+    import pyarrow as pa
+
+    return pa.schema([(USER_ID, pa.string()), (ITEM_ID, pa.string()), (TIMESTAMP, pa.int64()),
+                      (EVENT_TYPE, pa.string()), (VALUE, pa.float32())])
+
+
+def _interaction_table(events: Interactions):
+    import pyarrow as pa
+
+    columns = (events.user_id, events.item_id, events.timestamp, events.event_type, events.value)
+    return pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, _interaction_schema())],
+                                schema=_interaction_schema())
+
+
+def _write_synthetic_parquet(out: Path, config: SyntheticConfig, chunk_size: int, shards: int) -> dict[str, Path]:
+    """:func:`write_synthetic` in Parquet: one shard open at a time (users come in order),
+    written a block of users at a time in row groups of at most ``chunk_size`` rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = min(shards, config.num_users)  # each shard holds at least one user
+    directory = out / "interactions"
+    directory.mkdir(exist_ok=True)
+    for stale in directory.glob("part-*.parquet"):  # an earlier run with more shards
+        stale.unlink()
+    writer: pq.ParquetWriter | None = None
+    current, pending, pending_rows = -1, [], 0
+
+    def flush() -> None:
+        nonlocal pending, pending_rows
+        if pending and writer is not None:
+            writer.write_table(pa.concat_tables(pending), row_group_size=chunk_size)
+        pending, pending_rows = [], 0
+
+    for user_index, events in iter_user_blocks(config):
+        shard_of_row = user_index * shards // config.num_users
+        for shard in np.unique(shard_of_row).tolist():
+            if shard != current:
+                flush()
+                if writer is not None:
+                    writer.close()
+                current = shard
+                writer = pq.ParquetWriter(directory / f"part-{shard:05d}.parquet", _interaction_schema())
+            rows = events.take(np.flatnonzero(shard_of_row == shard))
+            pending.append(_interaction_table(rows))
+            pending_rows += len(rows)
+            if pending_rows >= chunk_size:
+                flush()
+    flush()
+    if writer is not None:
+        writer.close()
+    truth = synthetic_truth(config)
+    items, users = synthetic_items(config, truth), synthetic_users(config, truth)
+    paths = {"interactions": directory, "items": out / "items.parquet", "users": out / "users.parquet",
+             "config": out / "synthetic.json"}
+    pq.write_table(pa.table({ITEM_ID: items.item_id, TITLE: items.title, TEXT: items.text,
+                             CATEGORIES: pa.array(items.categories, pa.list_(pa.string()))}), paths["items"])
+    pq.write_table(pa.table({USER_ID: users.user_id, **users.features}), paths["users"])
     paths["config"].write_text(json.dumps(config.model_dump(), indent=2) + "\n")
     return paths
 

@@ -20,6 +20,7 @@ from rayrec.data import (
     write_synthetic,
     SyntheticConfig,
 )
+from rayrec.errors import DataError
 from rayrec.plugins import registry
 
 
@@ -253,3 +254,59 @@ def test_load_dataset_passes_options_to_the_source(tmp_path):
     assert len(load_dataset(path).interactions) == 30
     with pytest.raises(DataError, match=r"events\.csv:32"):
         load_dataset(path, options={"strict": True})
+
+
+def write_shards(directory, rows_per_shard):
+    """Parquet shards as Spark or Ray Data write them: part-N.parquet, one user per shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard, rows in enumerate(rows_per_shard):
+        users, items, times = zip(*rows)
+        pq.write_table(pa.table({"user_id": list(users), "item_id": list(items), "timestamp": list(times)}),
+                       directory / f"part-{shard:05d}.parquet")
+
+
+SHARDS = [[("u1", "a", 1), ("u1", "b", 2)], [("u2", "b", 1), ("u2", "c", 2), ("u2", "a", 3)], [("u3", "c", 5)]]
+
+
+@pytest.mark.parametrize("form", ["directory", "glob", "parent directory"])
+def test_a_directory_or_glob_of_parquet_shards_loads_every_shard(tmp_path, form):
+    write_shards(tmp_path / "events" / "interactions", SHARDS)
+    path = {"directory": tmp_path / "events" / "interactions",
+            "glob": tmp_path / "events" / "interactions" / "part-*.parquet",
+            "parent directory": tmp_path / "events"}[form]
+    dataset = load_dataset(str(path))
+    assert list(dataset.interactions.user_id) == ["u1", "u1", "u2", "u2", "u2", "u3"]
+    assert list(dataset.interactions.item_id) == ["a", "b", "b", "c", "a", "c"]
+    assert dataset.report.rows_read == 6
+
+
+def test_a_malformed_row_in_a_shard_names_the_shard_and_row(tmp_path):
+    long_shard = [("u2", "b", 1), ("", "c", 2)] + [("u2", f"x{n}", 10 + n) for n in range(12)]
+    write_shards(tmp_path / "shards", [SHARDS[0], long_shard, SHARDS[2]])
+    dataset = load_dataset(str(tmp_path / "shards"))
+    assert dataset.report.malformed_examples == [f"{tmp_path / 'shards' / 'part-00001.parquet'}:2: empty user_id"]
+    assert len(dataset.interactions) == 2 + 13 + 1
+
+
+def test_a_glob_that_matches_nothing_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"nothing-\*\.parquet: the pattern matches no file"):
+        load_dataset(str(tmp_path / "nothing-*.parquet"))
+
+
+def test_train_reads_a_directory_of_parquet_shards_and_a_glob(tmp_path):
+    from click.testing import CliRunner
+
+    from rayrec.cli import cli
+    from rayrec.models.servable import load_model_dir
+
+    write_synthetic(tmp_path / "data", SyntheticConfig(num_users=60, num_items=40, num_clusters=4, seed=2),
+                    file_format="parquet", shards=3)
+    for name, source in [("from-dir", tmp_path / "data" / "interactions"),
+                         ("from-glob", tmp_path / "data" / "interactions" / "*.parquet")]:
+        result = CliRunner().invoke(cli, ["train", "--interactions", str(source), "--out", str(tmp_path / name),
+                                          "--epochs", "1", "--in-process"])
+        assert result.exit_code == 0, result.output
+        assert len(load_model_dir(tmp_path / name).user_vocab) == 60  # every shard's users

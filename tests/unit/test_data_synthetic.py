@@ -257,3 +257,51 @@ def test_cli_rejects_impossible_configs(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["synthetic", "--out", str(tmp_path), "--items", "2", "--clusters", "5"])
     assert exit_info.value.code == 1
+
+
+def test_parquet_shards_hold_the_same_rows_each_user_in_one_shard(tmp_path):
+    import pyarrow.parquet as pq
+
+    config = SyntheticConfig(num_users=3000, num_items=200, num_clusters=5, mean_events_per_user=6, seed=3)
+    paths = write_synthetic(tmp_path, config, chunk_size=2_000, file_format="parquet", shards=4)
+    shards = sorted(paths["interactions"].glob("*.parquet"))
+    assert [s.name for s in shards] == [f"part-0000{i}.parquet" for i in range(4)]
+    users_per_shard = [set(pq.read_table(s, columns=["user_id"]).column(0).to_pylist()) for s in shards]
+    assert [len(u) for u in users_per_shard] == [750] * 4  # whole users, split evenly
+    assert sum(len(u) for u in users_per_shard) == len(set().union(*users_per_shard))
+    # Written a row group at a time, never the whole shard at once (about 4,500 rows a shard).
+    assert all(pq.ParquetFile(s).metadata.num_row_groups >= 2 for s in shards)
+    loaded = load_dataset(tmp_path)  # the directory: interactions/ shards, items.parquet, users.parquet
+    expected = generate(config)
+    assert same_interactions(loaded.interactions, expected.interactions)
+    assert loaded.items.item_id == expected.items.item_id and loaded.items.categories == expected.items.categories
+    assert loaded.users.features == expected.users.features
+
+
+def test_parquet_writing_memory_stays_flat(tmp_path):
+    """Four times the users, about the same peak: one block of users at a time, shard by shard."""
+
+    def writing_peak(num_users: int) -> int:
+        config = SyntheticConfig(num_users=num_users, num_items=1000, mean_events_per_user=8, seed=1)
+        tracemalloc.start()
+        try:
+            write_synthetic(tmp_path / str(num_users), config, chunk_size=2_000, file_format="parquet", shards=8)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small_peak, large_peak = writing_peak(2_000), writing_peak(8_000)
+    assert large_peak < 1.5 * small_peak, f"peak grew from {small_peak / 1e6:.1f} MB to {large_peak / 1e6:.1f} MB"
+
+
+def test_the_cli_writes_parquet_shards_and_wants_parquet_for_shards(tmp_path):
+    from rayrec.cli import cli
+
+    result = CliRunner().invoke(cli, ["synthetic", "--out", str(tmp_path / "data"), "--users", "40", "--items", "30",
+                                      "--clusters", "3", "--format", "parquet", "--shards", "3"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "data" / "interactions").glob("*.parquet"))) == 3
+    rows = len(generate(SyntheticConfig(num_users=40, num_items=30, num_clusters=3)).interactions)
+    assert f"wrote {rows:,} interactions of 40 users" in result.output
+    refused = CliRunner().invoke(cli, ["synthetic", "--out", str(tmp_path / "csv"), "--shards", "3"])
+    assert refused.exit_code == 2 and "--shards needs --format parquet" in refused.output
