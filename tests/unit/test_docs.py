@@ -167,6 +167,8 @@ def test_the_readme_describes_the_dataset_as_it_is():
         assert required <= set(documented), f"README leaves out {required - set(documented)} of {name}"
         if name == "Dataset":
             assert documented["items"] == documented["users"] == "None" and fields["items"].default is None
+            # The optional fields beyond the signature each have a line of their own.
+            assert {f for f in fields if f"`{f}`" in text} == set(fields), "a Dataset field is undocumented"
     report = text[text.index("`report`: a `LoadReport`"):]
     for attribute in re.findall(r"`(\w+)`", report.split("and `rayrec train` prints them")[0]):
         assert attribute in ("report", "LoadReport") or hasattr(schema.LoadReport(), attribute), attribute
