@@ -50,8 +50,9 @@ class LocalContext:
 
 
 def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: TrainConfig,
-                              log: Callable[[str], None] = print) -> Path:
-    """Train on already-prepared data in this process and write the model directory."""
+                              log: Callable[[str], None] = print, shortlists: bool = False) -> Path:
+    """Train on already-prepared data in this process and write the model directory
+    (``shortlists``: with the validation shortlists, :mod:`rayrec.training.shortlists`)."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="rayrec-checkpoints-") as checkpoints:
         context = LocalContext(Path(checkpoints))
@@ -59,7 +60,7 @@ def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: T
         run_worker(loop_config, data.to_payload(), context, log=log)
         with context.latest_checkpoint_dir() as directory:
             saved = load_training_state(directory)
-    return export_model_dir(data, config, saved, out_dir)
+    return export_model_dir(data, config, saved, out_dir, shortlists=shortlists)
 
 
 def train_in_process(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,

@@ -293,6 +293,7 @@ def _install_blend(work_dir: Path, blend: dict[str, Any], data: PreparedData, ou
     from rayrec.training.model_dir import write_model_dir
 
     names, weight = blend["details"]["parts"], float(blend["details"]["weight"])
+    out_dir.mkdir(parents=True, exist_ok=True)
     for path in list(out_dir.iterdir()):  # an older model in out_dir
         if not path.name.startswith("."):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
