@@ -15,6 +15,11 @@ NDCG@10 (:mod:`rayrec.evaluation.metrics`):
   has text and an installed plugin can encode it, so new items are recommendable from their
   text and ``POST /search`` works.
 
+After the trials, the best sequential candidate is blended with the best order-free one
+(``score_a + w * score_b``, ``w`` chosen on the validation shortlists the trials write,
+:mod:`rayrec.training.shortlists`); the blend (:mod:`rayrec.models.blend`) is kept when it
+beats the best single candidate on validation by ``MIN_RELATIVE_GAIN``.
+
 The candidates are Ray Tune trials (a two-tower trial runs its own Ray Train ``TorchTrainer``
 and streams its epochs to Tune through ``TuneReportCallback``), so on a cluster they run in
 parallel; on a laptop they run one after another within ``search.budget_s``. The winner's
