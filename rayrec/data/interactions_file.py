@@ -156,7 +156,7 @@ def resolve_columns(header: list[str], path: str | Path, header_line: int | None
     if missing:
         raise DataError(
             f"missing required column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-            f"the header has {header}, but an interactions file needs {_EXPECTED_HEADER}",
+            f"the header has {_shown(header)}, but an interactions file needs {_EXPECTED_HEADER}",
             path=str(path),
             line=header_line,
             column=missing[0],
@@ -311,3 +311,11 @@ class InteractionsFileSource(DataSource):
         items = load_items_file(items_path, **limits) if items_path else None
         users = load_users_file(users_path, **limits) if users_path else None
         return Dataset(name=name, interactions=interactions, items=items, users=users, report=report)
+
+
+def _shown(header: list[str], columns: int = 10, width: int = 40) -> str:
+    """The header as an error message shows it: a binary or very wide first line stays one
+    readable line (the first ``columns`` names, each cut at ``width`` characters)."""
+    names = [name if len(name) <= width else name[:width] + "..." for name in header[:columns]]
+    more = f" and {len(header) - columns} more" if len(header) > columns else ""
+    return f"{names}{more}"

@@ -251,3 +251,15 @@ def test_a_data_error_from_a_plugin_data_source_is_shown_as_raised(tmp_path, cap
 def test_a_plugin_data_source_that_returns_no_dataset_is_named(tmp_path, capsys, register_rayrec_plugin):
     [line] = train_error(tmp_path, capsys, register_rayrec_plugin, lambda path: [{"user_id": "u1"}])
     assert "data source 'jsonl-events' (plugin rayrec-jsonl-events) returned list, not a rayrec.schema.Dataset" in line
+
+
+def test_a_binary_first_line_gives_a_short_message(tmp_path):
+    """A file overwritten with zeros (or any binary first line): the message stays one short
+    line naming the file, not the whole line."""
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"\x00" * 100_000 + b",1,2\n1,2,3\n")
+    with pytest.raises(DataError) as error:
+        load_interactions_file(path)
+    message = str(error.value)
+    assert "train.csv:1" in message and "missing required columns" in message
+    assert len(message) < 600, len(message)
