@@ -365,7 +365,7 @@ def test_the_training_job_writes_the_served_model_and_has_the_cpus_it_asks_for()
     assert train.params["out_dir"] == args.model_dir, "the RayJob should train the model the RayService serves"
     cluster = job["spec"]["rayClusterSpec"]
     mounts = [PurePosixPath(m["mountPath"]) for _, c in ray_groups(cluster) for m in c["volumeMounts"]]
-    for path in (train.params["out_dir"], train.params["interactions"]):
+    for path in (train.params["out_dir"], *train.params["interactions"]):  # --interactions repeats
         assert any(PurePosixPath(path).is_relative_to(m) for m in mounts), f"{path} is not on the shared volume"
     available = sum(g["minReplicas"] * float(g["rayStartParams"]["num-cpus"]) for g in cluster["workerGroupSpecs"])
     # The layout the job gets on this cluster (the head runs no work: num-cpus 0).
