@@ -47,8 +47,8 @@ def recommend(model_dir, k, out_path, output_format, users_path, actors, users_p
     written = recommend_all(model_dir, k, out_path, output_format=output_format, user_ids=user_ids, actors=actors,
                             users_per_shard=users_per_shard)
     where = f"{written['shards']} {output_format} shards in {out_path}" if output_format else out_path
-    click.echo(f"wrote top-{k} recommendations for {written['users']:,} users to {where} "
-               f"({written['actors']} model copies)")
+    copies = f"{written['actors']} model cop{'y' if written['actors'] == 1 else 'ies'}"
+    click.echo(f"wrote top-{k} recommendations for {written['users']:,} users to {where} ({copies})")
     if written["unknown"]:
         click.echo(f"{written['unknown']:,} listed users were not seen in training and got the most popular items",
                    err=True)
