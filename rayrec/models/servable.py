@@ -123,6 +123,21 @@ class ServableModel:
     def item_ids(self) -> list[str]:
         return self.item_vocab.ids
 
+    def mean_item_vector(self) -> np.ndarray:
+        """(D,) float32: the mean trained item vector (a newcomer without usable content gets it),
+        computed once. It reads the whole memory-mapped item matrix, whose pages are then handed
+        back: a scorer that searches compressed codes must not keep the float32 file resident
+        because of one ``PUT /items`` (a float32 scorer faults them back in once, from the cache)."""
+        mean = getattr(self, "_mean_item_vector", None)
+        if mean is None:
+            from rayrec.models.arrays import release_pages
+
+            embeddings = self.item_embeddings
+            mean = (embeddings.mean(axis=0) if len(embeddings) else np.zeros(embeddings.shape[1])).astype(np.float32)
+            release_pages(embeddings)
+            self._mean_item_vector = mean
+        return mean
+
     def training_history(self, user_id: str) -> list[str]:
         index = self.user_vocab.index_of(user_id)
         return [] if index is None else self.item_vocab.decode(self._histories[index])

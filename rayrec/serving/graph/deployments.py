@@ -211,6 +211,8 @@ class _CatalogueMethods:
             candidate_filters=self.candidate_filters,
             exact_search_max_items=self.args.retrieval.exact_search_max_items,
             ann_options=self.args.retrieval.ann.model_dump(),
+            vectors=self.args.retrieval.vectors.value,
+            pq_options=self.args.retrieval.pq.model_dump(),
             filter_seen=self.args.retrieval.filter_seen,
             candidate_sources=self.candidate_sources,
             search=self.args.search,
