@@ -64,7 +64,15 @@ def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int) -> An
     recorded = config.get("item_index")
     if not recorded or recorded.get("rows") != rows or recorded.get("m") != m or not faiss_available():
         return None
-    return _read_faiss(Path(model_dir) / recorded["file"])
+    path = Path(model_dir) / recorded["file"]
+    if not path.exists():
+        return None
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:  # an index type FAISS cannot map: read it into memory
+        return faiss.read_index(str(path))
 
 
 # -- compressed item vectors -------------------------------------------------------------------
@@ -212,15 +220,15 @@ def read_compressed(model_dir: Path, config: dict[str, Any], rows: int, kind: st
         return None
     if recorded.get("dim") != config.get("dim") or structure == "hnsw" and recorded.get("m") != m:
         return None
-    return _read_faiss(Path(model_dir) / recorded["file"])
-
-
-def _read_faiss(path: Path) -> Any | None:
+    path = Path(model_dir) / recorded["file"]
     if not path.exists():
         return None
     import faiss
 
+    # IO_FLAG_MMAP_IFC maps the codes of flat-code indexes (IndexScalarQuantizer, IndexPQ, an
+    # HNSW graph's storage) from the file: a node's replicas share one copy in the page cache.
+    # Mapped codes cannot grow (FAISS aborts the process on add): serving never adds to them.
     try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:  # an index type FAISS cannot map: read it into memory
         return faiss.read_index(str(path))

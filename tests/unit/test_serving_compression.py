@@ -230,12 +230,17 @@ def test_codes_saved_by_rayrec_index_build_are_loaded_not_rebuilt(tmp_path, monk
     scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=exact_max,
                          vectors=vectors)
     assert scorer.index.codes is not None and scorer.index.codes.rows == len(model.item_ids)
+    assert not scorer.index.codes.index.codes.is_owned  # mapped from the file, shared by replicas
     embeddings = np.asarray(model.item_embeddings)
     hits = 0
     for row in range(0, 400, 40):
         rows, _ = scorer.index.search(embeddings[row], 10, scorer.index.allowed_mask([]))
         hits += len(set(rows) & set(exact_top(embeddings, embeddings[row], 10, np.ones(400, bool))))
     assert hits >= 0.8 * 100
+    # Mapped codes cannot grow (FAISS would abort the process): an added item is kept beside them.
+    scorer.index.upsert(["new"], embeddings[3:4] * 10)
+    rows, _ = scorer.index.search(embeddings[3], 1, scorer.index.allowed_mask([]))
+    assert scorer.index.row_ids[rows[0]] == "new"
     store.close()
 
     # A directory retrained in place (another model version) must not serve the old codes.

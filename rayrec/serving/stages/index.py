@@ -8,9 +8,9 @@ Dead rows and per-request exclusions are masked out of the results.
 Rows beyond the trained ones hold items added after training (vectors from content alone);
 with a :class:`NewItemCalibration` their scores are put on the trained items' scale per query.
 
-With compressed vectors the trained rows are searched through their codes only; the float32
-model file stays memory-mapped for the few rows that need exact vectors (``rows_vectors``,
-PQ's re-ranking), so a replica's resident memory is the codes, not the catalogue's floats.
+With compressed vectors the trained rows are searched through their codes only; the few rows
+that need exact vectors (``rows_vectors``: PQ's re-scoring, explanations) are read from the
+float32 model file, so a replica's resident memory is the codes, not the catalogue's floats.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from rayrec.models.ann import PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hnsw, build_hnsw_codes, faiss_available
-from rayrec.models.arrays import release_pages
+from rayrec.models.arrays import FileRows, release_pages
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.serving.stages.codes import CompressedRows
 
@@ -123,6 +123,7 @@ class ItemIndex:
             # Building the codes (or the calibration before them) read the whole float32 file:
             # hand its pages back, so the replica keeps only the codes resident.
             release_pages(vectors)
+        self._file_rows = FileRows.of(vectors) if self.codes is not None else None
         # The graph over float32 vectors takes added rows; one over codes never does (see class doc).
         self._ann_has_added = self.vector_kind == "float32"
 
@@ -142,12 +143,17 @@ class ItemIndex:
         """Vectors of some rows: (M,) -> (M, D)."""
         rows = np.asarray(rows, dtype=np.int64)
         if not len(self._added):
-            return self.trained_vectors[rows]
+            return self._trained_rows_vectors(rows)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         trained = rows < self.trained_rows
-        out[trained] = self.trained_vectors[rows[trained]]
+        out[trained] = self._trained_rows_vectors(rows[trained])
         out[~trained] = self._added[rows[~trained] - self.trained_rows]
         return out
+
+    def _trained_rows_vectors(self, rows: np.ndarray) -> np.ndarray:
+        # With codes, the float32 file is read row by row (pread), so the rows PQ re-scores or an
+        # explanation needs do not map the pages around them too (FileRows says why).
+        return self._file_rows[rows] if self._file_rows is not None else self.trained_vectors[rows]
 
     def unit_rows(self, rows) -> np.ndarray:
         """Unit-length vectors of some rows (for cosine similarity): (M,) -> (M, D)."""
