@@ -271,7 +271,8 @@ class _CatalogueMethods:
 
     async def status(self) -> dict[str, Any]:
         scorer = await self._scorer()
-        return {"model_version": scorer.model_version, "search": scorer.text_search is not None}
+        return {"model_version": scorer.model_version, "search": scorer.text_search is not None,
+                "item_vectors": scorer.index.describe()}
 
 
 @serve.deployment

@@ -95,10 +95,12 @@ class ItemIndex:
         self._trained_norms = _row_norms(vectors) if vector_kind == "float32" else None
         self._added_norms = np.zeros(0, dtype=np.float32)
         self.ann = None
+        self.loaded = False  # whether the graph or codes searched were read from the model directory
         if len(self.row_ids) > exact_max_items:
             if ann_index is not None and ann_index.ntotal == len(self.row_ids):
                 self.ann = ann_index
                 self.ann.hnsw.efSearch = ef_search
+                self.loaded = True
             elif faiss_available():
                 self.ann = build_hnsw_codes(vectors, vector_kind, hnsw_m, ef_construction, pq_code_bytes)
                 self.ann.hnsw.efSearch = ef_search
@@ -119,6 +121,8 @@ class ItemIndex:
                 if codes_index is None or codes_index.ntotal != self.trained_rows:
                     codes_index = build_codes(vectors, vector_kind, pq_code_bytes)
                     logger.info("encoded %d items as %s codes", self.trained_rows, vector_kind)
+                else:
+                    self.loaded = True
                 self.codes = CompressedRows(codes_index)
             # Building the codes (or the calibration before them) read the whole float32 file:
             # hand its pages back, so the replica keeps only the codes resident.
@@ -169,6 +173,12 @@ class ItemIndex:
     def cosine_to(self, row: int) -> np.ndarray:
         """Cosine similarity of every row to ``row``: (rows,)."""
         return self._products(self.unit_rows([row])[0]) / self.norms
+
+    def describe(self) -> dict[str, object]:
+        """What ``/healthz`` reports: the vectors' kind, their bytes per trained item, how they are
+        searched, and whether that index came from the model directory (else built at start)."""
+        return {"kind": self.vector_kind, "bytes_per_item": round(self.vector_bytes / max(1, self.trained_rows), 2),
+                "search": "hnsw" if self.ann is not None else "exact scan", "from_model_dir": self.loaded}
 
     @property
     def vector_bytes(self) -> int:
