@@ -43,6 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DATASETS, rayrec_command  # noqa: E402
 
 VARIANTS = ("float32", "float16", "int8", "pq")
+#: Rows of the tables: (label, retrieval.vectors, retrieval.pq.rerank). PQ with a few re-scoring
+#: depths: its own scores (0), the default (100), and a deeper one for big catalogues.
+ROWS = (("float32", "float32", 0), ("float16", "float16", 0), ("int8", "int8", 0),
+        ("pq rerank 0", "pq", 0), ("pq rerank 100", "pq", 100), ("pq rerank 1000", "pq", 1000))
 EXCLUDED_PER_QUERY = 50
 TRAIN_ARGS = ["--no-search", "--epochs", "30"]
 
@@ -84,9 +88,9 @@ def quality(model_dir: Path, data, log) -> tuple[dict[str, dict], np.ndarray]:
     model = load_model_dir(model_dir)
     ids, vectors, histories = user_vectors(model)
     results, reference = {}, None
-    for kind in VARIANTS:
+    for label, kind, rerank in ROWS:
         index = ItemIndex(list(model.item_ids), model.item_embeddings, model.item_popularity,
-                          exact_max_items=10**9, vector_kind=kind)
+                          exact_max_items=10**9, vector_kind=kind, pq_rerank=rerank)
         lists = {}
         for user, query, history in zip(ids, vectors, histories):
             rows, _ = index.search(query, 10, index.allowed_mask(history))
@@ -95,9 +99,9 @@ def quality(model_dir: Path, data, log) -> tuple[dict[str, dict], np.ndarray]:
         if reference is None:
             reference = lists
         recall = np.mean([len(set(lists[u]) & set(reference[u])) / max(1, len(reference[u])) for u in ids])
-        results[kind] = {"ndcg": scores["NDCG@10"], "hr": scores["HR@10"], "users": scores["users"],
-                         "recall": float(recall), "bytes_per_item": index.vector_bytes / len(model.item_ids)}
-        log(f"  quality {kind}: NDCG@10 {scores['NDCG@10']:.4f} recall@10 {recall:.3f}")
+        results[label] = {"ndcg": scores["NDCG@10"], "hr": scores["HR@10"], "users": scores["users"],
+                          "recall": float(recall), "bytes_per_item": index.vector_bytes / len(model.item_ids)}
+        log(f"  quality {label}: NDCG@10 {scores['NDCG@10']:.4f} recall@10 {recall:.3f}")
     return results, vectors
 
 
@@ -133,14 +137,14 @@ def synthetic_catalogue(workdir: Path, model_dir: Path, size: int, log) -> Path:
     return directory
 
 
-def run_child(directory: Path, kind: str, queries_path: Path, count: int) -> dict:
-    command = [sys.executable, __file__, "--child", kind, "--child-dir", str(directory), "--queries-file",
-               str(queries_path), "--queries", str(count)]
+def run_child(directory: Path, kind: str, rerank: int, queries_path: Path, count: int) -> dict:
+    command = [sys.executable, __file__, "--child", kind, "--rerank", str(rerank), "--child-dir", str(directory),
+               "--queries-file", str(queries_path), "--queries", str(count)]
     result = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def child(kind: str, directory: Path, queries_path: Path, count: int) -> None:
+def child(kind: str, rerank: int, directory: Path, queries_path: Path, count: int) -> None:
     """One variant in a fresh process: memory-map, search, measure; prints one JSON line."""
     import faiss
 
@@ -156,7 +160,7 @@ def child(kind: str, directory: Path, queries_path: Path, count: int) -> None:
     saved = None if kind == "float32" else read_compressed(directory, config, len(vectors), kind, "flat")
     if kind != "float32" and saved is None:
         raise SystemExit(f"no saved {kind} codes in {directory}")
-    index = ItemIndex(item_ids, vectors, exact_max_items=10**9, vector_kind=kind, codes_index=saved)
+    index = ItemIndex(item_ids, vectors, exact_max_items=10**9, vector_kind=kind, codes_index=saved, pq_rerank=rerank)
     rng = np.random.default_rng(0)
     masks = [index.allowed_mask([item_ids[j] for j in rng.integers(0, len(item_ids), EXCLUDED_PER_QUERY)])
              for _ in range(len(queries))]
@@ -216,11 +220,12 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/rayrec-compression")
     parser.add_argument("--json", help="Also write the results here.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rerank", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--child-dir", help=argparse.SUPPRESS)
     parser.add_argument("--queries-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, Path(args.child_dir), Path(args.queries_file), args.queries)
+        child(args.child, args.rerank, Path(args.child_dir), Path(args.queries_file), args.queries)
         return
 
     def log(line: str) -> None:
@@ -238,13 +243,13 @@ def main() -> None:
     for size in args.sizes:
         directory = synthetic_catalogue(workdir, model_dir, size, log)
         cost[size] = {}
-        for kind in VARIANTS:
-            cost[size][kind] = run_child(directory, kind, queries_path, args.queries)
-            log(f"  {size:,} items, {kind}: p50 {cost[size][kind]['p50_ms']:.2f} ms")
+        for label, kind, rerank in ROWS:
+            cost[size][label] = run_child(directory, kind, rerank, queries_path, args.queries)
+            log(f"  {size:,} items, {label}: p50 {cost[size][label]['p50_ms']:.2f} ms")
         reference = cost[size]["float32"]["tops"]
-        for kind in VARIANTS:
-            tops = cost[size][kind].pop("tops")
-            cost[size][kind]["recall"] = float(np.mean([len(set(a) & set(b)) / max(1, len(b))
+        for label, _, _ in ROWS:
+            tops = cost[size][label].pop("tops")
+            cost[size][label]["recall"] = float(np.mean([len(set(a) & set(b)) / max(1, len(b))
                                                        for a, b in zip(tops, reference)]))
     print_tables(model_dir, quality_rows, cost, args)
     if args.json:
@@ -259,22 +264,22 @@ def print_tables(model_dir: Path, quality_rows: dict, cost: dict, args) -> None:
     print(f"\nml-latest-small, leave-one-out, {quality_rows['float32']['users']} users; model {model_dir} "
           f"(dim {config.get('dim')}, {config.get('num_items')} items; rayrec train {' '.join(TRAIN_ARGS)} unless "
           f"--model); top 10 through ItemIndex.search, history filtered")
-    print(f"{'vectors':<9} {'bytes/item':>10} {'less mem':>8} {'recall@10':>9} {'NDCG@10':>8} {'change':>8} {'HR@10':>7}")
+    print(f"{'vectors':<14} {'bytes/item':>10} {'less mem':>8} {'recall@10':>9} {'NDCG@10':>8} {'change':>8} {'HR@10':>7}")
     for kind, row in quality_rows.items():
         change = (row["ndcg"] - base) / base * 100 if base else 0.0
-        print(f"{kind:<9} {row['bytes_per_item']:>10.0f} {float_bytes / row['bytes_per_item']:>7.1f}x "
+        print(f"{kind:<14} {row['bytes_per_item']:>10.0f} {float_bytes / row['bytes_per_item']:>7.1f}x "
               f"{row['recall']:>9.3f} {row['ndcg']:>8.4f} {change:>+7.2f}% {row['hr']:>7.4f}")
     for size, rows in cost.items():
         print(f"\n{size:,} items: SYNTHETIC vectors (the trained ones resampled with noise), queries = the model's "
               f"user vectors, {args.queries} top-10 searches each with {EXCLUDED_PER_QUERY} excluded items, "
               "one thread, a fresh process per row")
-        print(f"{'vectors':<9} {'bytes/item':>10} {'less mem':>8} {'resident MB':>11} {'(float32 file':>13} "
+        print(f"{'vectors':<14} {'bytes/item':>10} {'less mem':>8} {'resident MB':>11} {'(float32 file':>13} "
               f"{'codes)':>7} {'RSS MB':>7} {'p50 ms':>7} {'vs f32':>6} {'recall@10':>9} {'numpy blocks p50':>16}")
         ref = rows["float32"]
         for kind, row in rows.items():
             resident = row["float32_file_mb"] + row["codes_mb"]
             numpy_p50 = f"{row['numpy_p50_ms']:.1f} ms" if row["numpy_p50_ms"] else "-"
-            print(f"{kind:<9} {row['bytes_per_item']:>10.0f} {ref['bytes_per_item'] / row['bytes_per_item']:>7.1f}x "
+            print(f"{kind:<14} {row['bytes_per_item']:>10.0f} {ref['bytes_per_item'] / row['bytes_per_item']:>7.1f}x "
                   f"{resident:>11.1f} {row['float32_file_mb']:>13.1f} {row['codes_mb']:>7.1f} {row['rss_mb']:>7.0f} "
                   f"{row['p50_ms']:>7.2f} {ref['p50_ms'] / row['p50_ms']:>5.1f}x {row['recall']:>9.3f} {numpy_p50:>16}")
     print(f"\ncommand: python benchmarks/compression.py --sizes {' '.join(map(str, args.sizes))} --queries {args.queries}"

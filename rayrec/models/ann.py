@@ -1,9 +1,15 @@
-"""The approximate-nearest-neighbour index over a model's item vectors (FAISS HNSW, inner
-product), built once when the model is exported and loaded by every scorer replica.
+"""The FAISS indexes over a model's item vectors (inner product), built once and loaded by every
+scorer replica: the HNSW graph export writes for big catalogues, and compressed codes.
 
 Building HNSW over a million items takes minutes of CPU; doing it in every replica at every
 start would make start-up and scale-out that slow. The file ``item_index.faiss`` in the model
 directory is read memory-mapped where FAISS allows it, so replicas on one node share its pages.
+
+Compressed item vectors (``retrieval.vectors``: float16, int8, pq; see
+:mod:`rayrec.serving.stages.codes`) are FAISS indexes too: flat codes scanned whole, or an HNSW
+graph over codes. ``rayrec index build`` (:func:`write_compressed`) saves one into an existing
+model directory as ``item_index.<name>.faiss`` (``flat-int8``, ``hnsw-pq32``) and records it in
+``item_indexes.json`` with the model version it was built from; :func:`read_compressed` maps it.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ class PQOptions(BaseModel):
         description="Bytes per item (8-bit sub-quantisers, one per dim/code_bytes dimensions; must divide the "
                     "model's dimension). Null: dim/4, 16x less memory than float32.")
     rerank: int = Field(
-        100, ge=0, le=10_000,
+        1000, ge=0, le=10_000,
         description="PQ's best candidates re-scored with their exact float32 vectors (read row by row from the "
                     "memory-mapped model file); 0: PQ's own approximate scores.")
 

@@ -249,3 +249,18 @@ def test_codes_saved_by_rayrec_index_build_are_loaded_not_rebuilt(tmp_path, monk
     (model_dir / "config.json").write_text(json.dumps(config))
     retrained = load_model_dir(model_dir)
     assert ScorerLogic._saved_indexes(retrained, vectors, 32, None, exact_max) == (None, None)
+
+
+def test_the_readme_compression_config_parses_and_states_the_pq_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from rayrec.serving.config import AppArgs, PQOptions
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("#### Compressed item vectors", 1)[1]
+    block = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    args = AppArgs(model_dir="m", **block)
+    assert args.retrieval.vectors == "int8"
+    assert args.retrieval.pq == PQOptions()  # the values shown are the defaults

@@ -64,7 +64,7 @@ class ItemIndex:
         ann_index=None,
         vector_kind: str = "float32",
         pq_code_bytes: int | None = None,
-        pq_rerank: int = 100,
+        pq_rerank: int = 1000,
         codes_index=None,
     ) -> None:
         if vector_kind not in VECTOR_KINDS:
@@ -321,9 +321,10 @@ class ItemIndex:
         return self._found(rows[0], scores[0], query, k, allowed, self._ann_has_added)
 
     def _search_codes(self, query: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Top-K over the compressed trained rows (FAISS's scan; measured here at 1M x 128: FAISS
-        QT_8bit top-10 ~2x faster than numpy dequantising blocks and multiplying, QT_fp16 ~10x,
-        see benchmarks/compression.py), with the added rows scored exactly. A flat scan's top
+        """Top-K over the compressed trained rows, with the added rows scored exactly. Through
+        FAISS's own scan: benchmarks/compression.py times both ways here, and FAISS beat numpy
+        dequantising blocks and multiplying for int8 (about 1.5x at 1M x 128) and by far for
+        float16 (about 8x; numpy converts half floats slowly). A flat scan's top
         ``fetch`` rows hold the allowed top ``k`` whenever ``k`` of them survive the filter, so
         this is as complete as :meth:`top_rows`; else the whole catalogue is scored blockwise."""
         fetch = self._fetch(k, allowed)

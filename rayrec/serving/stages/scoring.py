@@ -157,7 +157,7 @@ class ScorerLogic:
             ann_index=saved_ann,
             vector_kind=vectors,
             pq_code_bytes=pq.get("code_bytes"),
-            pq_rerank=pq.get("rerank", 100),
+            pq_rerank=pq.get("rerank", 1000),
             codes_index=saved_codes,
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
