@@ -264,3 +264,19 @@ def test_the_readme_compression_config_parses_and_states_the_pq_defaults():
     args = AppArgs(model_dir="m", **block)
     assert args.retrieval.vectors == "int8"
     assert args.retrieval.pq == PQOptions()  # the values shown are the defaults
+
+
+@pytest.mark.parametrize("kind", ["float16", "int8", "pq"])
+def test_blockwise_products_and_norms_are_those_of_faiss_decoded_rows(kind, monkeypatch):
+    from rayrec.serving.stages import codes as codes_module
+
+    monkeypatch.setattr(codes_module, "BLOCK", 1000)  # several blocks and a ragged last one
+    vectors = clustered(2500)
+    rows = make_index(vectors, kind, "flat").codes
+    decoded = rows.index.reconstruct_n(0, rows.rows)  # FAISS's own decoding
+    query = queries(vectors, 2)
+    np.testing.assert_allclose(rows.decode(rows.codes), decoded, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rows.products(query), query @ decoded.T, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(rows.norms(), np.linalg.norm(decoded, axis=1), rtol=1e-4)
+    found, _ = rows.search(query[0], 5)
+    np.testing.assert_array_equal(found, np.argsort(-(decoded @ query[0]))[:5])
