@@ -8,7 +8,8 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     item_vocab.json        item ids, index order
     item_embeddings.npy    (N, D) float32 item vectors from the item tower
     item_popularity.npy    (N,) float32 training interaction counts
-    histories.npz          every training user's item sequence (for recommend/serving)
+    history_items.npy      every training user's items, one user after another (for recommend/serving;
+    history_offsets.npy    (U + 1,) where each user's starts; both memory-mapped: rayrec.models.histories)
     items.jsonl            item metadata (title, text, categories) where known
     item_features.npz      content/categorical inputs of the item tower, where used
     category_factors.npy   (C, D) mean item vector per category (config.json's category_vocab),

@@ -19,7 +19,7 @@ from rayrec.models.servable import ServableModel, load_model_dir, read_model_fil
 from rayrec.schema import Vocabulary
 
 REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.json", "item_embeddings.npy",
-                  "item_popularity.npy", "histories.npz")
+                  "item_popularity.npy")
 
 
 class TrainedModel(ServableModel):
