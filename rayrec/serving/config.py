@@ -46,7 +46,7 @@ class Topology(StrEnum):
     """How the read stages are deployed (see :mod:`rayrec.serving.graph.topology`)."""
 
     AUTO = "auto"  # ingress on a one-node Ray, split on a cluster of several nodes
-    SPLIT = "split"  # Preprocessor, UserEncoder and CandidateScorer: a deployment each
+    SPLIT = "split"  # Preprocessor, HistoryEncoder and Retriever: a deployment each
     FUSED = "fused"  # one RecommendPipeline deployment runs the three in process
     INGRESS = "ingress"  # every ingress replica runs that pipeline itself
 
@@ -327,7 +327,7 @@ class AppArgs(BaseModel):
     topology: Topology = Field(
         Topology.AUTO,
         description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
-                    "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
+                    "Preprocessor, HistoryEncoder and Retriever are separate deployments, each scaled "
                     "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
                     "(one handle hop instead of three); ingress: every ingress replica runs that pipeline "
                     "itself (no handle hop on reads; the ingress stage's options size it).",

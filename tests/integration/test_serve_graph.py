@@ -392,7 +392,7 @@ def test_replicas_on_a_node_share_one_copy_of_the_item_vectors_and_histories(ser
     # the dashboard (off here) and refuses to pick when other Ray instances run on the machine.
     from ray._private.state import actors
 
-    holders = {"split": "CandidateScorer", "fused": "RecommendPipeline"}
+    holders = {"split": "Retriever", "fused": "RecommendPipeline"}
     deployment = holders.get(server["topology"], "Ingress")
     pids = [actor["Pid"] for actor in actors().values()
             if actor["State"] == "ALIVE" and actor["ActorClassName"] == f"ServeReplica:rayrec:{deployment}"]

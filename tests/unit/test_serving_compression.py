@@ -208,7 +208,7 @@ def test_codes_saved_by_rayrec_index_build_are_loaded_not_rebuilt(tmp_path, monk
     from rayrec.cli import cli
     from rayrec.models.servable import load_model_dir
     from rayrec.serving.graph.model_loading import item_records
-    from rayrec.serving.stages.scoring import ScorerLogic
+    from rayrec.serving.stages.scoring import RetrievalLogic
     from rayrec.state import open_state_store
 
     model_dir = als_model_dir(tmp_path)
@@ -227,7 +227,7 @@ def test_codes_saved_by_rayrec_index_build_are_loaded_not_rebuilt(tmp_path, monk
     monkeypatch.setattr(index_module, "build_hnsw_codes", no_rebuild)
     model = load_model_dir(model_dir)
     store = open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
-    scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=exact_max,
+    scorer = RetrievalLogic(model, store, item_records(model, model_dir), exact_search_max_items=exact_max,
                          vectors=vectors)
     assert scorer.index.codes is not None and scorer.index.codes.rows == len(model.item_ids)
     assert not scorer.index.codes.index.codes.is_owned  # mapped from the file, shared by replicas
@@ -248,7 +248,7 @@ def test_codes_saved_by_rayrec_index_build_are_loaded_not_rebuilt(tmp_path, monk
     config["model_version"] = "retrained"
     (model_dir / "config.json").write_text(json.dumps(config))
     retrained = load_model_dir(model_dir)
-    assert ScorerLogic._saved_indexes(retrained, vectors, 32, None, exact_max) == (None, None)
+    assert RetrievalLogic._saved_indexes(retrained, vectors, 32, None, exact_max) == (None, None)
 
 
 def test_the_readme_compression_config_parses_and_states_the_pq_defaults():

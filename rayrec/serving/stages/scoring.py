@@ -101,7 +101,7 @@ def new_item_calibration(model: RecommenderModel, options: NewItemOptions):
     return calibration(options.boost)
 
 
-class ScorerLogic:
+class RetrievalLogic:
     """Scores the catalogue for one user vector and returns the top ``k`` with explanations.
 
     Order of work: refresh the catalogue from the state store if its version moved; mask out
