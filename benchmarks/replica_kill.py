@@ -6,7 +6,7 @@
 
 A local Ray (``--num-cpus`` logical CPUs) serves a toy model. Client threads send a steady mix
 of ``/recommend`` (80 %) and ``/feedback`` (20 %, every event with a unique ``event_id``).
-Then, for Ingress, Preprocessor, UserEncoder, CandidateScorer and FeedbackIngestor in turn,
+Then, for Ingress, Preprocessor, HistoryEncoder, Retriever and FeedbackIngestor in turn,
 one replica process is found through Ray's actor table and killed with SIGKILL, and the
 benchmark waits until the deployment is back to full capacity (the dead replica replaced,
 all replicas alive and healthy). At the end the event store is read back.
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEPLOYMENTS = ["Ingress", "Preprocessor", "UserEncoder", "CandidateScorer", "FeedbackIngestor"]
+DEPLOYMENTS = ["Ingress", "Preprocessor", "HistoryEncoder", "Retriever", "FeedbackIngestor"]
 APP = "rayrec"
 
 

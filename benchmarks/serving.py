@@ -132,10 +132,10 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
     from rayrec.models.servable import load_model_dir
     from rayrec.serving.graph.model_loading import item_records
     from rayrec.serving.schemas import RecommendRequest
-    from rayrec.serving.stages.encode import UserEncoderLogic
+    from rayrec.serving.stages.encode import HistoryEncoderLogic
     from rayrec.serving.stages.pipeline import PipelineLogic
     from rayrec.serving.stages.preprocess import PreprocessorLogic
-    from rayrec.serving.stages.scoring import ScorerLogic
+    from rayrec.serving.stages.scoring import RetrievalLogic
     from rayrec.state import open_state_store
 
     import torch
@@ -146,11 +146,11 @@ def in_process(model_dir: Path, users: list[str], requests: int = 300) -> dict:
         store = open_state_store(args.state)
         store.ensure_model(str(model_dir))
         model = load_model_dir(model_dir)
-        scorer = ScorerLogic(model, store, item_records(model, model_dir),
+        scorer = RetrievalLogic(model, store, item_records(model, model_dir),
                              candidate_sources=components("candidate_source", args.candidate_sources),
                              exact_search_max_items=args.retrieval.exact_search_max_items,
                              ann_options=args.retrieval.ann.model_dump())
-        pipeline = PipelineLogic(PreprocessorLogic(model, store, args.event_weights), UserEncoderLogic(model), scorer)
+        pipeline = PipelineLogic(PreprocessorLogic(model, store, args.event_weights), HistoryEncoderLogic(model), scorer)
         pipeline.warm_up()
         times, history = [], 0
         for i in range(requests):

@@ -24,6 +24,7 @@ COMMANDS = {
     "serve": "rayrec.cli.serve_cmd:serve",
     "quickstart": "rayrec.cli.quickstart_cmd:quickstart",
     "synthetic": "rayrec.cli.synthetic_cmd:synthetic",
+    "index": "rayrec.cli.index_cmd:index",
 }
 
 

@@ -8,12 +8,15 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     item_vocab.json        item ids, index order
     item_embeddings.npy    (N, D) float32 item vectors from the item tower
     item_popularity.npy    (N,) float32 training interaction counts
-    histories.npz          every training user's item sequence (for recommend/serving)
+    history_items.npy      every training user's items, one user after another (for recommend/serving;
+    history_offsets.npy    (U + 1,) where each user's starts; both memory-mapped: rayrec.models.histories)
     items.jsonl            item metadata (title, text, categories) where known
     item_features.npz      content/categorical inputs of the item tower, where used
     category_factors.npy   (C, D) mean item vector per category (config.json's category_vocab),
                            where the data had categories: new items with categories, no text
     item_index.faiss       HNSW index over item_embeddings, for 250,000 items or more (faiss)
+    item_index.<name>.faiss  compressed item vectors (flat-int8, hnsw-pq32, ...) that
+                           `rayrec index build` saved, listed in item_indexes.json (faiss)
     metrics.json           training curve and validation/test metrics
     training_curve.png     loss and validation NDCG per epoch
 

@@ -97,9 +97,7 @@ class OrderFreeModel(ServableModel):
         """(M, D) vectors for items added after training: the mean of the vectors of their known
         categories' items when the model stored that table, else the mean item vector. Either
         way a newcomer scores, for each user, like the average trained item (of its categories)."""
-        embeddings = self.item_embeddings
-        neutral = embeddings.mean(axis=0) if len(embeddings) else np.zeros(embeddings.shape[1])
-        vectors = np.repeat(neutral[None, :].astype(np.float32), len(records), axis=0)
+        vectors = np.repeat(self.mean_item_vector()[None, :], len(records), axis=0)
         if self.category_vectors is None:
             return vectors
         for row, record in enumerate(records):

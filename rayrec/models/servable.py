@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from rayrec.errors import ModelError
+from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE, Histories
 from rayrec.schema import Vocabulary
 
 if TYPE_CHECKING:
@@ -43,8 +44,9 @@ MODEL_KINDS = {
     "blend": "rayrec.models.blend:BlendModel",
 }
 #: Files every model directory has, whatever its kind.
-COMMON_FILES = ("config.json", "user_vocab.json", "item_vocab.json", "item_embeddings.npy", "item_popularity.npy",
-                "histories.npz")
+#: (The training histories too: history_items.npy and history_offsets.npy, or in directories
+#: written before them histories.npz; see rayrec.models.histories.)
+COMMON_FILES = ("config.json", "user_vocab.json", "item_vocab.json", "item_embeddings.npy", "item_popularity.npy")
 
 
 @dataclass
@@ -62,7 +64,7 @@ class ModelFiles:
     item_vocab: Vocabulary
     item_embeddings: np.ndarray
     item_popularity: np.ndarray
-    histories: list[np.ndarray]
+    histories: Histories
     items: list[dict] | None
 
 
@@ -73,6 +75,8 @@ def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFil
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: model directory not found")
     missing = [name for name in required if not (model_dir / name).exists()]
+    if not Histories.present(model_dir):
+        missing.append(f"{ITEMS_FILE} and {OFFSETS_FILE}")
     if missing:
         raise ModelError(f"{model_dir}: not a complete rayrec model directory; missing {', '.join(missing)}")
     try:
@@ -84,17 +88,15 @@ def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFil
         if item_embeddings.dtype != np.float32:
             item_embeddings = item_embeddings.astype(np.float32)
         item_popularity = np.load(model_dir / "item_popularity.npy").astype(np.float32)
-        with np.load(model_dir / "histories.npz") as packed:
-            lengths, flat = packed["lengths"], packed["items"]
+        histories = Histories.read(model_dir)  # memory-mapped where the directory allows
     except Exception as exc:  # corrupt or truncated files of any kind
         raise ModelError(f"{model_dir}: cannot read model files ({type(exc).__name__}: {exc})") from None
     num_items = len(item_vocab)
     if item_embeddings.shape != (num_items, config.get("dim", item_embeddings.shape[-1])) or item_embeddings.ndim != 2:
         raise ModelError(f"{model_dir}: item_embeddings.npy has shape {item_embeddings.shape}, "
                          f"expected ({num_items}, {config.get('dim')})")
-    if len(item_popularity) != num_items or len(lengths) != len(user_vocab) or int(lengths.sum()) != len(flat):
+    if len(item_popularity) != num_items or len(histories) != len(user_vocab):
         raise ModelError(f"{model_dir}: vocabularies, popularity and histories disagree in size")
-    histories = np.split(flat.astype(np.int64), np.cumsum(lengths)[:-1]) if len(lengths) else []
     items = None
     if (model_dir / "items.jsonl").exists():
         items = [json.loads(line) for line in (model_dir / "items.jsonl").read_text().splitlines() if line]
@@ -107,7 +109,7 @@ class ServableModel:
     ``encode_histories``, ``encode_items`` and ``new_item_calibration``."""
 
     def __init__(self, model_dir: Path, config: dict, user_vocab: Vocabulary, item_vocab: Vocabulary,
-                 item_embeddings: np.ndarray, item_popularity: np.ndarray, histories: list[np.ndarray],
+                 item_embeddings: np.ndarray, item_popularity: np.ndarray, histories: Sequence[np.ndarray],
                  items: list[dict] | None) -> None:
         self.model_dir = model_dir
         self.config = config
@@ -122,6 +124,21 @@ class ServableModel:
     @property
     def item_ids(self) -> list[str]:
         return self.item_vocab.ids
+
+    def mean_item_vector(self) -> np.ndarray:
+        """(D,) float32: the mean trained item vector (a newcomer without usable content gets it),
+        computed once. It reads the whole memory-mapped item matrix, whose pages are then handed
+        back: a scorer that searches compressed codes must not keep the float32 file resident
+        because of one ``PUT /items`` (a float32 scorer faults them back in once, from the cache)."""
+        mean = getattr(self, "_mean_item_vector", None)
+        if mean is None:
+            from rayrec.models.arrays import release_pages
+
+            embeddings = self.item_embeddings
+            mean = (embeddings.mean(axis=0) if len(embeddings) else np.zeros(embeddings.shape[1])).astype(np.float32)
+            release_pages(embeddings)
+            self._mean_item_vector = mean
+        return mean
 
     def training_history(self, user_id: str) -> list[str]:
         index = self.user_vocab.index_of(user_id)

@@ -19,7 +19,7 @@ from rayrec.models.servable import ServableModel, load_model_dir, read_model_fil
 from rayrec.schema import Vocabulary
 
 REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.json", "item_embeddings.npy",
-                  "item_popularity.npy", "histories.npz")
+                  "item_popularity.npy")
 
 
 class TrainedModel(ServableModel):
@@ -132,7 +132,7 @@ class TrainedModel(ServableModel):
         if tower.content_projection is not None:
             content = torch.from_numpy(self._content_vectors(records))
         if category_ids is None and content is None:
-            vectors = np.repeat(self.item_embeddings.mean(axis=0, keepdims=True), len(records), axis=0)
+            vectors = np.repeat(self.mean_item_vector()[None, :], len(records), axis=0)
         else:
             vectors = self._vectors_from_content(category_ids, content)
         if category_ids is None:  # the tower cannot read categories: place items by them here
@@ -171,7 +171,7 @@ class TrainedModel(ServableModel):
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         vectors = vectors.numpy().astype(np.float32)
         if content is None:  # not the zero vector EmbeddingBag gives all-padding rows
-            vectors[(category_ids == 0).all(dim=1).numpy()] = self.item_embeddings.mean(axis=0)
+            vectors[(category_ids == 0).all(dim=1).numpy()] = self.mean_item_vector()
         return vectors
 
     def new_item_calibration(self, boost: float = 0.0) -> NewItemCalibration | None:

@@ -2,8 +2,8 @@
 
 ::
 
-    HTTP ─► Ingress ─┬─► Preprocessor ─► UserEncoder (@serve.batch) ─► CandidateScorer
-                     ├─► CandidateScorer (/similar-items, PUT/DELETE /items, /search)
+    HTTP ─► Ingress ─┬─► Preprocessor ─► HistoryEncoder (@serve.batch) ─► Retriever
+                     ├─► Retriever (/similar-items, PUT/DELETE /items, /search)
                      └─► FeedbackIngestor (/feedback, DELETE /users, model switch)
 
 That is ``topology: split``; ``fused`` and ``ingress`` run the three read stages in one

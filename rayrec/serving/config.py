@@ -46,7 +46,7 @@ class Topology(StrEnum):
     """How the read stages are deployed (see :mod:`rayrec.serving.graph.topology`)."""
 
     AUTO = "auto"  # ingress on a one-node Ray, split on a cluster of several nodes
-    SPLIT = "split"  # Preprocessor, UserEncoder and CandidateScorer: a deployment each
+    SPLIT = "split"  # Preprocessor, HistoryEncoder and Retriever: a deployment each
     FUSED = "fused"  # one RecommendPipeline deployment runs the three in process
     INGRESS = "ingress"  # every ingress replica runs that pipeline itself
 
@@ -121,6 +121,29 @@ class AnnOptions(BaseModel):
     ef_search: int = Field(256, ge=8, description="Search breadth; higher = better recall, slower.")
 
 
+class VectorKind(StrEnum):
+    """How a scorer holds the trained item vectors (see :mod:`rayrec.serving.stages.codes`)."""
+
+    FLOAT32 = "float32"  # the model's item_embeddings.npy itself, memory-mapped
+    FLOAT16 = "float16"  # FAISS QT_fp16: 2 bytes a dimension
+    INT8 = "int8"  # FAISS QT_8bit: 1 byte a dimension, 255 steps over each dimension's range
+    PQ = "pq"  # FAISS product quantisation: pq.code_bytes a vector
+
+
+class PQOptions(BaseModel):
+    """Product quantisation of the item vectors (``retrieval.vectors: pq``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    code_bytes: int | None = Field(
+        None, ge=1, le=4096,
+        description="Bytes per item (8-bit sub-quantisers, one per dim/code_bytes dimensions; must divide the "
+                    "model's dimension). Null: dim/4, 16x less memory than float32.")
+    rerank: int = Field(
+        1000, ge=0, le=10_000,
+        description="PQ's best candidates re-scored with their exact float32 vectors (read row by row from the "
+                    "memory-mapped model file); 0: PQ's own approximate scores.")
+
+
 class SearchOptions(BaseModel):
     """``POST /search``: which extractor encodes queries and items, and how much the user's taste counts."""
 
@@ -156,6 +179,13 @@ class RetrievalOptions(BaseModel):
         250_000, ge=0, description="Exact top-K up to this many items; an ANN index (FAISS HNSW) above."
     )
     ann: AnnOptions = AnnOptions()
+    vectors: VectorKind = Field(
+        VectorKind.FLOAT32,
+        description="How each scorer replica holds the trained item vectors: float32 (the model file), float16 "
+                    "(2x less memory), int8 (4x less), pq (16x less by default, see pq); the compressed kinds need "
+                    "faiss and are read from the model directory when `rayrec index build` saved them there, else "
+                    "built at start. Scanned whole up to exact_search_max_items; above, HNSW over the same codes.")
+    pq: PQOptions = Field(default_factory=PQOptions, description=PQOptions.__doc__)
     filter_seen: bool = Field(True, description="Never recommend items the user already interacted with.")
     rerank_pool: int | None = Field(
         None, ge=1, le=100_000,
@@ -297,7 +327,7 @@ class AppArgs(BaseModel):
     topology: Topology = Field(
         Topology.AUTO,
         description="auto: ingress on a one-node Ray, split on a cluster of several nodes. split: "
-                    "Preprocessor, UserEncoder and CandidateScorer are separate deployments, each scaled "
+                    "Preprocessor, HistoryEncoder and Retriever are separate deployments, each scaled "
                     "on its own; fused: one RecommendPipeline deployment runs the three stages in process "
                     "(one handle hop instead of three); ingress: every ingress replica runs that pipeline "
                     "itself (no handle hop on reads; the ingress stage's options size it).",
@@ -363,7 +393,8 @@ COMPONENT_FIELDS = {
 
 
 def check_components(args: AppArgs, where: str | None = None) -> None:
-    """Create every configured component once, so a bad name or option fails before Ray starts.
+    """Create every configured component once, so a bad name or option fails before Ray starts
+    (and check that compressed item vectors have the faiss they need).
 
     Raises :class:`rayrec.errors.ConfigError` in one line naming ``where`` (the config file),
     the list entry, the component and the field: ``serve.yaml: scorers[0]: invalid options
@@ -374,8 +405,12 @@ def check_components(args: AppArgs, where: str | None = None) -> None:
     from rayrec import plugins
     from rayrec.config import validation_problems
     from rayrec.errors import ConfigError, RayrecError
+    from rayrec.models.ann import faiss_available
 
     prefix = f"{where}: " if where else ""
+    if args.retrieval.vectors != VectorKind.FLOAT32 and not faiss_available():
+        raise ConfigError(f"{prefix}retrieval.vectors: {args.retrieval.vectors.value} needs faiss "
+                          f"(pip install faiss-cpu), or use float32")
     for field, kind in COMPONENT_FIELDS.items():
         for index, spec in enumerate(getattr(args, field)):
             entry = f"{prefix}{field}[{index}]"

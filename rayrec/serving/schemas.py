@@ -252,10 +252,19 @@ class ErrorResponse(BaseModel):
     detail: list[ErrorDetail] = Field(default_factory=list)
 
 
+class ItemVectorsStatus(BaseModel):
+    kind: str = Field(description="retrieval.vectors: float32, float16, int8 or pq.")
+    bytes_per_item: float = Field(description="Bytes a scorer holds per trained item for search (float32: 4 x dim).")
+    search: str = Field(description="'exact scan' (every item scored) or 'hnsw' (an ANN graph).")
+    from_model_dir: bool = Field(description="Whether the HNSW graph or compressed codes were read from the model "
+                                             "directory (false: built when the scorer started, or none needed).")
+
+
 class HealthResponse(BaseModel):
     status: str
     model_version: str
     search: bool = Field(False, description="Whether POST /search is enabled (a text model for queries is loaded).")
+    item_vectors: ItemVectorsStatus | None = Field(None, description="How the scorer holds the item vectors.")
 
 
 @dataclass

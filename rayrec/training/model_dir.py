@@ -18,6 +18,7 @@ import numpy as np
 
 import rayrec
 from rayrec.models.ann import write_index
+from rayrec.models.histories import Histories
 from rayrec.training.prepare import PreparedData
 
 #: An order-free model reads at most this many recent events per request, or the longest
@@ -55,8 +56,9 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
     np.save(out_dir / "item_popularity.npy", np.bincount(flat, minlength=data.num_items).astype(np.float32))
     data.user_vocab.save(out_dir / "user_vocab.json")
     data.item_vocab.save(out_dir / "item_vocab.json")
-    lengths = np.array([len(s) for s in data.sequences], dtype=np.int64)
-    np.savez_compressed(out_dir / "histories.npz", lengths=lengths, items=flat)
+    # Uncompressed, so serving maps them instead of loading every user's history into each replica.
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences], dtype=np.int64)])
+    Histories(flat.astype(np.int64), offsets.astype(np.int64)).write(out_dir)
     if data.items is not None:
         with open(out_dir / "items.jsonl", "w") as handle:
             for record in data.items.records():

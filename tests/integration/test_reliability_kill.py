@@ -47,8 +47,8 @@ def test_killing_a_replica_of_each_deployment_loses_no_acknowledged_event(tmp_pa
     print(json.dumps(report))
     assert report["feedback_events_acknowledged"] > 100
     assert report["acknowledged_events_lost"] == 0
-    assert [k["deployment"] for k in report["kills"]] == ["Ingress", "Preprocessor", "UserEncoder",
-                                                          "CandidateScorer", "FeedbackIngestor"]
+    assert [k["deployment"] for k in report["kills"]] == ["Ingress", "Preprocessor", "HistoryEncoder",
+                                                          "Retriever", "FeedbackIngestor"]
     for kill in report["kills"]:
         assert kill["seconds_to_full_capacity"] is not None, kill  # the dead replica was replaced
         # only requests in flight on the killed replica may fail: at most one per client

@@ -385,20 +385,22 @@ def test_search_without_a_text_model_says_how_to_turn_it_on(server):
     assert "text_embedding" in response.json()["message"]
 
 
-def test_replicas_on_a_node_share_one_copy_of_the_item_vectors(server):
+def test_replicas_on_a_node_share_one_copy_of_the_item_vectors_and_histories(server):
     """Every replica that scores maps the model's item_embeddings.npy read-only (one copy in
     the node's page cache, whatever the replica count) instead of loading its own."""
     # The GCS's actor table through the connected driver: the public ray.util.state API needs
     # the dashboard (off here) and refuses to pick when other Ray instances run on the machine.
     from ray._private.state import actors
 
-    holders = {"split": "CandidateScorer", "fused": "RecommendPipeline"}
+    holders = {"split": "Retriever", "fused": "RecommendPipeline"}
     deployment = holders.get(server["topology"], "Ingress")
     pids = [actor["Pid"] for actor in actors().values()
             if actor["State"] == "ALIVE" and actor["ActorClassName"] == f"ServeReplica:rayrec:{deployment}"]
     assert len(pids) == 2
-    vectors_file = str((server["v1"] / "item_embeddings.npy").resolve())
-    for pid in pids:
-        with open(f"/proc/{pid}/maps") as maps:
-            mapped = [line for line in maps if line.rstrip().endswith(vectors_file)]
-        assert mapped and all(line.split()[1].startswith("r") and "w" not in line.split()[1] for line in mapped)
+    # The training histories too (every user's items): mapped, not one array per user per replica.
+    for name in ("item_embeddings.npy", "history_items.npy"):
+        shared_file = str((server["v1"] / name).resolve())
+        for pid in pids:
+            with open(f"/proc/{pid}/maps") as maps:
+                mapped = [line for line in maps if line.rstrip().endswith(shared_file)]
+            assert mapped and all(line.split()[1].startswith("r") and "w" not in line.split()[1] for line in mapped), name

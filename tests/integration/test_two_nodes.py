@@ -23,7 +23,7 @@ from rayrec.testing import RedisServer, free_port, redis_unavailable  # noqa: E4
 pytestmark = [pytest.mark.integration]
 
 #: The deployments that must run on both nodes, two replicas each.
-SPREAD = ("Preprocessor", "UserEncoder", "CandidateScorer", "FeedbackIngestor")
+SPREAD = ("Preprocessor", "HistoryEncoder", "Retriever", "FeedbackIngestor")
 
 
 @pytest.fixture(scope="module")

@@ -58,3 +58,47 @@ def test_the_old_loaders_and_the_old_toy_module_still_work_and_say_what_to_use(t
         old_module = importlib.import_module("rayrec.serving.toy_model")
     assert old_module.write_toy_model is write_toy_model
     assert json.loads((old_module.write_toy_model(tmp_path / "old") / "config.json").read_text())["model_kind"] == "toy"
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.local import train_in_process
+
+    data = generate(SyntheticConfig(num_users=40, num_items=30, num_clusters=2, mean_events_per_user=8))
+    return train_in_process(data, tmp_path_factory.mktemp("histories") / "model",
+                            TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}), log=lambda line: None), data
+
+
+def test_training_histories_are_memory_mapped_not_held_per_user(trained_dir):
+    """Each serving replica maps one file instead of holding a list of one array per user."""
+    model_dir, data = trained_dir
+    model = load_model_dir(model_dir)
+    assert isinstance(model._histories.items, np.memmap)
+    from rayrec.training.prepare import prepare
+
+    prepared = prepare(data)
+    for user, sequence in zip(prepared.user_vocab.ids, prepared.sequences):
+        assert model.training_history(user) == prepared.item_vocab.decode(sequence - 1)
+
+
+def test_a_model_directory_with_the_older_histories_file_still_loads(trained_dir, tmp_path):
+    import shutil
+
+    from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE
+
+    model_dir, _ = trained_dir
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    items, offsets = np.load(old / ITEMS_FILE), np.load(old / OFFSETS_FILE)
+    np.savez_compressed(old / "histories.npz", lengths=np.diff(offsets), items=items)
+    (old / ITEMS_FILE).unlink()
+    (old / OFFSETS_FILE).unlink()
+    new_model, old_model = load_model_dir(model_dir), load_model_dir(old)
+    assert len(old_model._histories) == len(new_model._histories)
+    for user in range(len(new_model._histories)):
+        np.testing.assert_array_equal(old_model._histories[user], new_model._histories[user])
+    (old / "histories.npz").unlink()
+    with pytest.raises(ModelError, match="missing history_items.npy and history_offsets.npy"):
+        load_model_dir(old)

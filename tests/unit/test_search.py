@@ -18,7 +18,7 @@ from rayrec.hookspecs import hookimpl
 from rayrec.serving.config import SearchOptions
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError
-from rayrec.serving.stages.scoring import ScorerLogic
+from rayrec.serving.stages.scoring import RetrievalLogic
 from rayrec.state import open_state_store
 
 BUCKETS = 256
@@ -95,13 +95,13 @@ def scorer(tmp_path, register_rayrec_plugin):
     register_rayrec_plugin(BagOfWordsPlugin, name="test-search-bag-of-words")
     store = open_state_store(str(tmp_path / "state.db"))
     model = CatalogueModel()
-    logic = ScorerLogic(model, store, model.item_records(),
+    logic = RetrievalLogic(model, store, model.item_records(),
                         search=SearchOptions(extractor="test-bag-of-words", personalization=0.5, pool=6))
     yield logic
     store.close()
 
 
-def search(logic: ScorerLogic, query: str, k: int = 3, user_vector=None, prepared=None, **fields) -> list[str]:
+def search(logic: RetrievalLogic, query: str, k: int = 3, user_vector=None, prepared=None, **fields) -> list[str]:
     request = SearchRequest(query=query, k=k, **fields)
     result = logic.search(request, logic.encode_query(query), prepared, user_vector)
     return [item["item_id"] for item in result["items"]]
@@ -161,7 +161,7 @@ def test_items_without_any_text_are_never_returned(scorer):
 def test_search_is_off_without_a_query_capable_extractor(tmp_path):
     store = open_state_store(str(tmp_path / "state.db"))
     model = CatalogueModel()
-    logic = ScorerLogic(model, store, model.item_records(), search=SearchOptions())
+    logic = RetrievalLogic(model, store, model.item_records(), search=SearchOptions())
     with pytest.raises(NotFoundError, match="search is not enabled.*text_embedding"):
         logic.encode_query("rocket")
     store.close()
@@ -184,7 +184,7 @@ def test_naming_an_extractor_that_cannot_encode_queries_is_refused(tmp_path, reg
     store = open_state_store(str(tmp_path / "state.db"))
     model = CatalogueModel()
     with pytest.raises(ValueError, match="search.extractor.*cannot encode queries"):
-        ScorerLogic(model, store, model.item_records(), search=SearchOptions(extractor="test-title-length"))
+        RetrievalLogic(model, store, model.item_records(), search=SearchOptions(extractor="test-title-length"))
     store.close()
 
 

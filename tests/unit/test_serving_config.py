@@ -122,7 +122,7 @@ def test_resolve_args_makes_paths_absolute_and_checks_model_and_components(tmp_p
 def test_the_user_encoder_batches_as_app_args_say(tmp_path):
     import asyncio
 
-    from rayrec.serving.graph.deployments import UserEncoder
+    from rayrec.serving.graph.deployments import HistoryEncoder
     from rayrec.state import open_state_store
 
     model = write_toy_model(tmp_path / "model", num_items=50, dim=8)
@@ -133,7 +133,7 @@ def test_the_user_encoder_batches_as_app_args_say(tmp_path):
     store.close()
 
     async def batching():
-        encoder = UserEncoder.func_or_class(args)  # the replica's class, outside Ray
+        encoder = HistoryEncoder.func_or_class(args)  # the replica's class, outside Ray
         return encoder.encode_batch._get_max_batch_size(), encoder.encode_batch._get_batch_wait_timeout_s()
 
     assert asyncio.run(batching()) == (7, 0.25)

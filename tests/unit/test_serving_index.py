@@ -137,7 +137,7 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     from rayrec.models import ann
     from rayrec.models.servable import load_model_dir
     from rayrec.serving.graph.model_loading import item_records
-    from rayrec.serving.stages.scoring import ScorerLogic
+    from rayrec.serving.stages.scoring import RetrievalLogic
     from rayrec.state import open_state_store
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import train_in_process
@@ -155,7 +155,7 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "build_hnsw", no_rebuild)
     model = load_model_dir(model_dir)
     store = open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
-    scorer = ScorerLogic(model, store, item_records(model, model_dir), exact_search_max_items=50)
+    scorer = RetrievalLogic(model, store, item_records(model, model_dir), exact_search_max_items=50)
     assert scorer.index.ann is not None and scorer.index.ann.ntotal == 80
     query = model.item_embeddings[3]
     rows, _ = scorer.index.search(query, 5, scorer.index.allowed_mask([]))

@@ -10,12 +10,12 @@ import pytest
 
 from rayrec.components import Candidate, FeedbackEvent, FeedbackHandler, Scorer, ScoringContext
 from rayrec.serving.schemas import ItemIn, RecommendRequest
-from rayrec.serving.stages.encode import UserEncoderLogic
+from rayrec.serving.stages.encode import HistoryEncoderLogic
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.feedback import FeedbackLogic
 from rayrec.serving.stages.generations import ModelSlots
 from rayrec.serving.stages.preprocess import PreprocessorLogic
-from rayrec.serving.stages.scoring import ScorerLogic
+from rayrec.serving.stages.scoring import RetrievalLogic
 from rayrec.state import open_state_store
 
 WEIGHTS = {"view": 0.5, "click": 1.0, "purchase": 3.0, "skip": 0.0, "dislike": -1.0}
@@ -84,8 +84,8 @@ class Pipeline:
 
     def __init__(self, model, store, **scorer_kwargs):
         self.pre = PreprocessorLogic(model, store, WEIGHTS)
-        self.enc = UserEncoderLogic(model)
-        self.scorer = ScorerLogic(model, store, model.item_records(), **scorer_kwargs)
+        self.enc = HistoryEncoderLogic(model)
+        self.scorer = RetrievalLogic(model, store, model.item_records(), **scorer_kwargs)
         self.feedback = FeedbackLogic(store, WEIGHTS)
 
     def recommend(self, **request):
@@ -138,7 +138,7 @@ def test_anonymous_session_and_unknown_items(model, store):
 
 # -- encoder --------------------------------------------------------------------------------
 def test_encoder_batches_and_skips_empty_histories(model):
-    results = UserEncoderLogic(model).encode([[0, 1], [], [10]])
+    results = HistoryEncoderLogic(model).encode([[0, 1], [], [10]])
     assert results[1][0] is None and len(results[1][1]) == 0
     np.testing.assert_allclose(results[0][0], model.item_embeddings[[0, 1]].mean(0), rtol=1e-6)
     np.testing.assert_allclose(results[2][0], model.item_embeddings[10], rtol=1e-6)

@@ -15,11 +15,11 @@ from ray.serve import Application
 
 from rayrec.serving.config import SINGLE_THREAD_ENV, AppArgs, Topology
 from rayrec.serving.graph.deployments import (
-    CandidateScorer,
+    Retriever,
     FeedbackIngestor,
     Preprocessor,
     RecommendPipeline,
-    UserEncoder,
+    HistoryEncoder,
 )
 from rayrec.serving.graph.topology import FusedPipeline, IngressPipeline, ReadPath, SplitStages
 
@@ -78,7 +78,7 @@ def bind_stages(args: AppArgs) -> tuple[ReadPath, Application]:
         raise ValueError(f"topology {args.topology} must be resolved to split, fused or ingress first")
     reads = SplitStages(
         preprocessor=Preprocessor.options(**deployment_options("preprocessor", args)).bind(args),
-        encoder=UserEncoder.options(**deployment_options("user_encoder", args)).bind(args),
-        scorer=CandidateScorer.options(**deployment_options("scorer", args)).bind(args),
+        encoder=HistoryEncoder.options(**deployment_options("user_encoder", args)).bind(args),
+        scorer=Retriever.options(**deployment_options("scorer", args)).bind(args),
     )
     return reads, feedback

@@ -25,13 +25,13 @@ from rayrec.models.servable import load_model_dir
 from rayrec.serving.graph.model_loading import item_records
 from rayrec.serving.graph.observability import serving_metrics
 from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest, SearchRequest
-from rayrec.serving.stages.encode import UserEncoderLogic
+from rayrec.serving.stages.encode import HistoryEncoderLogic
 from rayrec.serving.stages.errors import RequestError, StageError
 from rayrec.serving.stages.feedback import FeedbackLogic
 from rayrec.serving.stages.generations import ModelSlots
 from rayrec.serving.stages.pipeline import PipelineLogic
 from rayrec.serving.stages.preprocess import PreprocessorLogic
-from rayrec.serving.stages.scoring import ScorerLogic
+from rayrec.serving.stages.scoring import RetrievalLogic
 from rayrec.state import open_state_store
 from rayrec.state.base import ModelGeneration
 
@@ -155,7 +155,7 @@ class Preprocessor(_ModelStage):
 
 
 @serve.deployment
-class UserEncoder(_ModelStage):
+class HistoryEncoder(_ModelStage):
     stage = "user_encoder"
 
     def __init__(self, args: AppArgs) -> None:
@@ -164,8 +164,8 @@ class UserEncoder(_ModelStage):
         self.encode_batch.set_max_batch_size(args.batching.max_size)
         self.encode_batch.set_batch_wait_timeout_s(args.batching.wait_timeout_s)
 
-    def _build(self, record: ModelGeneration) -> UserEncoderLogic:
-        logic = UserEncoderLogic(load_model_dir(record.model_dir))
+    def _build(self, record: ModelGeneration) -> HistoryEncoderLogic:
+        logic = HistoryEncoderLogic(load_model_dir(record.model_dir))
         logic.encode([[0]])  # warm: the first torch call pays for lazy initialisation
         return logic
 
@@ -188,9 +188,9 @@ class UserEncoder(_ModelStage):
 
 
 class _CatalogueMethods:
-    """What the ingress asks of whichever deployment holds the scorer (CandidateScorer in the
+    """What the ingress asks of whichever deployment holds the scorer (Retriever in the
     split topology, RecommendPipeline in the fused one): catalogue reads and writes, item to
-    item, search, status. ``_scorer`` returns that deployment's ScorerLogic for a generation."""
+    item, search, status. ``_scorer`` returns that deployment's RetrievalLogic for a generation."""
 
     stage: str
 
@@ -202,8 +202,8 @@ class _CatalogueMethods:
         self.candidate_filters = [impl.function for impl in plugins.load_plugins().hook.filter_candidates.get_hookimpls()]
         self._recall_probe: asyncio.Task | None = None
 
-    def _build_scorer(self, model: Any, model_dir: str) -> ScorerLogic:
-        return ScorerLogic(
+    def _build_scorer(self, model: Any, model_dir: str) -> RetrievalLogic:
+        return RetrievalLogic(
             model,
             self.store,
             item_records(model, model_dir),
@@ -211,6 +211,8 @@ class _CatalogueMethods:
             candidate_filters=self.candidate_filters,
             exact_search_max_items=self.args.retrieval.exact_search_max_items,
             ann_options=self.args.retrieval.ann.model_dump(),
+            vectors=self.args.retrieval.vectors.value,
+            pq_options=self.args.retrieval.pq.model_dump(),
             filter_seen=self.args.retrieval.filter_seen,
             candidate_sources=self.candidate_sources,
             search=self.args.search,
@@ -218,7 +220,7 @@ class _CatalogueMethods:
             rerank_pool=self.args.retrieval.rerank_pool,
         )
 
-    async def _scorer(self, generation: int | None = None) -> ScorerLogic:  # pragma: no cover - per class
+    async def _scorer(self, generation: int | None = None) -> RetrievalLogic:  # pragma: no cover - per class
         raise NotImplementedError
 
     def _start_recall_probe(self) -> None:
@@ -238,7 +240,7 @@ class _CatalogueMethods:
                 logger.exception("the ANN recall probe failed")
             await asyncio.sleep(self.args.observability.ann_recall_probe_interval_s)
 
-    async def _search(self, scorer: ScorerLogic, request: SearchRequest, prepared: PreparedRequest | None,
+    async def _search(self, scorer: RetrievalLogic, request: SearchRequest, prepared: PreparedRequest | None,
                       user_vector: np.ndarray | None, attributions: np.ndarray | None) -> dict[str, Any]:
         # The text model runs off the event loop (tens of ms); it releases the GIL while it computes.
         query_vector = await asyncio.to_thread(scorer.encode_query, request.query)
@@ -269,11 +271,12 @@ class _CatalogueMethods:
 
     async def status(self) -> dict[str, Any]:
         scorer = await self._scorer()
-        return {"model_version": scorer.model_version, "search": scorer.text_search is not None}
+        return {"model_version": scorer.model_version, "search": scorer.text_search is not None,
+                "item_vectors": scorer.index.describe()}
 
 
 @serve.deployment
-class CandidateScorer(_CatalogueMethods, _ModelStage):
+class Retriever(_CatalogueMethods, _ModelStage):
     stage = "scorer"
 
     def __init__(self, args: AppArgs) -> None:
@@ -281,10 +284,10 @@ class CandidateScorer(_CatalogueMethods, _ModelStage):
         self._init_scoring(args)
         self._init_stage(args)
 
-    def _build(self, record: ModelGeneration) -> ScorerLogic:
+    def _build(self, record: ModelGeneration) -> RetrievalLogic:
         return self._build_scorer(load_model_dir(record.model_dir), record.model_dir)
 
-    async def _scorer(self, generation: int | None = None) -> ScorerLogic:
+    async def _scorer(self, generation: int | None = None) -> RetrievalLogic:
         return await self._logic(generation)
 
     @timed
@@ -326,13 +329,13 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
         model = load_model_dir(record.model_dir)  # one copy of the model for the three stages
         logic = PipelineLogic(
             PreprocessorLogic(model, self.store, self.args.event_weights, record.generation, self.extractors),
-            UserEncoderLogic(model),
+            HistoryEncoderLogic(model),
             self._build_scorer(model, record.model_dir),
         )
         logic.warm_up()
         return logic
 
-    async def _scorer(self, generation: int | None = None) -> ScorerLogic:
+    async def _scorer(self, generation: int | None = None) -> RetrievalLogic:
         return (await self._logic(generation)).scorer
 
     @timed

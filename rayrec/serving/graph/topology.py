@@ -2,7 +2,7 @@
 
 ::
 
-    split    Ingress ─► Preprocessor ─► UserEncoder ─► CandidateScorer   (SplitStages)
+    split    Ingress ─► Preprocessor ─► HistoryEncoder ─► Retriever   (SplitStages)
     fused    Ingress ─► RecommendPipeline                               (FusedPipeline)
     ingress  Ingress running a RecommendPipeline in its own process     (IngressPipeline)
 

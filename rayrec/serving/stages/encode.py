@@ -9,7 +9,7 @@ import numpy as np
 from rayrec.models.bundle import RecommenderModel
 
 
-class UserEncoderLogic:
+class HistoryEncoderLogic:
     """Encodes a batch of histories with the model's user tower.
 
     ``histories``: B sequences of item indices (oldest first) -> user vectors ``(B, D)`` and,

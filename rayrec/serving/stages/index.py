@@ -1,4 +1,5 @@
-"""Top-K retrieval over the item vectors: exact matrix product, or FAISS HNSW for big catalogues.
+"""Top-K retrieval over the item vectors: exact matrix product, or FAISS HNSW for big catalogues,
+over float32 vectors or compressed ones (float16, int8, PQ codes: :mod:`.codes`).
 
 Rows are append-only: a new or re-encoded item gets a new row and its old row dies, so the
 ANN index (which cannot update in place) and the exact matrix share the same row numbers.
@@ -6,6 +7,10 @@ Dead rows and per-request exclusions are masked out of the results.
 
 Rows beyond the trained ones hold items added after training (vectors from content alone);
 with a :class:`NewItemCalibration` their scores are put on the trained items' scale per query.
+
+With compressed vectors the trained rows are searched through their codes only; the few rows
+that need exact vectors (``rows_vectors``: PQ's re-scoring, explanations) are read from the
+float32 model file, so a replica's resident memory is the codes, not the catalogue's floats.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import logging
 
 import numpy as np
 
-from rayrec.models.ann import build_hnsw, faiss_available
+from rayrec.models.ann import PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hnsw, build_hnsw_codes, faiss_available
+from rayrec.models.arrays import FileRows, release_pages
 from rayrec.models.new_items import NewItemCalibration
+from rayrec.serving.stages.codes import CompressedRows
 
 __all__ = ["ItemIndex", "faiss_available"]
 
@@ -34,6 +41,14 @@ class ItemIndex:
     ``vectors`` is kept as given (a memory-mapped model file stays shared between the replicas
     of a node); rows added later live in a growable block of their own, so an added item costs
     O(D), not a copy of the catalogue.
+
+    ``vector_kind`` (``retrieval.vectors``): ``float32`` searches ``vectors`` itself; ``float16``,
+    ``int8`` and ``pq`` search FAISS codes of them instead (needs faiss): a flat index scanned
+    whole up to ``exact_max_items`` rows (``codes_index``: that index read from the model
+    directory), an HNSW graph over the codes above (``ann_index``: that graph). PQ keeps
+    ``pq_code_bytes`` bytes per item (None: D/4, 16x less than float32) and re-scores its best
+    ``pq_rerank`` candidates with the float32 rows. Rows added later are not encoded into the
+    codes: they are few, so they are scored exactly (and calibrated) on every search.
     """
 
     def __init__(
@@ -47,7 +62,13 @@ class ItemIndex:
         ef_search: int = 256,
         new_item_calibration: NewItemCalibration | None = None,
         ann_index=None,
+        vector_kind: str = "float32",
+        pq_code_bytes: int | None = None,
+        pq_rerank: int = 1000,
+        codes_index=None,
     ) -> None:
+        if vector_kind not in VECTOR_KINDS:
+            raise ValueError(f"retrieval.vectors must be one of {', '.join(VECTOR_KINDS)}, got {vector_kind!r}")
         if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.row_ids: list[str] = list(item_ids)
@@ -56,21 +77,34 @@ class ItemIndex:
         self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
         self.trained_vectors = vectors
         self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # rows added later (see _appended)
-        self.norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
         self.alive = np.ones(len(self.row_ids), dtype=bool)
         pop = np.zeros(len(self.row_ids), dtype=np.float32) if popularity is None else np.asarray(popularity, np.float32)
         self.popularity = pop.copy()
         self.exact_max_items = exact_max_items
         self.ef_search = ef_search
+        self.pq_rerank = pq_rerank
+        if vector_kind == "pq" and self.trained_rows < PQ_MIN_ITEMS:
+            logger.warning("retrieval.vectors: pq needs at least %d items to train its codebooks, the model has %d; "
+                           "serving float32 vectors", PQ_MIN_ITEMS, self.trained_rows)
+            vector_kind = "float32"
+        if vector_kind != "float32" and not faiss_available():
+            raise RuntimeError(f"retrieval.vectors: {vector_kind} needs faiss (pip install faiss-cpu)")
+        self.vector_kind = vector_kind
+        self.codes: CompressedRows | None = None  # the trained rows' codes (None: float32 vectors)
+        # Float32 norms are kept (cosine per /similar-items); compressed ones are computed when asked.
+        self._trained_norms = _row_norms(vectors) if vector_kind == "float32" else None
+        self._added_norms = np.zeros(0, dtype=np.float32)
         self.ann = None
+        self.loaded = False  # whether the graph or codes searched were read from the model directory
         if len(self.row_ids) > exact_max_items:
             if ann_index is not None and ann_index.ntotal == len(self.row_ids):
                 self.ann = ann_index
                 self.ann.hnsw.efSearch = ef_search
+                self.loaded = True
             elif faiss_available():
-                self.ann = build_hnsw(vectors, hnsw_m, ef_construction)
+                self.ann = build_hnsw_codes(vectors, vector_kind, hnsw_m, ef_construction, pq_code_bytes)
                 self.ann.hnsw.efSearch = ef_search
-                logger.info("built an HNSW index over %d items (M=%d)", len(self.row_ids), hnsw_m)
+                logger.info("built an HNSW index over %d %s items (M=%d)", len(self.row_ids), vector_kind, hnsw_m)
             else:
                 logger.warning(
                     "%d items exceed exact_search_max_items=%d but faiss is not installed "
@@ -78,6 +112,24 @@ class ItemIndex:
                     len(self.row_ids),
                     exact_max_items,
                 )
+        if vector_kind != "float32":
+            if self.ann is not None:
+                import faiss
+
+                self.codes = CompressedRows(faiss.downcast_index(self.ann.storage))
+            else:
+                if codes_index is None or codes_index.ntotal != self.trained_rows:
+                    codes_index = build_codes(vectors, vector_kind, pq_code_bytes)
+                    logger.info("encoded %d items as %s codes", self.trained_rows, vector_kind)
+                else:
+                    self.loaded = True
+                self.codes = CompressedRows(codes_index)
+            # Building the codes (or the calibration before them) read the whole float32 file:
+            # hand its pages back, so the replica keeps only the codes resident.
+            release_pages(vectors)
+        self._file_rows = FileRows.of(vectors) if self.codes is not None else None
+        # The graph over float32 vectors takes added rows; one over codes never does (see class doc).
+        self._ann_has_added = self.vector_kind == "float32"
 
     @property
     def dim(self) -> int:
@@ -95,21 +147,44 @@ class ItemIndex:
         """Vectors of some rows: (M,) -> (M, D)."""
         rows = np.asarray(rows, dtype=np.int64)
         if not len(self._added):
-            return self.trained_vectors[rows]
+            return self._trained_rows_vectors(rows)
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         trained = rows < self.trained_rows
-        out[trained] = self.trained_vectors[rows[trained]]
+        out[trained] = self._trained_rows_vectors(rows[trained])
         out[~trained] = self._added[rows[~trained] - self.trained_rows]
         return out
 
+    def _trained_rows_vectors(self, rows: np.ndarray) -> np.ndarray:
+        # With codes, the float32 file is read row by row (pread), so the rows PQ re-scores or an
+        # explanation needs do not map the pages around them too (FileRows says why).
+        return self._file_rows[rows] if self._file_rows is not None else self.trained_vectors[rows]
+
     def unit_rows(self, rows) -> np.ndarray:
         """Unit-length vectors of some rows (for cosine similarity): (M,) -> (M, D)."""
-        rows = np.asarray(rows, dtype=np.int64)
-        return self.rows_vectors(rows) / self.norms[rows, None]
+        vectors = self.rows_vectors(rows)
+        return vectors / _row_norms(vectors)[:, None]
+
+    @property
+    def norms(self) -> np.ndarray:
+        """Every row's vector length (rows,); for compressed vectors, of the decoded codes (a scan)."""
+        trained = self._trained_norms if self.codes is None else np.maximum(self.codes.norms(), 1e-12)
+        return np.concatenate([trained, self._added_norms]) if len(self._added_norms) else trained
 
     def cosine_to(self, row: int) -> np.ndarray:
         """Cosine similarity of every row to ``row``: (rows,)."""
         return self._products(self.unit_rows([row])[0]) / self.norms
+
+    def describe(self) -> dict[str, object]:
+        """What ``/healthz`` reports: the vectors' kind, their bytes per trained item, how they are
+        searched, and whether that index came from the model directory (else built at start)."""
+        return {"kind": self.vector_kind, "bytes_per_item": round(self.vector_bytes / max(1, self.trained_rows), 2),
+                "search": "hnsw" if self.ann is not None else "exact scan", "from_model_dir": self.loaded}
+
+    @property
+    def vector_bytes(self) -> int:
+        """Bytes the trained rows' searchable vectors take: the float32 matrix, or the codes
+        (an HNSW graph's links not counted)."""
+        return int(self.trained_vectors.nbytes if self.codes is None else self.codes.nbytes)
 
     def __len__(self) -> int:
         return int(self.alive.sum())
@@ -139,11 +214,10 @@ class ItemIndex:
             self.row_of[item_id] = start + offset
         count = len(item_ids)
         self._added = _appended(self._added, vectors)
-        norms = np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
-        self.norms = _appended(self.norms, norms)
+        self._added_norms = _appended(self._added_norms, _row_norms(vectors))
         self.alive = _appended(self.alive, np.ones(count, dtype=bool))
         self.popularity = _appended(self.popularity, np.full(count, popularity, np.float32))
-        if self.ann is not None:
+        if self.ann is not None and self._ann_has_added:
             self.ann.add(vectors)
 
     def revive(self, item_id: str) -> bool:
@@ -164,7 +238,8 @@ class ItemIndex:
     # -- scores -----------------------------------------------------------------------------
     def _products(self, query: np.ndarray) -> np.ndarray:
         """Raw inner products of every row with ``query``: (rows,)."""
-        trained = self.trained_vectors @ query
+        query = np.asarray(query, dtype=np.float32)
+        trained = self.trained_vectors @ query if self.codes is None else self.codes.products(query[None, :])[0]
         if not len(self._added):
             return trained
         return np.concatenate([trained, self._added @ query])
@@ -202,19 +277,22 @@ class ItemIndex:
 
         query: (D,), allowed: (rows,) bool -> ((<=k,), (<=k,)). ``scores``: this query's
         :meth:`scores`, when the caller computed them for a batch (:meth:`scores_many`).
+        ``exact``: skip the HNSW graph (a flat scan of compressed codes is complete anyway).
         """
         query = np.ascontiguousarray(query, dtype=np.float32)
-        if self.ann is not None and not exact:
+        if scores is None and self.ann is not None and not exact:
             rows, found = self._search_ann(query, k, allowed)
             if rows is not None:
                 return rows, found
+        if scores is None and self.codes is not None:
+            return self._search_codes(query, k, allowed)
         return self.top_rows(self.scores(query) if scores is None else scores, k, allowed)
 
     def scores_many(self, queries: np.ndarray) -> np.ndarray | None:
         """:meth:`scores` of B queries at once, (B, D) -> (B, rows), or None where search goes
-        through the ANN index. Exact search is bound by reading the item matrix, so B queries
-        read it once instead of B times."""
-        if self.ann is not None:
+        through the ANN index or compressed codes. Exact search is bound by reading the item
+        matrix, so B queries read it once instead of B times."""
+        if self.ann is not None or self.codes is not None:
             return None
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         scores = queries @ self.trained_vectors.T
@@ -225,23 +303,55 @@ class ItemIndex:
                     scores[row, self.trained_rows:] = self.calibration.apply(query, scores[row, self.trained_rows:])
         return scores
 
-    def _search_ann(self, query: np.ndarray, k: int, allowed: np.ndarray):
+    def _fetch(self, k: int, allowed: np.ndarray) -> int | None:
+        """How many rows to ask a top-K index for so that ``k`` allowed ones survive; None when
+        the filter is so restrictive that a complete scan is cheaper (and complete)."""
         blocked = len(allowed) - int(np.count_nonzero(allowed))
         fetch = min(len(self.row_ids), max(2 * (k + blocked), k + 64))
-        if fetch > max(4096, 4 * k):  # a very restrictive filter: exact search is cheaper and complete
+        if fetch > max(4096, 4 * k):
+            return None
+        return max(fetch, self.pq_rerank) if self.vector_kind == "pq" else fetch
+
+    def _search_ann(self, query: np.ndarray, k: int, allowed: np.ndarray):
+        fetch = self._fetch(k, allowed)
+        if fetch is None:  # a very restrictive filter: exact search is cheaper and complete
             return None, None
         self.ann.hnsw.efSearch = max(self.ef_search, fetch)
         scores, rows = self.ann.search(query[None, :], fetch)
-        rows, scores = rows[0], scores[0]
-        keep = (rows >= 0)
+        return self._found(rows[0], scores[0], query, k, allowed, self._ann_has_added)
+
+    def _search_codes(self, query: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K over the compressed trained rows, with the added rows scored exactly. Through
+        FAISS's own scan: benchmarks/compression.py times both ways here, and FAISS beat numpy
+        dequantising blocks and multiplying for int8 (about 1.5x at 1M x 128) and by far for
+        float16 (about 8x; numpy converts half floats slowly). A flat scan's top
+        ``fetch`` rows hold the allowed top ``k`` whenever ``k`` of them survive the filter, so
+        this is as complete as :meth:`top_rows`; else the whole catalogue is scored blockwise."""
+        fetch = self._fetch(k, allowed)
+        if fetch is not None:
+            rows, scores = self.codes.search(query, fetch)
+            rows, found = self._found(rows, scores, query, k, allowed, False)
+            if rows is not None:
+                return rows, found
+        pool = max(k, self.pq_rerank) if self.vector_kind == "pq" else k
+        rows, scores = self.top_rows(self.scores(query), pool, allowed)
+        return self._reranked(rows, scores, query, k)
+
+    def _found(self, rows: np.ndarray, scores: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray,
+               index_has_added: bool):
+        """The best ``k`` allowed of a top-K index's answer (rows, scores), or (None, None) when
+        too few survived the filters (the caller falls back to a complete scan)."""
+        keep = rows >= 0
         rows, scores = rows[keep], scores[keep]
         keep = allowed[rows]
         rows, scores = rows[keep], scores[keep]
-        if self.calibration is not None and len(self.row_ids) > self.trained_rows:
-            # The graph holds raw scores: new items are scored exactly, calibrated, and merged
-            # with the trained items it found (new items are the few added since training).
+        has_added = len(self.row_ids) > self.trained_rows
+        if has_added and (self.calibration is not None or not index_has_added):
+            # The index holds raw scores of trained rows (or no added rows at all): added items
+            # are scored exactly, calibrated, and merged with the trained items it found (added
+            # items are the few since training).
             trained = rows < self.trained_rows
-            rows, scores = rows[trained][:k], scores[trained][:k]
+            rows, scores = self._reranked(rows[trained], scores[trained], query, k)
             if len(rows) < min(k, int(np.count_nonzero(allowed[: self.trained_rows]))):
                 return None, None
             new_rows = self.trained_rows + np.flatnonzero(allowed[self.trained_rows:])
@@ -249,10 +359,20 @@ class ItemIndex:
             scores = np.concatenate([scores, self.row_scores(new_rows, query)])
             order = np.argsort(-scores, kind="stable")[:k]
             return rows[order], scores[order]
-        rows, scores = rows[:k], scores[:k]
+        rows, scores = self._reranked(rows, scores, query, k)
         if len(rows) < min(k, int(np.count_nonzero(allowed))):
             return None, None  # not enough survived the filters: fall back to exact
         return rows, scores
+
+    def _reranked(self, rows: np.ndarray, scores: np.ndarray, query: np.ndarray, k: int):
+        """The best ``k`` of candidates best first; PQ's are re-scored with their float32 rows
+        first (a few hundred rows of the memory-mapped file, not the whole of it)."""
+        if self.vector_kind == "pq" and self.pq_rerank and len(rows):
+            rows = rows[: max(k, self.pq_rerank)]
+            scores = self.row_scores(rows, query)
+            order = np.argsort(-scores, kind="stable")
+            rows, scores = rows[order], scores[order]
+        return rows[:k], scores[:k]
 
     def recall_at_k(self, samples: int = 8, k: int = 10, seed: int | None = None,
                     queries: np.ndarray | None = None) -> float:
@@ -260,7 +380,10 @@ class ItemIndex:
         (or the given ``queries``, (Q, D), e.g. users' vectors).
 
         1.0 without an ANN index (search is exact). Costs one ANN query and one exact pass per
-        query; used by the serving metrics' recall probe and benchmarks/serving.py.
+        query; used by the serving metrics' recall probe and benchmarks/serving.py. With
+        compressed vectors "exact" is a complete scan of the same codes: comparing with the
+        float32 file would read all of it, which compression is there to avoid (the cost of
+        the compression itself is measured offline by benchmarks/compression.py).
         """
         if self.ann is None:
             return 1.0
@@ -290,6 +413,11 @@ class ItemIndex:
         order = np.argsort(-scores[rows], kind="stable")
         rows = rows[order]
         return rows, scores[rows]
+
+
+def _row_norms(vectors: np.ndarray) -> np.ndarray:
+    """(M, D) -> (M,) float32 lengths, at least 1e-12 (they divide)."""
+    return np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
 
 
 def _appended(array: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 
 from rayrec.serving.schemas import RecommendRequest
-from rayrec.serving.stages.encode import UserEncoderLogic
+from rayrec.serving.stages.encode import HistoryEncoderLogic
 from rayrec.serving.stages.errors import RequestError, StageError
 from rayrec.serving.stages.preprocess import PreprocessorLogic
-from rayrec.serving.stages.scoring import ScorerLogic
+from rayrec.serving.stages.scoring import RetrievalLogic
 
 
 @dataclass
@@ -19,8 +19,8 @@ class PipelineLogic:
     """The three read stages of one model generation, side by side in one process."""
 
     preprocessor: PreprocessorLogic
-    encoder: UserEncoderLogic
-    scorer: ScorerLogic
+    encoder: HistoryEncoderLogic
+    scorer: RetrievalLogic
 
     @property
     def model(self) -> Any:

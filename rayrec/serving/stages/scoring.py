@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
-from rayrec.models.ann import read_index
+from rayrec.models.ann import read_compressed, read_index
 from rayrec.models.bundle import RecommenderModel
 from rayrec.config import validation_problems
 from rayrec.serving.config import ComponentSpec, NewItemOptions, SearchOptions
@@ -101,7 +101,7 @@ def new_item_calibration(model: RecommenderModel, options: NewItemOptions):
     return calibration(options.boost)
 
 
-class ScorerLogic:
+class RetrievalLogic:
     """Scores the catalogue for one user vector and returns the top ``k`` with explanations.
 
     Order of work: refresh the catalogue from the state store if its version moved; mask out
@@ -126,6 +126,8 @@ class ScorerLogic:
         search: SearchOptions | None = None,
         new_items: NewItemOptions | None = None,
         rerank_pool: int | None = None,
+        vectors: str = "float32",
+        pq_options: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.rerank_pool = rerank_pool
@@ -140,6 +142,9 @@ class ScorerLogic:
         self.candidate_filters = list(candidate_filters)
         self.filter_seen = filter_seen
         ann = ann_options or {}
+        pq = pq_options or {}
+        saved_ann, saved_codes = self._saved_indexes(model, vectors, ann.get("m", 32), pq.get("code_bytes"),
+                                                     exact_search_max_items)
         self.index = ItemIndex(
             list(model.item_ids),
             model.item_embeddings,
@@ -149,7 +154,11 @@ class ScorerLogic:
             ef_construction=ann.get("ef_construction", 80),
             ef_search=ann.get("ef_search", 256),
             new_item_calibration=new_item_calibration(model, new_items or NewItemOptions()),
-            ann_index=self._exported_index(model, ann.get("m", 32), exact_search_max_items),
+            ann_index=saved_ann,
+            vector_kind=vectors,
+            pq_code_bytes=pq.get("code_bytes"),
+            pq_rerank=pq.get("rerank", 1000),
+            codes_index=saved_codes,
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
         self.trained_items = set(model.item_ids)
@@ -254,12 +263,20 @@ class ScorerLogic:
         return version
 
     @staticmethod
-    def _exported_index(model: Any, m: int, exact_search_max_items: int):
-        """The ANN index ``rayrec train`` saved in the model directory, when search needs one."""
+    def _saved_indexes(model: Any, vectors: str, m: int, code_bytes: int | None, exact_search_max_items: int):
+        """(HNSW graph, flat codes) saved in the model directory that this configuration
+        searches, each None where not saved (or not needed): the float32 graph ``rayrec train``
+        exports, the compressed ones ``rayrec index build`` writes."""
         model_dir = getattr(model, "model_dir", None)
-        if model_dir is None or len(model.item_ids) <= exact_search_max_items:
-            return None
-        return read_index(model_dir, getattr(model, "config", {}), len(model.item_ids), m)
+        if model_dir is None:
+            return None, None
+        config, rows = getattr(model, "config", {}), len(model.item_ids)
+        graph = rows > exact_search_max_items
+        if vectors == "float32":
+            return (read_index(model_dir, config, rows, m) if graph else None), None
+        saved = read_compressed(model_dir, config, rows, vectors, "hnsw" if graph else "flat", m=m,
+                                code_bytes=code_bytes)
+        return (saved, None) if graph else (None, saved)
 
     # -- filters -----------------------------------------------------------------------------
     def _allowed(self, excluded, filters: dict[str, Any]) -> tuple[np.ndarray, bool]:
