@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,7 +13,8 @@ from rayrec.schema import Dataset
 from rayrec.training.config import TrainConfig
 from rayrec.training.export import export_model_dir, loop_config_for
 from rayrec.training.prepare import PreparedData, prepare
-from rayrec.training.worker import CHECKPOINT_FILE, load_training_state, run_worker
+from rayrec.training.checkpoints import CHECKPOINT_FILE, load_training_state
+from rayrec.training.worker import run_worker
 
 
 class LocalContext:
@@ -31,12 +31,12 @@ class LocalContext:
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         return list(values)
 
-    def all_reduce_gradients(self, model: torch.nn.Module) -> None:  # one worker: nothing to do
-        return None
+    def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:  # one worker: no DDP
+        return module.to(self.device)
 
-    def latest_checkpoint_dir(self):
+    def restore_training_state(self, log: Callable[[str], None]) -> dict[str, Any] | None:
         latest = self.checkpoint_root / "latest"
-        return contextlib.nullcontext(str(latest)) if (latest / CHECKPOINT_FILE).exists() else None
+        return load_training_state(latest) if (latest / CHECKPOINT_FILE).exists() else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.reports.append(metrics)
@@ -50,16 +50,17 @@ class LocalContext:
 
 
 def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: TrainConfig,
-                              log: Callable[[str], None] = print, shortlists: bool = False) -> Path:
+                              log: Callable[[str], None] = print, shortlists: bool = False,
+                              initial_weights: dict[str, Any] | None = None) -> Path:
     """Train on already-prepared data in this process and write the model directory
-    (``shortlists``: with the validation shortlists, :mod:`rayrec.training.shortlists`)."""
+    (``shortlists``: with the validation shortlists, :mod:`rayrec.training.shortlists`;
+    ``initial_weights``: a warm start's, :mod:`rayrec.training.warm_start`)."""
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="rayrec-checkpoints-") as checkpoints:
         context = LocalContext(Path(checkpoints))
         loop_config = loop_config_for(config, threads=max(1, torch.get_num_threads()))
-        run_worker(loop_config, data.to_payload(), context, log=log)
-        with context.latest_checkpoint_dir() as directory:
-            saved = load_training_state(directory)
+        run_worker(loop_config, {**data.to_payload(), "initial_weights": initial_weights}, context, log=log)
+        saved = context.restore_training_state(log)
     return export_model_dir(data, config, saved, out_dir, shortlists=shortlists)
 
 

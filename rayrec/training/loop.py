@@ -25,6 +25,47 @@ class StepProgress:
     samples_per_second: float
 
 
+class NextItemLoss(torch.nn.Module):
+    """The training loss of a batch as a module, so that ``DistributedDataParallel`` can wrap
+    it: DDP averages the gradients of whatever its wrapped module's ``forward`` computed.
+
+    ``forward(inputs (B, L), labels (B, L), user_features (B, F) or None) -> (loss, positions)``:
+    every position with a label > 0 predicts that item (full or sampled softmax, plus the
+    model's auxiliary item views).
+    """
+
+    def __init__(self, model: TwoTowerModel, *, loss_kind: str, log_q: torch.Tensor | None,
+                 num_uniform_negatives: int, temperature: float) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_kind = loss_kind
+        self.log_q = log_q
+        self.num_uniform_negatives = num_uniform_negatives
+        self.temperature = temperature
+
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, user_features: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        model = self.model
+        outputs = model.sequence_outputs(inputs, user_features)  # (B, L, D)
+        supervised = labels > 0
+        flat_outputs = outputs[supervised]
+        flat_labels = labels[supervised]
+        if self.loss_kind == "full":
+            loss = full_softmax_loss(flat_outputs, model.item_table(), flat_labels, self.temperature)
+        else:
+            loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, self.log_q,
+                                        self.num_uniform_negatives, self.temperature)
+        # Extra softmaxes over other views of the items (e.g. some represented by content alone).
+        for view, weight in model.auxiliary_item_views():
+            if self.loss_kind == "full":
+                table = view(torch.arange(model.item_tower.num_items + 1, device=inputs.device))  # with padding row 0
+                loss = loss + weight * full_softmax_loss(flat_outputs, table, flat_labels, self.temperature)
+            else:
+                loss = loss + weight * sampled_softmax_loss(flat_outputs, view, flat_labels, self.log_q,
+                                                            self.num_uniform_negatives, self.temperature)
+        return loss, supervised.sum()
+
+
 def train_one_epoch(
     model: TwoTowerModel,
     optimizer: torch.optim.Optimizer,
@@ -42,7 +83,7 @@ def train_one_epoch(
     epoch: int = 0,
     on_step: Callable[[StepProgress], None] | None = None,
     num_steps: int | None = None,
-    after_backward: Callable[[], None] | None = None,
+    loss_module: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
     user_features: np.ndarray | None = None,
 ) -> tuple[float, int]:
@@ -51,11 +92,15 @@ def train_one_epoch(
     ``sequences[u]`` are 1-based item indices. Every position predicts the next item.
     Batches group users of similar history length (:func:`length_bucketed_batches`).
     ``num_steps`` pads the pass with repeated batches so all data-parallel workers take the
-    same number of steps (gradient all-reduce needs every worker in every step).
-    ``after_backward`` runs between backward and the optimizer step (gradient all-reduce).
+    same number of steps (DDP's gradient all-reduce needs every worker in every step).
+    ``loss_module``: the :class:`NextItemLoss` of ``model`` to step, e.g. wrapped in
+    ``DistributedDataParallel``; unset, a plain one.
     Returns (mean loss, supervised positions seen).
     """
     model.train()
+    if loss_module is None:
+        loss_module = NextItemLoss(model, loss_kind=loss_kind, log_q=log_q,
+                                   num_uniform_negatives=num_uniform_negatives, temperature=temperature)
     lengths = np.fromiter((min(len(s), max_len + 1) for s in sequences), dtype=np.int64, count=len(sequences))
     batches = length_bucketed_batches(np.asarray(users), lengths, batch_size, rng) or [np.asarray(users)]
     if num_steps is not None:
@@ -69,30 +114,12 @@ def train_one_epoch(
         inputs_t = torch.from_numpy(inputs).to(device)
         labels_t = torch.from_numpy(labels).to(device)
         features_t = None if user_features is None else torch.from_numpy(user_features[batch_users]).to(device)
-        outputs = model.sequence_outputs(inputs_t, features_t)  # (B, L, D)
-        supervised = labels_t > 0
-        flat_outputs = outputs[supervised]
-        flat_labels = labels_t[supervised]
-        if loss_kind == "full":
-            loss = full_softmax_loss(flat_outputs, model.item_table(), flat_labels, temperature)
-        else:
-            loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, log_q,
-                                        num_uniform_negatives, temperature)
-        # Extra softmaxes over other views of the items (e.g. some represented by content alone).
-        for view, weight in model.auxiliary_item_views():
-            if loss_kind == "full":
-                table = view(torch.arange(model.item_tower.num_items + 1, device=device))  # with padding row 0
-                loss = loss + weight * full_softmax_loss(flat_outputs, table, flat_labels, temperature)
-            else:
-                loss = loss + weight * sampled_softmax_loss(flat_outputs, view, flat_labels, log_q,
-                                                            num_uniform_negatives, temperature)
+        loss, supervised = loss_module(inputs_t, labels_t, features_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if after_backward is not None:
-            after_backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        positions = int(supervised.sum())
+        positions = int(supervised)
         loss_value = loss.item()
         total_loss += loss_value * positions
         total_positions += positions

@@ -159,7 +159,8 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
         config = TrainConfig(**candidate.config)
         candidate_data = with_item_features(data, config)
         train_distributed(candidate_data, out_dir, config, deadline=deadline, callbacks=[TuneReportCallback()],
-                          log=lambda line: print(f"[{candidate.name}] {line}", flush=True), shortlists=True)
+                          log=lambda line: print(f"[{candidate.name}] {line}", flush=True), shortlists=True,
+                          storage=trial_config.get("storage"))
         details = None
     metrics = json.loads((out_dir / "metrics.json").read_text())
     if details is None:  # a two-tower run: what its metrics say about the epochs
@@ -170,9 +171,11 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
 
 
 def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfig,
-                     log: Callable[[str], None] = print) -> Path:
+                     log: Callable[[str], None] = print, storage: str | None = None) -> Path:
     """Train every candidate as a Ray Tune trial, keep the best by validation NDCG@10 in
-    ``out_dir``, and record the comparison in ``out_dir/selection.json``."""
+    ``out_dir``, and record the comparison in ``out_dir/selection.json`` (``storage``: where
+    the two-tower candidates' Ray Train runs keep their checkpoints, as in
+    :func:`rayrec.training.trainer.train_distributed`)."""
     import ray
     from ray import tune
 
@@ -204,6 +207,7 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
         "deadline": deadline,
         "seed": config.seed,
         "threads": max(1, int(cpus_per_trial)),
+        "storage": storage,
     } for candidate, deadline in zip(candidates, deadlines)]
     # An order-free trial computes in the trial itself; a two-tower trial only drives its Ray Train
     # workers, which reserve the CPUs, so the trial reserves none (Tune refuses an empty

@@ -2,36 +2,35 @@
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rayrec.training.checkpoints import (delete_run, load_training_state, restore_training_state, run_exists,
+                                         run_name_for, storage_path_for_ray)
 from rayrec.training.config import TrainConfig
 from rayrec.training.export import export_model_dir, loop_config_for
 from rayrec.training.prepare import PreparedData
-from rayrec.training.worker import CHECKPOINT_FILE, CheckpointError, load_training_state
 
+#: Where a run keeps its checkpoints unless ``storage`` says otherwise: OUT/.checkpoints.
 CHECKPOINTS_DIR = ".checkpoints"
-RUN_NAME = "rayrec-train"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class RayWorkerContext:
     """The :class:`~rayrec.training.worker.WorkerContext` of a Ray Train worker."""
 
-    def __init__(self, resume_dir: str | None) -> None:
+    def __init__(self) -> None:
         import ray.train
+        import ray.train.torch
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
-        import ray.train.torch
-
         # cuda:<local rank> under use_gpu, else the CPU.
         self.device = ray.train.torch.get_device()
-        self._resume_dir = resume_dir
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if self.world_size == 1:
@@ -43,32 +42,31 @@ class RayWorkerContext:
         dist.all_reduce(tensor)
         return tensor.cpu().tolist()
 
-    def all_reduce_gradients(self, model) -> None:
-        """Average gradients over workers in one flat all-reduce (cheaper than one per tensor)."""
-        import torch
-        import torch.distributed as dist
+    def prepare_model(self, module):
+        """DDP through Ray Train for several workers; one worker trains the bare module."""
+        # DDP replaced a hand-written flat all-reduce of the gradients after backward. Both
+        # give the same losses and validation NDCG; measured on ml-100k, 2 workers x 1 thread,
+        # 3 epochs (`rayrec train --no-search --num-workers 2 --epochs 3`, 2 shared cores
+        # under a load average of 7-17): median epoch 7,735 positions/s by hand (9 epochs,
+        # 5,586-14,505), 8,713 with DDP (6 epochs, 7,308-11,515), within the noise.
+        import ray.train.torch
 
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for grad in grads:
-            count = grad.numel()
-            grad.copy_(flat[offset: offset + count].view_as(grad))
-            offset += count
+        if self.world_size == 1:
+            return module.to(self.device)
+        # The buffers (item categories, content vectors) are the same data on every worker;
+        # DDP's default would broadcast them from rank 0 before every forward pass.
+        from torch.nn.parallel import DistributedDataParallel
 
-    def latest_checkpoint_dir(self):
+        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers"
+                          in inspect.signature(DistributedDataParallel.__init__).parameters else "broadcast_buffers")
+        return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={no_buffer_sync: False})
+
+    def restore_training_state(self, log: Callable[[str], None]) -> dict[str, Any] | None:
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()  # set after a worker failure restart
-        if checkpoint is not None:
-            return checkpoint.as_directory()
-        if self._resume_dir and (Path(self._resume_dir) / CHECKPOINT_FILE).exists():
-            return contextlib.nullcontext(self._resume_dir)
-        return None
+        # The newest checkpoint of this named run: after a worker failure, or from the run a
+        # killed driver left when ``rayrec train --resume`` starts it again.
+        return restore_training_state(ray.train.get_checkpoint(), log=log)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
@@ -94,35 +92,13 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from rayrec.training.worker import run_worker
 
     pid_dir = loop_config.get("pid_dir")
-    context = RayWorkerContext(loop_config.get("resume_dir"))
+    context = RayWorkerContext()
     if pid_dir:
         # Lets operators (and the fault-tolerance test) find and signal a worker process.
         Path(pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(pid_dir) / f"rank{context.rank}.pid").write_text(str(os.getpid()))
     payload = ray.get(loop_config["payload_ref"])
     run_worker(loop_config, payload, context, log=lambda line: print(line, flush=True))
-
-
-def latest_checkpoint(checkpoint_root: Path, log: Callable[[str], None] = print) -> Path | None:
-    """The most recent *readable* checkpoint directory under ``checkpoint_root``, if any.
-
-    A truncated or corrupt checkpoint (a crash while it was written, a bad disk) is skipped
-    with a line naming it, falling back to the one before.
-    """
-    candidates = []
-    for path in Path(checkpoint_root).glob(f"**/{CHECKPOINT_FILE}"):
-        try:
-            candidates.append((path.stat().st_mtime, path.parent))
-        except OSError:  # removed meanwhile
-            continue
-    for _, directory in sorted(candidates, key=lambda pair: pair[0], reverse=True):
-        try:
-            load_training_state(directory)
-        except CheckpointError as exc:
-            log(f"skipping unusable checkpoint: {exc}")
-            continue
-        return directory
-    return None
 
 
 def ray_log_level() -> str:
@@ -163,12 +139,20 @@ def worker_layout(config: TrainConfig, cluster_cpus: float) -> tuple[int, float]
 def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConfig, *,
                       resume: bool = False, log: Callable[[str], None] = print,
                       deadline: float | None = None, callbacks: list | None = None,
-                      shortlists: bool = False) -> Path:
+                      shortlists: bool = False, storage: str | None = None,
+                      initial_weights: dict[str, Any] | None = None) -> Path:
     """Train with Ray Train workers (see :func:`worker_layout`) and write the model directory.
 
+    The run is a named Ray Train run (:func:`rayrec.training.checkpoints.run_name_for`
+    ``out_dir``) whose checkpoints go to ``storage`` (a local path or a pyarrow filesystem
+    URI; default ``out_dir/.checkpoints``). ``resume``: continue that run from its latest
+    checkpoint, as Ray Train restores a run of the same name and storage path; otherwise an
+    earlier run of that name is removed and training starts afresh.
     ``deadline`` (unix time): stop after the last epoch that fits, keeping the best one so far.
     ``callbacks``: Ray Train callbacks, e.g. Tune's report callback inside a selection trial.
     ``shortlists``: also write the validation shortlists a selection blend is chosen on.
+    ``initial_weights``: a warm start's weights (:mod:`rayrec.training.warm_start`), used
+    unless a checkpoint is resumed.
     """
     import ray
     import ray.train
@@ -176,22 +160,27 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
 
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_root = out_dir / CHECKPOINTS_DIR
-    resume_dir = latest_checkpoint(checkpoint_root, log=log) if resume else None
-    if resume and resume_dir is None:
-        log(f"no checkpoint under {checkpoint_root}; starting from scratch")
-    elif resume_dir is not None:
-        log(f"resuming from {resume_dir}")
-    run_name = f"{RUN_NAME}-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = storage_path_for_ray(storage if storage is not None else out_dir / CHECKPOINTS_DIR)
+    run_name = run_name_for(out_dir)
+    if run_exists(storage_path, run_name):
+        if resume:
+            log(f"resuming run {run_name} from its latest checkpoint in {storage_path}")
+        else:
+            log(f"starting run {run_name} afresh in {storage_path} (--resume continues an earlier one)")
+            delete_run(storage_path, run_name)
+    elif resume:
+        log(f"no run {run_name} in {storage_path} to resume; starting from scratch")
     ensure_ray((config.num_workers or 1) * (config.cpus_per_worker or 1))
     num_workers, cpus_per_worker = worker_layout(config, ray.cluster_resources().get("CPU", 1))
     threads = max(1, int(cpus_per_worker))
     log(f"training with {num_workers} worker(s) x {threads} thread(s)")
     loop_config = loop_config_for(config, threads)
+    payload = data.to_payload()
+    payload["initial_weights"] = initial_weights
     loop_config.update(
-        payload_ref=ray.put(data.to_payload()),
-        resume_dir=None if resume_dir is None else str(resume_dir),
-        pid_dir=str(checkpoint_root / run_name / "worker_pids"),
+        payload_ref=ray.put(payload),
+        # Local to the driver's machine, wherever the checkpoints go.
+        pid_dir=str(out_dir / CHECKPOINTS_DIR / "worker_pids"),
         deadline=deadline,
     )
     resources = {"CPU": cpus_per_worker}
@@ -202,7 +191,7 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=str(checkpoint_root),
+            storage_path=storage_path,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             callbacks=callbacks,

@@ -16,41 +16,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 import torch
 
-from rayrec.errors import RayrecError
 from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
-from rayrec.training.loop import StepProgress, next_item_metrics, train_one_epoch
+from rayrec.training.checkpoints import CHECKPOINT_FILE, CheckpointError, load_training_state  # noqa: F401
+from rayrec.training.loop import NextItemLoss, StepProgress, next_item_metrics, train_one_epoch
 from rayrec.training.prepare import MIN_SEQUENCE, sequences_from_payload, validation_split
-
-CHECKPOINT_FILE = "training_state.pt"
-#: What a complete checkpoint holds; anything less is a partial write.
-CHECKPOINT_KEYS = ("model", "optimizer", "state")
-
-
-class CheckpointError(RayrecError):
-    """A training checkpoint is missing, truncated, corrupt or incomplete; names its path."""
-
-
-def load_training_state(directory: str | Path) -> dict[str, Any]:
-    """The saved training state in checkpoint ``directory``, checked to be complete.
-
-    Raises :class:`CheckpointError` naming the file when it is missing, cannot be unpickled
-    (truncated or corrupt) or lacks the model, optimizer or loop state.
-    """
-    path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: file missing (an incomplete checkpoint directory)")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, bad pickle, I/O error: all mean "unusable"
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); "
-            "delete it to resume from an earlier checkpoint"
-        ) from None
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(saved, dict) or key not in saved]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    return saved
 
 
 class WorkerContext(Protocol):
@@ -60,9 +30,14 @@ class WorkerContext(Protocol):
 
     def all_reduce_sum(self, values: list[float]) -> list[float]: ...
 
-    def all_reduce_gradients(self, model: torch.nn.Module) -> None: ...
+    def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` ready to train data-parallel (on Ray Train: wrapped in DDP when
+        ``world_size > 1``), or itself."""
+        ...
 
-    def latest_checkpoint_dir(self): ...  # context manager yielding a directory, or None
+    def restore_training_state(self, log: Callable[[str], None]) -> dict[str, Any] | None:
+        """The newest readable checkpoint's state (:func:`load_training_state`), or None."""
+        ...
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None: ...
 
@@ -105,22 +80,33 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
 
     state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_hr": None, "best_epoch": -1,
                              "evaluations_without_gain": 0, "history": [], "best_model": None}
-    checkpoint = context.latest_checkpoint_dir()
-    if checkpoint is not None:
-        with checkpoint as directory:
-            saved = load_training_state(directory)
+    saved = context.restore_training_state(log if context.rank == 0 else (lambda line: None))
+    if saved is not None:
         model.load_state_dict({k: v.to(device) for k, v in saved["model"].items()})
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         if context.rank == 0:
             log(f"resumed from checkpoint after epoch {state['epoch']} (best validation NDCG@10 "
                 f"{max(state['best_ndcg'], 0):.4f} at epoch {state['best_epoch']})")
+    elif payload.get("initial_weights") is not None:
+        # A warm start (rayrec train --init-from): the previous model's weights, its items'
+        # rows mapped onto this vocabulary (rayrec.training.warm_start).
+        model.load_state_dict({k: v.to(device) for k, v in payload["initial_weights"].items()})
+        if context.rank == 0:
+            log("warm start: weights from the previous model")
+    loss_module = context.prepare_model(NextItemLoss(
+        model, loss_kind=loss_kind, log_q=log_q, num_uniform_negatives=model_config.num_uniform_negatives,
+        temperature=model_config.temperature))
 
     # Users with at least one next-item example; each worker trains on its own shard.
-    def shard_of(user_sequences: list[np.ndarray]) -> tuple[np.ndarray, int]:
-        """This worker's users with at least one next-item example, and the steps per epoch
-        every worker takes (the same on all of them, for the gradient all-reduce)."""
+    def shard_of(user_sequences: list[np.ndarray]) -> tuple[np.ndarray, int | None]:
+        """This worker's users with at least one next-item example, and, data-parallel, the
+        steps per epoch every worker takes: DDP all-reduces the gradients in every step, so
+        a worker with a smaller shard repeats batches rather than leave the others waiting.
+        One worker takes its own batches (None)."""
         trainable = np.array([u for u, s in enumerate(user_sequences) if len(s) >= MIN_SEQUENCE], dtype=np.int64)
+        if context.world_size == 1:
+            return trainable, None
         steps = max(1, math.ceil(len(trainable) / context.world_size / local_batch))
         return trainable[context.rank:: context.world_size], steps
 
@@ -141,15 +127,14 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     deadline = loop_config.get("deadline")  # unix time by which training must stop, or None
     checkpoint_every_s = float(loop_config.get("checkpoint_every_s", 60.0))
     last_checkpoint = time.perf_counter()
-    def train_epoch(epoch: int, user_sequences: list[np.ndarray], users: np.ndarray, steps: int,
+    def train_epoch(epoch: int, user_sequences: list[np.ndarray], users: np.ndarray, steps: int | None,
                     progress: Callable[[StepProgress], None] | None = on_step) -> tuple[float, int]:
         return train_one_epoch(
             model, optimizer, user_sequences, users,
             batch_size=local_batch, max_len=model_config.max_len, loss_kind=loss_kind, log_q=log_q,
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
             rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=progress,
-            num_steps=steps, device=device, user_features=user_features,
-            after_backward=(lambda: context.all_reduce_gradients(model)) if context.world_size > 1 else None,
+            num_steps=steps, device=device, user_features=user_features, loss_module=loss_module,
         )
 
     for epoch in range(state["epoch"], epochs):

@@ -1,25 +1,24 @@
-"""A corrupt or partial training checkpoint is named in a clear error, and ``--resume`` falls
-back to the newest checkpoint that still reads."""
+"""A corrupt or partial training checkpoint is named in a clear error, and resuming a run falls
+back to the newest checkpoint of that run that still reads."""
 
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
+from ray.train import Checkpoint
 
-from rayrec.training.trainer import latest_checkpoint
-from rayrec.training.worker import CHECKPOINT_FILE, CheckpointError, load_training_state
+from rayrec.training.checkpoints import (CHECKPOINT_FILE, CheckpointError, delete_run, load_training_state,
+                                         restore_training_state, run_exists, run_name_for)
 
 
-def write_checkpoint(directory, epoch: int, mtime: float) -> None:
+def write_checkpoint(directory, epoch: int) -> None:
     directory.mkdir(parents=True)
     model = torch.nn.Linear(8, 4)
     optimizer = torch.optim.AdamW(model.parameters())
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": {"epoch": epoch}},
                directory / CHECKPOINT_FILE)
-    os.utime(directory / CHECKPOINT_FILE, (mtime, mtime))
 
 
 def truncate(path, keep: float = 0.5) -> None:
@@ -29,28 +28,37 @@ def truncate(path, keep: float = 0.5) -> None:
 
 @pytest.fixture
 def checkpoints(tmp_path):
-    """Three checkpoints, oldest to newest, like Ray Train leaves under OUT/.checkpoints."""
-    root = tmp_path / ".checkpoints"
-    now = time.time()
-    dirs = [root / "rayrec-train-1" / f"checkpoint_00000{i}" for i in range(3)]
+    """Three checkpoints of one run, oldest to newest, named as Ray Train names them."""
+    run = tmp_path / "storage" / "rayrec-train-model-0123abcd"
+    dirs = [run / f"checkpoint_2025-01-0{i + 1}_10-00-00.000000" for i in range(3)]
     for epoch, directory in enumerate(dirs, start=1):
-        write_checkpoint(directory, epoch, now - 100 + 10 * epoch)
-    return root, dirs
+        write_checkpoint(directory, epoch)
+    return run, dirs
 
 
-def test_a_readable_checkpoint_loads_and_is_the_newest(checkpoints):
-    root, dirs = checkpoints
-    assert latest_checkpoint(root, log=lambda line: None) == dirs[-1]
-    assert load_training_state(dirs[-1])["state"]["epoch"] == 3
+#: How the workers get the checkpoint: a local directory, or a URI on a pyarrow filesystem.
+ADDRESSES = [pytest.param(lambda d: Checkpoint.from_directory(str(d)), id="path"),
+             pytest.param(lambda d: Checkpoint(f"file://{d}"), id="file-uri")]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_the_latest_readable_checkpoint_is_restored(checkpoints, address):
+    _, dirs = checkpoints
+    lines: list[str] = []
+    assert restore_training_state(address(dirs[-1]), log=lines.append)["state"]["epoch"] == 3
+    assert lines == []
+    assert restore_training_state(None, log=lines.append) is None
 
 
 def test_a_truncated_checkpoint_is_an_error_naming_the_file(checkpoints):
     _, dirs = checkpoints
     truncate(dirs[-1] / CHECKPOINT_FILE)
-    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint_000002/training_state.pt is corrupt or truncated"):
+    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint_2025-01-03_10-00-00.000000/training_state.pt "
+                                              r"is corrupt or truncated"):
         load_training_state(dirs[-1])
 
 
+@pytest.mark.parametrize("address", ADDRESSES)
 @pytest.mark.parametrize(
     "damage",
     [
@@ -61,20 +69,38 @@ def test_a_truncated_checkpoint_is_an_error_naming_the_file(checkpoints):
         pytest.param(lambda path: path.unlink(), id="missing"),
     ],
 )
-def test_resume_skips_damaged_checkpoints_and_falls_back_to_the_previous_one(checkpoints, damage):
-    root, dirs = checkpoints
+def test_resume_skips_a_damaged_checkpoint_and_falls_back_to_the_previous_one(checkpoints, damage, address):
+    _, dirs = checkpoints
     damage(dirs[-1] / CHECKPOINT_FILE)
     lines: list[str] = []
-    assert latest_checkpoint(root, log=lines.append) == dirs[-2]
-    if (dirs[-1] / CHECKPOINT_FILE).exists():  # a skipped file is reported; a missing one is never a candidate
-        assert len(lines) == 1 and "checkpoint_000002" in lines[0] and "skipping" in lines[0]
+    assert restore_training_state(address(dirs[-1]), log=lines.append)["state"]["epoch"] == 2
+    assert len(lines) == 1 and "checkpoint_2025-01-03" in lines[0] and "skipping" in lines[0]
 
 
 def test_no_readable_checkpoint_means_starting_from_scratch(checkpoints):
-    root, dirs = checkpoints
+    _, dirs = checkpoints
     for directory in dirs:
         truncate(directory / CHECKPOINT_FILE, keep=0.3)
     lines: list[str] = []
-    assert latest_checkpoint(root, log=lines.append) is None
-    assert len(lines) == 3
-    assert latest_checkpoint(root / "nothing-here", log=lines.append) is None
+    assert restore_training_state(Checkpoint.from_directory(str(dirs[-1])), log=lines.append) is None
+    assert sum("skipping" in line for line in lines) == 3 and "starting from scratch" in lines[-1]
+
+
+def test_a_newer_checkpoint_is_never_a_fallback(checkpoints):
+    """Only checkpoints written before the one Ray Train hands over count: a newer folder is
+    one Ray Train never registered (a write cut short)."""
+    _, dirs = checkpoints
+    truncate(dirs[1] / CHECKPOINT_FILE)
+    assert restore_training_state(Checkpoint.from_directory(str(dirs[1])), log=lambda line: None)["state"]["epoch"] == 1
+
+
+@pytest.mark.parametrize("uri", [False, True], ids=["path", "file-uri"])
+def test_runs_are_named_after_the_model_directory_and_can_be_replaced(tmp_path, checkpoints, uri):
+    run, _ = checkpoints
+    storage = f"file://{run.parent}" if uri else str(run.parent)
+    assert run_exists(storage, run.name) and not run_exists(storage, "another-run")
+    delete_run(storage, run.name)
+    assert not run.exists() and not run_exists(storage, run.name)
+    assert run_name_for(tmp_path / "model") == run_name_for(tmp_path / "model")
+    assert run_name_for(tmp_path / "model").startswith("rayrec-train-model-")
+    assert run_name_for(tmp_path / "a" / "model") != run_name_for(tmp_path / "b" / "model")
