@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests of the order-free models (ALS and EASE)."""
+"""Fixtures shared by unit tests: the order-free models' data (ALS and EASE) and a private redis-server."""
 
 import dataclasses
 import json
@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from rayrec.data import SyntheticConfig, generate
 from rayrec.data.synthetic import synthetic_truth
+from rayrec.testing import RedisServer, redis_unavailable
 from rayrec.training.prepare import prepare
 
 
@@ -57,3 +58,14 @@ def check_rayrec_recommend(shuffled, order_free_data, tmp_path):
         assert lines[2]["items"] == [model.item_ids[i] for i in popular]
 
     return check
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A redis-server of its own per test module (skips where redis-server is not installed)."""
+    reason = redis_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

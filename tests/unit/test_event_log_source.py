@@ -18,7 +18,6 @@ from rayrec.cli import cli
 from rayrec.components import FeedbackEvent
 from rayrec.models.servable import load_model_dir
 from rayrec.state import open_state_store
-from rayrec.testing import RedisServer, redis_unavailable
 from rayrec.training.config import load_train_config
 from rayrec.training.prepare import load_training_data
 
@@ -116,16 +115,6 @@ def test_a_missing_state_file_is_one_line_and_creates_nothing(tmp_path, data_csv
     assert len(lines) == 1, result.stderr
     assert str(missing) in lines[0] and "no state store file" in lines[0]
     assert not missing.exists()
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    reason = redis_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
 
 
 def test_training_on_a_file_and_a_redis_store_drops_the_erased_user_everywhere(redis_server, data_csv):

@@ -24,16 +24,6 @@ from rayrec.components import FeedbackEvent
 from rayrec.state import open_state_store
 from rayrec.testing import RedisServer, free_port, redis_unavailable
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    reason = redis_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(params=["sqlite", "redis"])
 def store_url(request, tmp_path):
     """A URL of an empty store of each kind (Redis: a fresh key prefix on the shared server)."""
