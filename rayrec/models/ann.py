@@ -75,8 +75,16 @@ def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int) -> An
         return None
     import faiss
 
+    return _read_index_file(path, faiss.IO_FLAG_MMAP)
+
+
+def _read_index_file(path: Path, mmap_flag: int) -> Any:
+    """``path`` read memory-mapped with ``mmap_flag`` (read-only), or into memory where FAISS
+    cannot map that index type."""
+    import faiss
+
     try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        return faiss.read_index(str(path), mmap_flag | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError:  # an index type FAISS cannot map: read it into memory
         return faiss.read_index(str(path))
 
@@ -234,7 +242,4 @@ def read_compressed(model_dir: Path, config: dict[str, Any], rows: int, kind: st
     # IO_FLAG_MMAP_IFC maps the codes of flat-code indexes (IndexScalarQuantizer, IndexPQ, an
     # HNSW graph's storage) from the file: a node's replicas share one copy in the page cache.
     # Mapped codes cannot grow (FAISS aborts the process on add): serving never adds to them.
-    try:
-        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-    except RuntimeError:  # an index type FAISS cannot map: read it into memory
-        return faiss.read_index(str(path))
+    return _read_index_file(path, faiss.IO_FLAG_MMAP_IFC)

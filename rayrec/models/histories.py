@@ -33,13 +33,6 @@ class Histories(Sequence[np.ndarray]):
         self.items = items
         self.offsets = offsets
 
-    @classmethod
-    def from_sequences(cls, sequences: Sequence[np.ndarray]) -> "Histories":
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        items = np.concatenate(sequences).astype(np.int64) if len(sequences) else np.zeros(0, np.int64)
-        return cls(items, offsets)
-
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -52,10 +45,6 @@ class Histories(Sequence[np.ndarray]):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return (self[u] for u in range(len(self)))
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
     def write(self, directory: str | Path) -> None:
         directory = Path(directory)
