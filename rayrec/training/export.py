@@ -109,20 +109,19 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     if history:
         _training_curve(history, out_dir / "training_curve.png")
     if shortlists:
-        _write_validation_shortlists(data, config, state.get("validation_model") or weights, out_dir)
+        if state.get("validation_model") is not None:  # the final fit moved on from it
+            model.load_state_dict(state["validation_model"])
+        _write_validation_shortlists(data, config, model, out_dir)
     return out_dir
 
 
-def _write_validation_shortlists(data: PreparedData, config: TrainConfig, weights: dict[str, Any],
+def _write_validation_shortlists(data: PreparedData, config: TrainConfig, model: torch.nn.Module,
                                  out_dir: Path) -> None:
+    """``model``'s (in eval mode, with the weights validation chose) shortlists."""
     from rayrec.training.loop import score_histories
     from rayrec.training.prepare import validation_split
     from rayrec.training.shortlists import write_shortlists
 
-    model = build_two_tower(config.model, data.num_items, data.item_inputs,
-                            num_user_feature_values=len(data.user_feature_vocab))
-    model.load_state_dict(weights)
-    model.eval()
     with torch.no_grad():
         table = model.item_table()
     features = data.user_features if model.user_feature_embedding is not None else None

@@ -40,6 +40,19 @@ def blended_model_dir(tmp_path_factory):
     return out
 
 
+def test_the_shortlists_are_what_validation_scored(blended_model_dir):
+    """The shortlists a blend is weighted on come from the model validation chose (before the
+    final fit on the validation items), so alone they give its validation NDCG@10."""
+    import json
+
+    from rayrec.training.shortlists import Shortlists, shortlist_ndcg
+
+    shortlists = Shortlists.load(blended_model_dir.parent / "work" / "sasrec")
+    metrics = json.loads((blended_model_dir / "parts" / "sasrec" / "metrics.json").read_text())
+    assert metrics["final_epochs_with_validation_items"] > 0
+    assert shortlist_ndcg(shortlists) == pytest.approx(metrics["best_val_ndcg@10"], abs=1e-6)
+
+
 def test_a_blended_model_serves_feedback_and_new_items_over_http(blended_model_dir, tmp_path):
     from rayrec.models.servable import load_model_dir
 
