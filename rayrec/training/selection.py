@@ -251,10 +251,10 @@ def select_and_train(data: PreparedData, out_dir: str | Path, config: TrainConfi
     if blend is not None and winner is not blend:
         reason += (f"; the blend {blend['candidate']} ({blend['val_ndcg@10']:.4f}) gains less than "
                    f"{MIN_RELATIVE_GAIN:.0%} over it")
+    _clear_older_model(out_dir)
     if winner is blend:
         _install_blend(work_dir, blend, data, out_dir)
     else:
-        shutil.rmtree(out_dir / "parts", ignore_errors=True)  # an older blend's
         _install_winner(work_dir / winner["candidate"], out_dir)
     record = {"selected": winner["candidate"], "reason": reason, "budget_s": config.search.budget_s,
               "seconds": time.time() - started, "candidates": rows}
@@ -301,19 +301,16 @@ def _install_blend(work_dir: Path, blend: dict[str, Any], data: PreparedData, ou
     from rayrec.models.blend import MODEL_KIND, blend_item_embeddings
     from rayrec.training.model_dir import write_model_dir
 
-    names, weight = blend["details"]["parts"], float(blend["details"]["weight"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in list(out_dir.iterdir()):  # an older model in out_dir
-        if not path.name.startswith("."):
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    names = blend["details"]["parts"]
+    weights = dict(zip(names, (1.0, float(blend["details"]["weight"]))))  # the first part's is 1
     for name in names:
         _install_winner(work_dir / name, out_dir / "parts" / name)
-    parts = [(np.load(out_dir / "parts" / name / "item_embeddings.npy"), w) for name, w in zip(names, (1.0, weight))]
+    parts = [(np.load(out_dir / "parts" / name / "item_embeddings.npy"), weights[name]) for name in names]
     first_config = json.loads((out_dir / "parts" / names[0] / "config.json").read_text())
     first_metrics = json.loads((out_dir / "parts" / names[0] / "metrics.json").read_text())
     write_model_dir(
         out_dir, data, model_kind=MODEL_KIND, model_format=1, item_embeddings=blend_item_embeddings(parts),
-        config={"blend": {"parts": [{"dir": f"parts/{name}", "weight": w} for name, w in zip(names, (1.0, weight))]},
+        config={"blend": {"parts": [{"dir": f"parts/{name}", "weight": weights[name]} for name in names]},
                 # What serving reads from a model's config (text search's extractor, categories).
                 **{key: first_config[key] for key in ("train_config", "category_vocab") if key in first_config}},
         metrics={"best_val_ndcg@10": blend["val_ndcg@10"], "best_val_hr@10": blend["val_hr@10"],
@@ -338,6 +335,15 @@ def _selection_rows(results, candidates: list[Candidate]) -> list[dict[str, Any]
         }
     return [dict(by_name.get(c.name, {"candidate": c.name, "val_ndcg@10": None, "status": "not run"}),
                  description=c.description) for c in candidates]
+
+
+def _clear_older_model(out_dir: Path) -> None:
+    """Remove an older model's files from ``out_dir`` (whatever its kind: a blend's parts, a
+    two-tower's weights), keeping hidden entries such as the selection's work and checkpoints."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in list(out_dir.iterdir()):
+        if not path.name.startswith("."):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _install_winner(candidate_dir: Path, out_dir: Path) -> None:

@@ -72,6 +72,7 @@ def blended_model_dir(tmp_path_factory):
     out = root / "model"
     out.mkdir()
     (out / "stale.txt").write_text("from an older model")
+    selection._clear_older_model(out)  # as select_and_train does before installing the winner
     selection._install_blend(work, row, data, out)
     return out
 
