@@ -66,14 +66,19 @@ class TwoTowerModel(nn.Module):
         """All item vectors, row 0 = padding: (N + 1, D)."""
         return self._normalise(self.item_tower.table())
 
-    def auxiliary_item_views(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], float]]:
-        """Extra (item vectors of indices, loss weight) pairs from the item tower: the training loop
-        adds one softmax per view, over the items as that view represents them (e.g. a random
-        share by content alone, as items unseen in training are at serving time). Empty for
-        most towers."""
+    def auxiliary_item_views(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], float, float]]:
+        """Extra (item vectors of indices, loss weight, share of positions) triples from the item
+        tower: the training loop adds one softmax per view, over the items as that view
+        represents them (e.g. a random share by content alone, as items unseen in training are at
+        serving time), on a random share of the batch's positions (an unbiased estimate of the
+        mean over all of them, at that share of the cost). A tower may give (view, weight)
+        pairs: all positions. Empty for most towers."""
         views = getattr(self.item_tower, "auxiliary_views", None)
-        return [((lambda index, view=view: self._normalise(view(index))), weight)
-                for view, weight in (views() if views else [])]
+        triples = []
+        for view, weight, *share in (views() if views else []):
+            triples.append(((lambda index, view=view: self._normalise(view(index))), weight,
+                            float(share[0]) if share else 1.0))
+        return triples
 
     def attribution(self, sequences: torch.Tensor) -> torch.Tensor:
         """Contribution of each history position to the user vector: (B, L) -> (B, L)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rayrec.config import parse_config, read_yaml_mapping, validation_problems
@@ -90,7 +91,7 @@ def check_components(config: TrainConfig) -> None:
     A misspelt tower or extractor, or a bad option, then fails here in one line naming the
     field, before any data is read or a Ray worker starts.
     """
-    from rayrec.models.factory import build_two_tower
+    from rayrec.models.factory import ItemInputs, build_two_tower
     from rayrec.plugins import create_component
 
     model = config.model
@@ -107,7 +108,9 @@ def check_components(config: TrainConfig) -> None:
             raise ConfigError(f"{field} {name!r}: invalid options: {validation_problems(exc)}") from None
         if tower is not None and component.kind != tower:
             raise ConfigError(f"{field}: {name!r} is a {component.kind} tower, not a {tower} tower")
+    # The tiny model gets content vectors when features are configured, as training gives it.
+    content = np.zeros((3, 4), dtype=np.float32) if config.item_features else None
     try:
-        build_two_tower(model, num_items=2)
+        build_two_tower(model, num_items=2, item_inputs=ItemInputs(content=content))
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"model: {exc}") from None

@@ -56,12 +56,18 @@ class NextItemLoss(torch.nn.Module):
             loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, self.log_q,
                                         self.num_uniform_negatives, self.temperature)
         # Extra softmaxes over other views of the items (e.g. some represented by content alone).
-        for view, weight in model.auxiliary_item_views():
+        for view, weight, position_share in model.auxiliary_item_views():
+            view_outputs, view_labels = flat_outputs, flat_labels
+            if position_share < 1.0:
+                kept = torch.rand(len(flat_labels), device=inputs.device) < position_share
+                if not bool(kept.any()):
+                    continue
+                view_outputs, view_labels = flat_outputs[kept], flat_labels[kept]
             if self.loss_kind == "full":
                 table = view(torch.arange(model.item_tower.num_items + 1, device=inputs.device))  # with padding row 0
-                loss = loss + weight * full_softmax_loss(flat_outputs, table, flat_labels, self.temperature)
+                loss = loss + weight * full_softmax_loss(view_outputs, table, view_labels, self.temperature)
             else:
-                loss = loss + weight * sampled_softmax_loss(flat_outputs, view, flat_labels, self.log_q,
+                loss = loss + weight * sampled_softmax_loss(view_outputs, view, view_labels, self.log_q,
                                                             self.num_uniform_negatives, self.temperature)
         return loss, supervised.sum()
 

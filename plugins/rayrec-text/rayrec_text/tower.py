@@ -34,17 +34,20 @@ class ContentItemTower(ItemTower):
     unseen ones (``from_features(None, ...)``) content alone. Shapes as in ``ItemTower``."""
 
     def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0,
-                 new_item_projection: bool = True, **kwargs) -> None:
+                 content_loss_positions: float = 1.0, new_item_projection: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= id_dropout <= 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1], got {id_dropout}")
         if content_loss_weight < 0:
             raise ValueError(f"content_loss_weight must be >= 0, got {content_loss_weight}")
+        if not 0.0 < content_loss_positions <= 1.0:
+            raise ValueError(f"content_loss_positions must lie in (0, 1], got {content_loss_positions}")
         if content_loss_weight > 0 and self.content_projection is None and self.category_embedding is None:
             raise ValueError("content_loss_weight needs content vectors or categories to fall back on; configure "
                              "item_features (e.g. text_embedding) or give the items categories")
         self.id_dropout = id_dropout
         self.content_loss_weight = content_loss_weight
+        self.content_loss_positions = content_loss_positions
         # Content alone gets its own projection: the shared one learns a correction to the id
         # embedding, which is not what an item without one needs.
         self.new_item_projection = None
@@ -81,10 +84,11 @@ class ContentItemTower(ItemTower):
         return torch.where(keep, self.forward(item_index), content_only)
 
     def auxiliary_views(self):
-        """The mixed view and its loss weight, in training only (see ``TwoTowerModel.auxiliary_item_views``)."""
+        """The mixed view, its loss weight and share of positions, in training only (see
+        ``TwoTowerModel.auxiliary_item_views``)."""
         if not self.training or self.content_loss_weight == 0 or self.id_embedding is None:
             return []
-        return [(self.mixed_vectors, self.content_loss_weight)]
+        return [(self.mixed_vectors, self.content_loss_weight, self.content_loss_positions)]
 
 
 class ContentItemEncoder(ItemEncoder):
@@ -99,6 +103,9 @@ class ContentItemEncoder(ItemEncoder):
         id_dropout: float = Field(
             0.5, ge=0, le=1,
             description="Share of items represented by content alone in the second softmax (target included).")
+        content_loss_positions: float = Field(
+            1.0, gt=0, le=1,
+            description="Random share of the batch's positions the second softmax is computed on (its cost).")
         new_item_projection: bool = Field(
             True, description="Project content alone (new items) with its own layers, not the ones that "
                               "complement the id embedding.")
@@ -116,5 +123,6 @@ class ContentItemEncoder(ItemEncoder):
             use_id=True,
             id_dropout=self.options.id_dropout,
             content_loss_weight=self.options.content_loss_weight,
+            content_loss_positions=self.options.content_loss_positions,
             new_item_projection=self.options.new_item_projection,
         )

@@ -55,9 +55,9 @@ def test_the_mixed_view_represents_about_id_dropout_of_the_items_by_content_alon
 
 @torch.no_grad()
 def test_the_mixed_view_is_offered_in_training_only_with_its_weight(text_plugin):
-    tower = build({"content_loss_weight": 0.7}).train()
-    [(view, weight)] = tower.auxiliary_views()
-    assert weight == 0.7 and view == tower.mixed_vectors
+    tower = build({"content_loss_weight": 0.7, "content_loss_positions": 0.25}).train()
+    [(view, weight, position_share)] = tower.auxiliary_views()
+    assert weight == 0.7 and position_share == 0.25 and view == tower.mixed_vectors
     assert tower.eval().auxiliary_views() == []
     assert build({"content_loss_weight": 0.0}).train().auxiliary_views() == []
 
@@ -121,7 +121,7 @@ def test_the_second_softmax_ranks_new_items_by_content_without_crowding_out_trai
         for _ in range(150):  # the training loop's losses, on this toy problem
             outputs = query_projection(queries)
             loss = full_softmax_loss(outputs, model.item_table(), targets)
-            for view, w in model.auxiliary_item_views():
+            for view, w, _ in model.auxiliary_item_views():
                 loss = loss + w * full_softmax_loss(outputs, view(every_item), targets)
             optimizer.zero_grad()
             loss.backward()
@@ -168,3 +168,20 @@ def test_the_second_softmax_without_content_to_fall_back_on_is_refused(text_plug
 def test_bad_options_are_rejected(text_plugin, options):
     with pytest.raises(ValidationError):
         plugins.create_component("encoder", "content_item_tower", options)
+
+
+def test_a_training_config_with_the_tower_and_text_features_passes_the_early_check(text_plugin, tmp_path):
+    """``rayrec train --config`` checks components on a tiny model before Ray starts; that model
+    must get content vectors when the config has item features, as training gives it."""
+    from rayrec.errors import ConfigError
+    from rayrec.training.config import check_components, load_train_config
+
+    config = tmp_path / "train.yaml"
+    config.write_text("item_features:\n  - name: text_embedding\n"
+                      "model:\n  item_encoder: content_item_tower\n"
+                      "  item_encoder_options: {content_loss_positions: 0.25}\n")
+    check_components(load_train_config(config))
+    without_text = tmp_path / "no-text.yaml"
+    without_text.write_text("model:\n  item_encoder: content_item_tower\n")
+    with pytest.raises(ConfigError, match="item_features"):
+        check_components(load_train_config(without_text))
