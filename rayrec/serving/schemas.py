@@ -210,7 +210,12 @@ class FeedbackResponse(BaseModel):
     accepted: int = Field(description="Events acknowledged (durable), re-sends included.")
     stored: int = Field(description="Events newly written.")
     duplicates: int = Field(description="Events whose event_id was already stored.")
-    attributed: int = Field(0, description="Events newly attributed to an experiment's impression.")
+    attributed: int | None = Field(
+        None, description="Only when events carried an impression_id: those newly attributed to it.")
+
+    @model_serializer(mode="wrap")
+    def _without_attributed(self, handler):
+        return _drop_none(handler(self), "attributed")
 
 
 class ItemIn(BaseModel):

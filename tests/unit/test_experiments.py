@@ -108,12 +108,13 @@ def test_feedback_with_an_impression_id_is_attributed_to_the_arm_and_position(tm
     again = logic.ingest([FeedbackEvent(user_id="u", item_id="i7", event_type="click", impression_id="imp-1",
                                         event_id="e1")])
     assert (again["duplicates"], again["attributed"]) == (1, 0)
+    assert "attributed" not in logic.ingest([FeedbackEvent(user_id="u", item_id="i2")])  # no impression named
     [event] = store.attributed_events("ab")
     assert (event.arm, event.item_id, event.position) == ("B", "i7", 2)
     with pytest.raises(RequestError) as refused:
         logic.ingest([FeedbackEvent(user_id="u", item_id="i7", impression_id="never-served")])
     assert refused.value.field == "events[0].impression_id"
-    assert store.event_count() == 2  # the refused batch stored nothing
+    assert store.event_count() == 3  # the refused batch stored nothing
 
 
 def test_model_slots_keep_the_live_model_and_the_arms_loaded(tmp_path):

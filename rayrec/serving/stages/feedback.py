@@ -104,7 +104,7 @@ class FeedbackLogic:
         result = self.store.append_events(events, dislike_types=self.dislike_types)
         events = flag_new(events, result)
         # After the events: a crash in between loses an attribution, never an acknowledged event.
-        attributed = self.store.record_attributed_events(self.attributions(events, shown)) if shown else 0
+        attributed = self.store.record_attributed_events(self.attributions(events, shown)) if shown else None
         for handler in self.handlers:
             try:
                 handler.handle(events)
@@ -115,8 +115,10 @@ class FeedbackLogic:
                 self.on_ingested(events)
             except Exception:
                 logger.exception("a feedback_ingested hook failed (the events are stored)")
-        return {"accepted": len(events), "stored": result.stored, "duplicates": result.duplicates,
-                "attributed": attributed}
+        answer = {"accepted": len(events), "stored": result.stored, "duplicates": result.duplicates}
+        if attributed is not None:  # only when the events named impressions
+            answer["attributed"] = attributed
+        return answer
 
     def erase_user(self, user_id: str) -> dict[str, object]:
         if not user_id:
