@@ -134,3 +134,42 @@ def test_model_slots_keep_the_live_model_and_the_arms_loaded(tmp_path):
     newer = store.stage_model("/m/c")
     slots.get(newer)
     assert slots.loaded() == [live, newer]  # retired arms go when room is needed
+
+
+def test_an_experiment_in_the_serve_config_is_recorded_once_with_its_arms(tmp_path):
+    from rayrec.models.toy import write_toy_model
+    from rayrec.serving.app import build_app
+    from rayrec.serving.config import AppArgs
+
+    model_a = write_toy_model(tmp_path / "a", num_items=20, dim=8)
+    model_b = write_toy_model(tmp_path / "b", num_items=20, dim=8, seed=3)
+    state = f"sqlite:///{tmp_path}/state.db"
+    config = {"model_dir": str(model_a), "state": state, "experiment": {
+        "name": "cfg", "arms": [{"name": "A", "model_dir": str(model_a), "share": 0.5},
+                                {"name": "B", "model_dir": str(model_b), "share": 0.5}]}}
+    build_app(AppArgs(**config))
+    build_app(AppArgs(**config))  # a restart keeps the record (and its data), it does not add one
+    store = open_state_store(state)
+    [record] = store.experiments()
+    assert record["status"] == "running"
+    assert record["arms"]["A"]["shares_live_model"] and record["arms"]["A"]["generation"] == \
+        store.model_generation().generation
+    assert store.model_generation(record["arms"]["B"]["generation"]).status == "arm"
+
+
+@pytest.mark.parametrize("arms, message", [
+    ([("A", "a", 0.5), ("B", "missing", 0.5)], "experiment.arms[1].model_dir"),
+    ([("A", "a", 0.5), ("B", "a", 0.6)], "experiment.arms.share"),
+])
+def test_a_bad_experiment_in_the_serve_config_fails_in_one_line_naming_the_field(tmp_path, arms, message):
+    from rayrec.errors import ConfigError
+    from rayrec.models.toy import write_toy_model
+    from rayrec.serving.app import resolve_args
+    from rayrec.serving.config import AppArgs
+
+    write_toy_model(tmp_path / "a", num_items=20, dim=8)
+    args = AppArgs(model_dir=str(tmp_path / "a"), state=f"sqlite:///{tmp_path}/state.db", experiment={
+        "name": "bad", "arms": [{"name": n, "model_dir": str(tmp_path / d), "share": s} for n, d, s in arms]})
+    with pytest.raises(ConfigError) as error:
+        resolve_args(args)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,7 +67,3 @@ class ExperimentSpec(BaseModel):
     @property
     def assignment_salt(self) -> str:
         return self.salt or self.name
-
-
-def is_valid_name(name: str) -> bool:
-    return re.match(NAME_PATTERN, name) is not None

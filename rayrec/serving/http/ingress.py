@@ -35,7 +35,7 @@ from rayrec.serving.experiments.live import (
     report,
     running_experiment,
 )
-from rayrec.serving.experiments.spec import ExperimentSpec
+from rayrec.serving.experiments.spec import NAME_PATTERN, ExperimentSpec
 from rayrec.serving.graph.builder import model_dir_mb
 from rayrec.serving.graph.observability import RequestLog, serving_metrics
 from rayrec.serving.graph.topology import ReadPath
@@ -298,7 +298,7 @@ class Ingress:
         return record
 
     @app.get("/experiments/{name}", response_model=ExperimentReport, responses=openapi_errors(404))
-    async def experiment_report(self, name: str = Path(min_length=1, max_length=64)) -> Any:
+    async def experiment_report(self, name: str = Path(pattern=NAME_PATTERN)) -> Any:
         """The experiment's arms and readout: per arm impressions, CTR, conversion and position-weighted
         reward with 95% intervals, and each arm's difference to the control with its interval."""
         return await asyncio.to_thread(report, self.store, await self._experiment_record(name))
@@ -332,14 +332,14 @@ class Ingress:
 
     @app.post("/admin/experiments/{name}/promote", response_model=ExperimentReport,
               responses=openapi_errors(401, 403, 404, 409), dependencies=[Security(WRITE_ACCESS)])
-    async def promote_arm(self, body: PromoteRequest, name: str = Path(min_length=1, max_length=64)) -> Any:
+    async def promote_arm(self, body: PromoteRequest, name: str = Path(pattern=NAME_PATTERN)) -> Any:
         """End the experiment: the arm's model becomes the only one served (the reload's switch,
         so no request fails); the readout stays available."""
         return await self._end_experiment(name, body.arm)
 
     @app.post("/admin/experiments/{name}/stop", response_model=ExperimentReport,
               responses=openapi_errors(401, 403, 404, 409), dependencies=[Security(WRITE_ACCESS)])
-    async def stop_experiment(self, name: str = Path(min_length=1, max_length=64)) -> Any:
+    async def stop_experiment(self, name: str = Path(pattern=NAME_PATTERN)) -> Any:
         """End the experiment without a winner: the live model serves everybody again."""
         return await self._end_experiment(name, None)
 
