@@ -48,9 +48,18 @@ def _pipeline(model_dir: str, store: BaseStateStore, event_weights: dict[str, fl
 
 def replay(interactions, arms: Sequence[tuple[str, str]], *, k: int = 10, limit: int | None = None,
            name: str = "replay", salt: str = "replay", event_weights: dict[str, float] | None = None,
-           state_dir: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+           state_dir: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+           threads: int = 1) -> dict:
     """Replay ``interactions`` (a :class:`rayrec.schema.Interactions`) against ``arms``
-    ``(name, model_dir)``, equal shares; returns the report (as ``GET /experiments/{name}``)."""
+    ``(name, model_dir)``, equal shares; returns the report (as ``GET /experiments/{name}``).
+    ``threads``: torch/BLAS threads, one like a serving replica (more oversubscribe small models)."""
+    from rayrec.models.threads import compute_threads
+
+    with compute_threads(threads):
+        return _replay(interactions, arms, k, limit, name, salt, event_weights, state_dir, progress)
+
+
+def _replay(interactions, arms, k, limit, name, salt, event_weights, state_dir, progress) -> dict:
     from rayrec.serving.config import DEFAULT_EVENT_WEIGHTS
     from rayrec.state.sqlite import SQLiteStateStore
 
