@@ -12,6 +12,10 @@ pytestmark = pytest.mark.integration
 
 ray = pytest.importorskip("ray")
 
+from click.testing import CliRunner  # noqa: E402
+
+from rayrec.cli import cli  # noqa: E402
+from rayrec.errors import RayrecError  # noqa: E402
 from rayrec.serving.config import AppArgs  # noqa: E402
 from rayrec.serving.experiments.assignment import assign_arm  # noqa: E402
 from rayrec.testing import serve_locally, write_toy_model  # noqa: E402
@@ -20,8 +24,16 @@ KEY = "experiment-key-3f1a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+#: The default (ingress on one node: the arm's pipeline runs in the ingress replica) and split
+#: (the arm's generation travels from the preprocessor to the encoder and the scorer).
+TOPOLOGIES = {
+    "default": {"stages": {"ingress": {"num_replicas": 2, "num_cpus": 0.25}}},
+    "split": {"topology": "split", "stages": {"ingress": {"num_replicas": 2, "num_cpus": 0.25}}},
+}
+
+
+@pytest.fixture(scope="module", params=list(TOPOLOGIES))
+def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("experiments")
     models = root / "models"
     model_a = write_toy_model(models / "a", num_items=200, dim=16, seed=1, version="toy-a")
@@ -29,8 +41,7 @@ def server(tmp_path_factory):
     keys = root / "keys.txt"
     keys.write_text(KEY + "\n")
     args = AppArgs(model_dir=str(model_a), state=f"sqlite:///{root / 'state.db'}",
-                   security={"api_keys_file": str(keys)},
-                   stages={"ingress": {"num_replicas": 2, "num_cpus": 0.25}})
+                   security={"api_keys_file": str(keys)}, **TOPOLOGIES[request.param])
     with serve_locally(args) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield {"client": client, "a": str(model_a), "b": str(model_b), "root": root}
 
@@ -150,6 +161,11 @@ def test_an_ab_test_from_start_to_promotion(server):
         assert after["model_version"] == "toy-b" and "arm" not in after
     assert client.post("/admin/experiments/ab/stop", headers=AUTH).status_code == 409  # it is over
     assert client.get("/experiments/ab").json()["promoted_arm"] == "B"
+    chart = server["root"] / "ab.png"
+    shown = CliRunner().invoke(cli, ["experiments", "report", "ab", "--url", str(client.base_url), "--chart",
+                                     str(chart)], catch_exceptions=False)
+    assert shown.exit_code == 0 and "promoted B" in shown.output and "A (control)" in shown.output, shown.output
+    assert chart.stat().st_size > 1000
 
 
 def test_stop_returns_everybody_to_the_live_model(server):
@@ -158,8 +174,12 @@ def test_stop_returns_everybody_to_the_live_model(server):
     assert client.post("/admin/experiments", json=body, headers=AUTH).status_code == 201
     threading.Event().wait(1.5)  # the other ingress replica re-reads the experiment within a second
     assert recommend(client, user_id="user1", arm="B")["model_version"] == "toy-a"
-    stopped = client.post("/admin/experiments/stop-me/stop", headers=AUTH)
-    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped"
+    without_key = CliRunner().invoke(cli, ["experiments", "stop", "stop-me", "--url", str(client.base_url)])
+    assert isinstance(without_key.exception, RayrecError)  # rayrec's main prints it as one line
+    assert str(without_key.exception).startswith("POST /admin/experiments/stop-me/stop: 401")
+    stopped = CliRunner().invoke(cli, ["experiments", "stop", "stop-me", "--url", str(client.base_url),
+                                       "--api-key", KEY], catch_exceptions=False)
+    assert stopped.exit_code == 0 and "(stopped)" in stopped.output, stopped.output
     threading.Event().wait(1.5)
     answer = recommend(client, user_id="user1")
     assert answer["model_version"] == "toy-b" and "arm" not in answer
