@@ -48,3 +48,17 @@ def test_replay_refuses_a_missing_model_directory_naming_the_option(tmp_path):
     result = CliRunner().invoke(cli, ["experiments", "replay", "--interactions", "x.csv", "--arm", f"A={model_a}",
                                       "--arm", f"B={tmp_path / 'missing'}"])
     assert result.exit_code != 0 and "--arm" in result.output and "no model directory" in result.output
+
+
+def test_the_http_commands_say_in_one_line_when_no_server_answers(tmp_path):
+    from rayrec.errors import RayrecError
+
+    spec = tmp_path / "ab.yaml"
+    spec.write_text("name: ab\narms:\n  - {name: A, model_dir: /m/a, share: 0.5}\n  - {name: B, model_dir: /m/b, share: 0.5}\n")
+    from rayrec.testing import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    for command in (["start", str(spec)], ["report", "ab"], ["promote", "ab", "B"], ["stop", "ab"]):
+        result = CliRunner().invoke(cli, ["experiments", *command, "--url", url])
+        assert isinstance(result.exception, RayrecError), result.output
+        assert str(result.exception).startswith(f"cannot reach {url}")
