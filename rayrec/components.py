@@ -194,6 +194,9 @@ class FeedbackEvent(BaseModel):
     timestamp: float | None = None
     value: float | None = None
     event_id: str | None = None
+    #: The ``impression_id`` of the /recommend answer that showed the item, when the client sent
+    #: it: the event is then attributed to that answer's experiment arm and position.
+    impression_id: str | None = None
     #: Set by rayrec before handlers see the event: True when this batch stored it, False when
     #: its ``event_id`` was already stored (a client's retry, or a repeat within the batch).
     #: None where unknown: before storing, or from a state store that does not say.

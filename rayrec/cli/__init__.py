@@ -25,6 +25,7 @@ COMMANDS = {
     "quickstart": "rayrec.cli.quickstart_cmd:quickstart",
     "synthetic": "rayrec.cli.synthetic_cmd:synthetic",
     "index": "rayrec.cli.index_cmd:index",
+    "experiments": "rayrec.cli.experiments_cmd:experiments",
 }
 
 

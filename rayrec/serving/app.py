@@ -20,7 +20,9 @@ from typing import Any
 
 from ray.serve import Application
 
+from rayrec.errors import ConfigError, RayrecError
 from rayrec.serving.config import AppArgs, Topology, check_components
+from rayrec.serving.experiments.spec import ExperimentSpec
 from rayrec.serving.graph.builder import bind_stages, deployment_options
 from rayrec.models.servable import load_model_dir
 from rayrec.serving.graph.topology import pick_topology
@@ -59,9 +61,53 @@ def resolve_args(args: AppArgs | dict[str, Any]) -> AppArgs:
     args = args.model_copy(update={"model_dir": model_dir, "state": _absolute_state_url(args.state),
                                    "security": security, "observability": observability})
     load_model_dir(args.model_dir)  # a bad directory fails here with a clear ModelError, not in 5 replicas
+    if args.experiment is not None:
+        args = args.model_copy(update={"experiment": _checked_experiment(args)})
     load_api_keys(args.security.api_keys_file, env_var=None)  # a missing or empty key file fails here too
     check_components(args)  # one line naming the list entry, the component and the field
     return args
+
+
+def _checked_experiment(args: AppArgs) -> ExperimentSpec:
+    """The configured experiment with absolute model directories, each one loaded once here."""
+    spec = args.experiment
+    problem = spec.problems(set(args.event_weights))
+    if problem is not None:
+        raise ConfigError(f"experiment.{problem[0]}: {problem[1]}")
+    arms = []
+    for i, arm in enumerate(spec.arms):
+        model_dir = str(Path(arm.model_dir).expanduser().resolve())
+        try:
+            load_model_dir(model_dir)
+        except RayrecError as exc:
+            raise ConfigError(f"experiment.arms[{i}].model_dir: {exc}") from None
+        arms.append(arm.model_copy(update={"model_dir": model_dir}))
+    return spec.model_copy(update={"arms": arms})
+
+
+def _start_configured_experiment(store, spec: ExperimentSpec) -> None:
+    """Record the configured experiment unless one of that name exists (a restart keeps its data,
+    and a stop or promote decided meanwhile)."""
+    from rayrec.serving.experiments.live import new_record, running_experiment
+    from rayrec.serving.graph.builder import model_dir_mb
+
+    if store.experiment(spec.name) is not None:
+        return
+    running = running_experiment(store)
+    if running is not None:
+        raise ConfigError(f"experiment.name: experiment {running['name']!r} is running in the state store; "
+                          "stop or promote it first")
+    live = store.model_generation()
+    by_dir = {live.model_dir: live.generation}
+    arms = {}
+    for arm in spec.arms:
+        if arm.model_dir not in by_dir:
+            by_dir[arm.model_dir] = store.stage_model(arm.model_dir)
+            store.set_model_status(by_dir[arm.model_dir], "arm")
+        arms[arm.name] = {"generation": by_dir[arm.model_dir], "model_dir": arm.model_dir,
+                          "model_files_mb": round(model_dir_mb(arm.model_dir), 3),
+                          "shares_live_model": by_dir[arm.model_dir] == live.generation}
+    store.save_experiment(new_record(spec, arms))
 
 
 def build_app(args: AppArgs) -> Application:
@@ -71,6 +117,8 @@ def build_app(args: AppArgs) -> Application:
         args = args.model_copy(update={"topology": pick_topology()})
     store = open_state_store(args.state)
     store.ensure_model(args.model_dir)
+    if args.experiment is not None:
+        _start_configured_experiment(store, args.experiment)
     store.close()
     reads, feedback = bind_stages(args)
     return Ingress.options(**deployment_options("ingress", args)).bind(reads=reads, feedback=feedback, args=args)

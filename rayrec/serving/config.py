@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rayrec.serving.experiments.spec import ExperimentSpec
 from rayrec.serving.schemas import MAX_K
 
 #: Weight of each feedback event type. Positive events join the user's sequence (repeated
@@ -355,6 +356,9 @@ class AppArgs(BaseModel):
     replica: ReplicaOptions = Field(default_factory=ReplicaOptions, description=ReplicaOptions.__doc__)
     stages: Stages = Stages()
     observability: Observability = Field(default_factory=Observability, description=Observability.__doc__)
+    experiment: ExperimentSpec | None = Field(
+        None, description="An A/B test between models started with the app (see README, Online experiments); "
+                          "kept across restarts by its name, like one started with POST /admin/experiments.")
 
     @model_validator(mode="before")
     @classmethod

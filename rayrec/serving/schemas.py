@@ -90,6 +90,12 @@ class RecommendRequest(BaseModel):
         description='Options of configured scorers for this request only, by scorer name, over the configured '
                     'ones, e.g. {"category_diversity": {"penalty": 0.5}}. Each is validated by the scorer\'s '
                     "Options: a name that is not configured, or a bad option, is a 422 naming it.")
+    session_id: Text | None = Field(
+        None, min_length=1, max_length=512,
+        description="An anonymous session's id: assigns the session to an experiment arm when no user_id is given.")
+    arm: Text | None = Field(
+        None, min_length=1, max_length=64,
+        description="Debugging: serve this arm of the running experiment instead of the assigned one.")
 
 
 def _not_blank(value: str) -> str:
@@ -160,6 +166,9 @@ class RecommendResponse(BaseModel):
     user_id: str | None = Field(description="As sent; null for an anonymous session.")
     items: list[RecommendedItem]
     model_version: str
+    impression_id: str | None = Field(
+        None, description="While an experiment runs: this answer's id, to send back with /feedback events.")
+    arm: str | None = Field(None, description="While an experiment runs: the arm that answered.")
 
 
 class SearchResponse(BaseModel):
@@ -186,6 +195,10 @@ class FeedbackEventIn(BaseModel):
                           "without a zone); the time of arrival when absent.")
     value: float | None = None
     event_id: Text | None = Field(None, min_length=1, max_length=256, description="Re-sending the same id is a no-op.")
+    impression_id: Text | None = Field(
+        None, min_length=1, max_length=64,
+        description="The impression_id of the /recommend answer that showed this item: attributes the event to "
+                    "that answer's experiment arm and to the position the item was shown at.")
 
 
 class FeedbackRequest(BaseModel):
@@ -197,6 +210,12 @@ class FeedbackResponse(BaseModel):
     accepted: int = Field(description="Events acknowledged (durable), re-sends included.")
     stored: int = Field(description="Events newly written.")
     duplicates: int = Field(description="Events whose event_id was already stored.")
+    attributed: int | None = Field(
+        None, description="Only when events carried an impression_id: those newly attributed to it.")
+
+    @model_serializer(mode="wrap")
+    def _without_attributed(self, handler):
+        return _drop_none(handler(self), "attributed")
 
 
 class ItemIn(BaseModel):
@@ -231,6 +250,28 @@ class ReloadRequest(BaseModel):
     model_dir: Text = Field(
         min_length=1, max_length=4096, description="An absolute path to a model directory inside the configured model_roots."
     )
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    arm: Text = Field(min_length=1, max_length=64, description="The arm whose model becomes the only one served.")
+
+
+class ExperimentReport(BaseModel):
+    """An experiment, its arms (with the memory each costs) and its readout (``GET /experiments/{name}``)."""
+
+    name: str
+    status: str = Field(description="running, stopped or promoted.")
+    control: str
+    promoted_arm: str | None = None
+    click_events: list[str]
+    conversion_events: list[str]
+    arms: list[dict[str, Any]] = Field(
+        description="name, share, generation, model_dir, model_files_mb (what the arm's model costs each "
+                    "replica that loads it) and shares_live_model (true: the live model's memory, no extra copy).")
+    readout: list[dict[str, Any]] = Field(
+        description="Per arm: impressions, clicks, conversions; ctr, conversion and reward as {value, ci}; "
+                    "other arms also vs_control: each metric's {diff, ci, p_value} against the control.")
 
 
 class ReloadResponse(BaseModel):

@@ -9,7 +9,9 @@ A state store keeps everything that changes while the model is served:
 * the **item catalogue**: items added, updated or deleted online, with a version counter
   that every scorer replica checks per request;
 * the **model generations**: which model directory is live, so every replica of every stage
-  serves the same model version (see :mod:`rayrec.serving.stages.generations`).
+  serves the same model version (see :mod:`rayrec.serving.stages.generations`);
+* the **experiments**: each A/B test's record, the impressions it served (which arm showed
+  which items) and the feedback events attributed to them (see :mod:`rayrec.serving.experiments`).
 
 Stores are components (kind ``state_store``), registered through ``register_state_stores``
 and chosen by URL scheme: ``sqlite:///var/lib/rayrec/state.db`` picks the store named
@@ -66,7 +68,30 @@ class ModelGeneration:
 
     generation: int
     model_dir: str
-    status: str  # "staged", "active", "retired" or "failed"
+    status: str  # "staged", "active", "arm" (serving an experiment's arm), "retired" or "failed"
+
+
+@dataclass
+class Impression:
+    """One answer served to an experiment's arm: the items shown, best first."""
+
+    impression_id: str
+    experiment: str
+    arm: str
+    item_ids: list[str]
+
+
+@dataclass
+class AttributedEvent:
+    """A feedback event that named an impression it followed, with where its item was shown."""
+
+    event_id: str
+    impression_id: str
+    experiment: str
+    arm: str
+    item_id: str
+    event_type: str
+    position: int  # 0 = the first item of the impression
 
 
 class BaseStateStore(Component):
@@ -168,6 +193,43 @@ class BaseStateStore(Component):
 
     def model_generation(self, generation: int | None = None) -> ModelGeneration | None:  # pragma: no cover
         """The given generation, or the live one when ``generation`` is None (None if none)."""
+        raise NotImplementedError
+
+    def set_model_status(self, generation: int, status: str) -> None:  # pragma: no cover
+        """Set a generation's status (``arm`` while an experiment serves it, ``retired`` after)."""
+        raise NotImplementedError
+
+    # -- experiments -----------------------------------------------------------------------
+    def save_experiment(self, record: dict[str, Any]) -> None:  # pragma: no cover
+        """Create or replace the experiment ``record["name"]`` (a JSON-able dict)."""
+        raise NotImplementedError
+
+    def experiments(self) -> list[dict[str, Any]]:  # pragma: no cover
+        """Every experiment's record, oldest first."""
+        raise NotImplementedError
+
+    def experiment(self, name: str) -> dict[str, Any] | None:
+        return next((record for record in self.experiments() if record["name"] == name), None)
+
+    def record_impression(self, impression: Impression) -> None:  # pragma: no cover
+        """Durably store one served answer of an experiment (its id is unique)."""
+        raise NotImplementedError
+
+    def impressions(self, impression_ids: Collection[str]) -> dict[str, Impression]:  # pragma: no cover
+        """The stored impressions among ``impression_ids``, by id (unknown ids are left out)."""
+        raise NotImplementedError
+
+    def record_attributed_events(self, events: Sequence[AttributedEvent]) -> int:  # pragma: no cover
+        """Durably store ``events`` (all or none); one whose ``event_id`` is stored already is skipped
+        (a re-send). Returns how many were new."""
+        raise NotImplementedError
+
+    def impression_counts(self, experiment: str) -> dict[str, int]:  # pragma: no cover
+        """Impressions stored per arm of ``experiment``."""
+        raise NotImplementedError
+
+    def attributed_events(self, experiment: str) -> list[AttributedEvent]:  # pragma: no cover
+        """Every event attributed to an impression of ``experiment``."""
         raise NotImplementedError
 
     def close(self) -> None:  # pragma: no cover

@@ -28,6 +28,11 @@ Keys (``P`` is the prefix)::
     P:models:seq                int   last model generation number
     P:models:dir / :status      hash  generation -> model_dir / status
     P:models:active             int   the live generation
+    P:experiments               hash  name -> JSON record
+    P:experiments:order         list  names, oldest first
+    P:impressions               hash  impression_id -> JSON {experiment, arm, item_ids}
+    P:impressions:count:<exp>   hash  arm -> impressions stored
+    P:attributed:<exp>          hash  event_id -> JSON attributed event (HSETNX: idempotent)
 """
 
 from __future__ import annotations
@@ -42,7 +47,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayrec.components import FeedbackEvent
 from rayrec.errors import ConfigError
-from rayrec.state.base import AppendResult, BaseStateStore, CatalogChange, ModelGeneration, UserState
+from rayrec.state.base import (
+    AppendResult,
+    AttributedEvent,
+    BaseStateStore,
+    CatalogChange,
+    Impression,
+    ModelGeneration,
+    UserState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +162,16 @@ redis.call('SET', p .. 'models:active', generation)
 return 1
 """
 
+# ARGV: prefix, experiment, then 2 per event: event_id, the event as JSON. Returns events newly stored.
+_ATTRIBUTE = """
+local p, experiment = ARGV[1], ARGV[2]
+local stored = 0
+for i = 3, #ARGV, 2 do
+  stored = stored + redis.call('HSETNX', p .. 'attributed:' .. experiment, ARGV[i], ARGV[i+1])
+end
+return stored
+"""
+
 _FAIL = """
 local p, generation = ARGV[1], ARGV[2]
 if redis.call('HGET', p .. 'models:status', generation) == 'staged' then
@@ -234,7 +257,8 @@ class RedisStateStore(BaseStateStore):
             self._scripts = {
                 name: self._client.register_script(source)
                 for name, source in (("append", _APPEND), ("erase", _ERASE), ("catalog", _CATALOG),
-                                     ("changes", _CHANGES), ("stage", _STAGE), ("activate", _ACTIVATE), ("fail", _FAIL))
+                                     ("changes", _CHANGES), ("stage", _STAGE), ("activate", _ACTIVATE), ("fail", _FAIL),
+                                     ("attribute", _ATTRIBUTE))
             }
         return self._client
 
@@ -401,3 +425,57 @@ class RedisStateStore(BaseStateStore):
         if model_dir is None:
             return None
         return ModelGeneration(generation=int(generation), model_dir=model_dir, status=status)
+
+    def set_model_status(self, generation: int, status: str) -> None:
+        self._connect().hset(self._key("models", "status"), str(int(generation)), status)
+
+    # -- experiments -----------------------------------------------------------------------
+    def save_experiment(self, record: dict[str, Any]) -> None:
+        client = self._connect()
+        pipe = client.pipeline(transaction=True)
+        pipe.hsetnx(self._key("experiments", "seen"), record["name"], "1")
+        pipe.hset(self._key("experiments"), record["name"], json.dumps(record))
+        first, _ = pipe.execute()
+        if first:
+            client.rpush(self._key("experiments", "order"), record["name"])
+
+    def experiments(self) -> list[dict[str, Any]]:
+        client = self._connect()
+        names = client.lrange(self._key("experiments", "order"), 0, -1)
+        blobs = client.hmget(self._key("experiments"), names) if names else []
+        return [json.loads(blob) for blob in blobs if blob is not None]
+
+    def record_impression(self, impression: Impression) -> None:
+        pipe = self._connect().pipeline(transaction=True)  # MULTI/EXEC: the record and its count together
+        pipe.hset(self._key("impressions"), impression.impression_id, json.dumps(
+            {"experiment": impression.experiment, "arm": impression.arm, "item_ids": impression.item_ids}))
+        pipe.hincrby(self._key("impressions", "count", impression.experiment), impression.arm, 1)
+        pipe.execute()
+
+    def impressions(self, impression_ids: Collection[str]) -> dict[str, Impression]:
+        ids = list(dict.fromkeys(impression_ids))
+        if not ids:
+            return {}
+        found = {}
+        for impression_id, blob in zip(ids, self._connect().hmget(self._key("impressions"), ids)):
+            if blob is not None:
+                data = json.loads(blob)
+                found[impression_id] = Impression(impression_id, data["experiment"], data["arm"], data["item_ids"])
+        return found
+
+    def record_attributed_events(self, events: Sequence[AttributedEvent]) -> int:
+        stored = 0
+        by_experiment: dict[str, list[str]] = {}
+        for event in events:
+            by_experiment.setdefault(event.experiment, []).extend([event.event_id, json.dumps(event.__dict__)])
+        for experiment, args in by_experiment.items():
+            stored += int(self._run("attribute", experiment, *args))
+        return stored
+
+    def impression_counts(self, experiment: str) -> dict[str, int]:
+        counts = self._connect().hgetall(self._key("impressions", "count", experiment))
+        return {arm: int(count) for arm, count in counts.items()}
+
+    def attributed_events(self, experiment: str) -> list[AttributedEvent]:
+        blobs = self._connect().hvals(self._key("attributed", experiment))
+        return [AttributedEvent(**json.loads(blob)) for blob in blobs]

@@ -30,7 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rayrec.components import FeedbackEvent
 from rayrec.errors import ConfigError
-from rayrec.state.base import AppendResult, BaseStateStore, CatalogChange, ModelGeneration, UserState
+from rayrec.state.base import (
+    AppendResult,
+    AttributedEvent,
+    BaseStateStore,
+    CatalogChange,
+    Impression,
+    ModelGeneration,
+    UserState,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -81,6 +89,30 @@ CREATE TABLE IF NOT EXISTS model_generations (
     status TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS experiments (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS impressions (
+    impression_id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    item_ids TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_by_experiment ON impressions (experiment, arm);
+CREATE TABLE IF NOT EXISTS attributed_events (
+    event_id TEXT PRIMARY KEY,
+    impression_id TEXT NOT NULL,
+    experiment TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attributed_by_experiment ON attributed_events (experiment);
 """
 
 
@@ -415,3 +447,59 @@ class SQLiteStateStore(BaseStateStore):
                     (generation,),
                 ).fetchone()
         return ModelGeneration(generation=row[0], model_dir=row[1], status=row[2]) if row else None
+
+    def set_model_status(self, generation: int, status: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE model_generations SET status = ? WHERE generation = ?", (status, generation))
+
+    # -- experiments -----------------------------------------------------------------------
+    def save_experiment(self, record: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO experiments (name, record) VALUES (?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET record = excluded.record",
+                         (record["name"], json.dumps(record)))
+
+    def experiments(self) -> list[dict[str, Any]]:
+        with self._read() as conn:
+            return [json.loads(row[0]) for row in conn.execute("SELECT record FROM experiments ORDER BY seq")]
+
+    def record_impression(self, impression: Impression) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO impressions (impression_id, experiment, arm, item_ids, created_at) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (impression.impression_id, impression.experiment, impression.arm,
+                          json.dumps(impression.item_ids), time.time()))
+
+    def impressions(self, impression_ids: Collection[str]) -> dict[str, Impression]:
+        ids = list(dict.fromkeys(impression_ids))
+        found: dict[str, Impression] = {}
+        with self._read() as conn:
+            for start in range(0, len(ids), _IDS_PER_QUERY):
+                chunk = ids[start:start + _IDS_PER_QUERY]
+                rows = conn.execute("SELECT impression_id, experiment, arm, item_ids FROM impressions "
+                                    f"WHERE impression_id IN ({','.join('?' * len(chunk))})", chunk)
+                for row in rows:
+                    found[row[0]] = Impression(row[0], row[1], row[2], json.loads(row[3]))
+        return found
+
+    def record_attributed_events(self, events: Sequence[AttributedEvent]) -> int:
+        now, stored = time.time(), 0
+        with self._write() as conn:
+            for event in events:
+                stored += conn.execute(
+                    "INSERT OR IGNORE INTO attributed_events (event_id, impression_id, experiment, arm, item_id, "
+                    "event_type, position, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (event.event_id, event.impression_id, event.experiment, event.arm, event.item_id,
+                     event.event_type, event.position, now)).rowcount
+        return stored
+
+    def impression_counts(self, experiment: str) -> dict[str, int]:
+        with self._read() as conn:
+            return dict(conn.execute("SELECT arm, COUNT(*) FROM impressions WHERE experiment = ? GROUP BY arm",
+                                     (experiment,)).fetchall())
+
+    def attributed_events(self, experiment: str) -> list[AttributedEvent]:
+        with self._read() as conn:
+            rows = conn.execute("SELECT event_id, impression_id, experiment, arm, item_id, event_type, position "
+                                "FROM attributed_events WHERE experiment = ?", (experiment,)).fetchall()
+        return [AttributedEvent(*row) for row in rows]

@@ -271,3 +271,43 @@ def test_the_event_log_lists_every_stored_event_and_the_erased_users(store):
     for user in ("u0", "u1", "u2"):  # each user's events in arrival order
         assert [e.event_id for e in logged if e.user_id == user] == [e.event_id for e in events if e.user_id == user]
     assert store.erased_users() == {"gone"}
+
+
+# -- experiments: impressions and attributed events --------------------------------------------
+def test_experiment_records_impressions_and_attributed_events_survive_a_reopen(store_url):
+    from rayrec.state.base import AttributedEvent, Impression
+
+    s = open_state_store(store_url)
+    s.save_experiment({"name": "ab", "status": "running", "arms": {"A": {}, "B": {}}})
+    s.save_experiment({"name": "ab", "status": "stopped", "arms": {"A": {}, "B": {}}})  # replaced, not added
+    s.save_experiment({"name": "later", "status": "running", "arms": {}})
+    s.record_impression(Impression("imp-1", "ab", "A", ["x", "y", "z"]))
+    s.record_impression(Impression("imp-2", "ab", "B", ["y"]))
+    s.record_impression(Impression("imp-3", "ab", "A", []))
+    click = AttributedEvent("e1", "imp-1", "ab", "A", "y", "click", 1)
+    assert s.record_attributed_events([click, AttributedEvent("e2", "imp-2", "ab", "B", "y", "purchase", 0)]) == 2
+    assert s.record_attributed_events([click]) == 0  # a re-sent event is attributed once
+    s.close()
+
+    reopened = open_state_store(store_url)
+    assert [r["name"] for r in reopened.experiments()] == ["ab", "later"]
+    assert reopened.experiment("ab")["status"] == "stopped"
+    assert reopened.experiment("nope") is None
+    found = reopened.impressions(["imp-1", "imp-2", "unknown"])
+    assert sorted(found) == ["imp-1", "imp-2"] and found["imp-1"].item_ids == ["x", "y", "z"]
+    assert reopened.impression_counts("ab") == {"A": 2, "B": 1}
+    assert reopened.impression_counts("later") == {}
+    events = sorted(reopened.attributed_events("ab"), key=lambda e: e.event_id)
+    assert [(e.arm, e.item_id, e.event_type, e.position) for e in events] == [("A", "y", "click", 1),
+                                                                              ("B", "y", "purchase", 0)]
+    reopened.close()
+
+
+def test_an_arm_generation_keeps_its_status_until_retired(store):
+    live = store.ensure_model("/models/a")
+    arm = store.stage_model("/models/b")
+    store.set_model_status(arm, "arm")
+    assert store.model_generation(arm).status == "arm"
+    assert store.model_generation().generation == live.generation  # an arm never becomes live by itself
+    store.set_model_status(arm, "retired")
+    assert store.model_generation(arm).status == "retired"

@@ -21,6 +21,7 @@ from ray import serve
 from rayrec.components import FeedbackEvent
 from rayrec.errors import ModelError
 from rayrec.serving.config import AppArgs
+from rayrec.serving.experiments.live import running_experiment
 from rayrec.models.servable import load_model_dir
 from rayrec.serving.graph.model_loading import item_records
 from rayrec.serving.graph.observability import serving_metrics
@@ -33,7 +34,7 @@ from rayrec.serving.stages.pipeline import PipelineLogic
 from rayrec.serving.stages.preprocess import PreprocessorLogic
 from rayrec.serving.stages.scoring import RetrievalLogic
 from rayrec.state import open_state_store
-from rayrec.state.base import ModelGeneration
+from rayrec.state.base import Impression, ModelGeneration
 
 logger = logging.getLogger("ray.serve")
 
@@ -105,6 +106,9 @@ class _ModelStage:
         self.slots = ModelSlots(self.store, self._build)
         self._load_lock = asyncio.Lock()
         self.slots.get()  # the live model, loaded before the replica takes traffic
+        experiment = running_experiment(self.store)
+        for arm in (experiment or {}).get("arms", {}).values():  # and a running experiment's arms
+            self.slots.get(arm["generation"])
         limit_threads(args.replica.threads)
 
     def _build(self, record: ModelGeneration) -> Any:  # pragma: no cover - per stage
@@ -149,8 +153,8 @@ class Preprocessor(_ModelStage):
         )
 
     @timed
-    async def prepare(self, request: RecommendRequest) -> PreparedRequest:
-        logic = await self._logic()  # pins the request to the live generation
+    async def prepare(self, request: RecommendRequest, generation: int | None = None) -> PreparedRequest:
+        logic = await self._logic(generation)  # pins the request to the live generation, or an arm's
         return logic.prepare(request)
 
 
@@ -340,15 +344,27 @@ class RecommendPipeline(_CatalogueMethods, _ModelStage):
 
     @timed
     @request_errors_as_values
-    async def recommend_for(self, request: RecommendRequest) -> dict[str, Any]:
+    async def recommend_for(self, request: RecommendRequest, generation: int | None = None) -> dict[str, Any]:
         self._start_recall_probe()
-        return await self._recommend_batch(request)
+        if generation is None:  # pinned here, so a batch never straddles a reload
+            generation = self.slots.live_generation()
+        return await self._recommend_batch((request, generation))
 
     @serve.batch  # sized in __init__ from AppArgs, like the user encoder's
-    async def _recommend_batch(self, requests: list[RecommendRequest]) -> list[dict[str, Any] | StageError]:
-        """Requests that arrived while the previous batch computed, answered together."""
-        logic = await self._logic()
-        return logic.recommend_many(requests)
+    async def _recommend_batch(
+        self, requests: list[tuple[RecommendRequest, int]]
+    ) -> list[dict[str, Any] | StageError]:
+        """Requests that arrived while the previous batch computed, answered together, each
+        generation (the live model, experiment arms) by its own pipeline."""
+        answers: list[Any] = [None] * len(requests)
+        by_generation: dict[int, list[int]] = {}
+        for position, (_, generation) in enumerate(requests):
+            by_generation.setdefault(generation, []).append(position)
+        for generation, positions in by_generation.items():
+            logic = await self._logic(generation)
+            for position, answer in zip(positions, logic.recommend_many([requests[p][0] for p in positions])):
+                answers[position] = answer
+        return answers
 
     @timed
     @request_errors_as_values
@@ -405,6 +421,26 @@ class FeedbackIngestor:
 
     async def fail_model(self, generation: int) -> None:
         await asyncio.to_thread(self.store.fail_model, generation)
+
+    async def stage_arm(self, model_dir: str) -> int:
+        """Register an experiment arm's model: a generation that is served but never live."""
+        def stage() -> int:
+            generation = self.store.stage_model(model_dir)
+            self.store.set_model_status(generation, "arm")
+            return generation
+
+        return await asyncio.to_thread(stage)
+
+    async def retire_models(self, generations: list[int]) -> None:
+        """Arms no longer served: replicas may unload them (see ModelSlots)."""
+        for generation in generations:
+            await asyncio.to_thread(self.store.set_model_status, generation, "retired")
+
+    async def save_experiment(self, record: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.store.save_experiment, record)
+
+    async def record_impression(self, impression: Impression) -> None:
+        await asyncio.to_thread(self.store.record_impression, impression)
 
     def check_health(self) -> None:
         self.store.catalog_version()

@@ -43,7 +43,8 @@ class ReadPath:
         """Called once in each ingress replica, before it takes traffic."""
         return self
 
-    async def recommend(self, request: RecommendRequest) -> Any:
+    async def recommend(self, request: RecommendRequest, generation: int | None = None) -> Any:
+        """Answer ``request`` from model ``generation`` (an experiment arm's), else the live one."""
         raise NotImplementedError
 
     async def search(self, request: SearchRequest) -> Any:
@@ -85,17 +86,17 @@ class SplitStages(ReadPath):
     scorer: DeploymentHandle
     topology = Topology.SPLIT
 
-    async def _prepare_and_encode(self, request: RecommendRequest):
+    async def _prepare_and_encode(self, request: RecommendRequest, generation: int | None = None):
         """The user's state from the preprocessor, then their vector when they have history
         -> (prepared, user vector or None, attributions or None)."""
-        prepared = await self.preprocessor.prepare.remote(request)
+        prepared = await self.preprocessor.prepare.remote(request, generation)
         vector = attributions = None
         if prepared.personalized:
             vector, attributions = await self.encoder.encode.remote(prepared.generation, prepared.history_indices)
         return prepared, vector, attributions
 
-    async def recommend(self, request: RecommendRequest) -> Any:
-        prepared, vector, attributions = await self._prepare_and_encode(request)
+    async def recommend(self, request: RecommendRequest, generation: int | None = None) -> Any:
+        prepared, vector, attributions = await self._prepare_and_encode(request, generation)
         return await self.scorer.recommend.remote(prepared, vector, attributions)
 
     async def search(self, request: SearchRequest) -> Any:
@@ -118,8 +119,8 @@ class FusedPipeline(ReadPath):
     pipeline: DeploymentHandle
     topology = Topology.FUSED
 
-    async def recommend(self, request: RecommendRequest) -> Any:
-        return await self.pipeline.recommend_for.remote(request)
+    async def recommend(self, request: RecommendRequest, generation: int | None = None) -> Any:
+        return await self.pipeline.recommend_for.remote(request, generation)
 
     async def search(self, request: SearchRequest) -> Any:
         return await self.pipeline.search_for.remote(request)
@@ -144,8 +145,8 @@ class IngressPipeline(ReadPath):
 
         return IngressPipeline(RecommendPipeline.func_or_class(args))
 
-    async def recommend(self, request: RecommendRequest) -> Any:
-        return await self.pipeline.recommend_for(request)
+    async def recommend(self, request: RecommendRequest, generation: int | None = None) -> Any:
+        return await self.pipeline.recommend_for(request, generation)
 
     async def search(self, request: SearchRequest) -> Any:
         return await self.pipeline.search_for(request)

@@ -32,6 +32,7 @@ STATUS_TEXT = {
     401: "No API key sent (writes and admin, when keys are configured).",
     403: "The API key is not valid, or the request is not allowed (e.g. a model outside model_roots).",
     404: "The item or path does not exist.",
+    409: "The request clashes with the current state (e.g. an experiment is running already).",
     413: "The request body is too large.",
     422: "The request is invalid; `message` names the field.",
     503: "Overloaded or a replica restarting: retry after `Retry-After` seconds.",

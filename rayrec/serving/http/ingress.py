@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import time
+import uuid
 from typing import Any
 
 from fastapi import Path, Query, Security
@@ -26,6 +27,16 @@ from ray.serve.handle import DeploymentHandle
 from rayrec import __version__
 from rayrec.components import FeedbackEvent
 from rayrec.serving.config import AppArgs
+from rayrec.serving.experiments.live import (
+    RunningExperiment,
+    arm_scorer_options,
+    choose_arm,
+    new_record,
+    report,
+    running_experiment,
+)
+from rayrec.serving.experiments.spec import NAME_PATTERN, ExperimentSpec
+from rayrec.serving.graph.builder import model_dir_mb
 from rayrec.serving.graph.observability import RequestLog, serving_metrics
 from rayrec.serving.graph.topology import ReadPath
 from rayrec.serving.http.error_handlers import install_error_handlers, openapi_errors
@@ -41,12 +52,14 @@ from rayrec.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_K,
     EraseResponse,
+    ExperimentReport,
     FeedbackRequest,
     FeedbackResponse,
     HealthResponse,
     ItemChangeResponse,
     ItemIn,
     ItemOut,
+    PromoteRequest,
     RecommendRequest,
     RecommendResponse,
     ReloadRequest,
@@ -55,8 +68,10 @@ from rayrec.serving.schemas import (
     SearchResponse,
     SimilarItemsResponse,
 )
-from rayrec.serving.stages.errors import ForbiddenError, RequestError, StageError
+from rayrec.serving.stages.errors import ConflictError, ForbiddenError, NotFoundError, RequestError, StageError
 from rayrec.serving.stages.scoring import check_scorer_options
+from rayrec.state import open_state_store
+from rayrec.state.base import Impression
 
 logger = logging.getLogger("ray.serve")
 
@@ -85,6 +100,10 @@ class Ingress:
         self.reads = reads.start(args)
         self.feedback = feedback
         self.args = args
+        # Reads of experiments (which arm answers, the readout); their writes go to the feedback stage.
+        self.store = open_state_store(args.state)
+        self.experiment = RunningExperiment(self.store)
+        self._experiment_changes = asyncio.Lock()
         self.metrics = serving_metrics()
         self.request_log = RequestLog(args.observability.request_log) if args.observability.request_log else None
         # Keys are read here, in the replica, and kept only as digests; never logged.
@@ -115,7 +134,20 @@ class Ingress:
             raise RequestError("k", f"at most {self.args.limits.max_k}")
         if request.scorer_options:
             check_scorer_options(self.args.scorers, request.scorer_options)
-        return StageError.raise_for(await self.reads.recommend(request))
+        record = self.experiment.get()
+        if record is None:
+            if request.arm is not None:
+                raise RequestError("arm", "no experiment is running")
+            return StageError.raise_for(await self.reads.recommend(request))
+        arm = choose_arm(record, request.user_id, request.session_id, request.arm)
+        if arm is None:  # neither user_id nor session_id: not in the experiment
+            return StageError.raise_for(await self.reads.recommend(request))
+        request = request.model_copy(update={"scorer_options": arm_scorer_options(record, arm, request.scorer_options)})
+        answer = StageError.raise_for(await self.reads.recommend(request, record["arms"][arm]["generation"]))
+        impression = Impression(impression_id=uuid.uuid4().hex, experiment=record["name"], arm=arm,
+                                item_ids=[item["item_id"] for item in answer["items"]])
+        await self.feedback.record_impression.remote(impression)  # durable before the id is handed out
+        return {**answer, "impression_id": impression.impression_id, "arm": arm}
 
     @app.post("/search", response_model=SearchResponse, response_model_exclude_unset=True, responses=openapi_errors(404))
     async def search(self, request: SearchRequest) -> Any:
@@ -170,19 +202,10 @@ class Ingress:
         (403) before anything reads it; one that does not load is refused (422) and the
         current model keeps serving.
         """
-        if not os.path.isabs(body.model_dir):
-            raise RequestError("model_dir", "must be an absolute path (replicas may run in another directory)")
-        try:
-            model_dir = check_model_root(body.model_dir, self.args.security.model_roots)
-        except PermissionError as exc:
-            raise ForbiddenError("model_dir", str(exc)) from None
-        except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
-            raise RequestError("model_dir", f"not a usable path ({exc})") from None
+        model_dir = self._allowed_model_dir(body.model_dir, "model_dir")
         generation = await self.feedback.stage_model.remote(model_dir)
-        holders = self.reads.model_holders()
         try:
-            groups = await asyncio.gather(*(self._preload_everywhere(handle, generation) for handle in holders))
-            versions = [StageError.raise_for(version) for group in groups for version in group]
+            versions = await self._preload_in_every_holder(generation)
         except BaseException:
             await self.feedback.fail_model.remote(generation)
             raise
@@ -190,6 +213,135 @@ class Ingress:
         version = versions[0] if versions else ""
         logger.info("model generation %d (%s) from %s is live", generation, version, model_dir)
         return {"model_version": version, "generation": generation, "model_dir": model_dir}
+
+    def _allowed_model_dir(self, path: str, field: str) -> str:
+        """``path`` resolved, if it is absolute and inside ``model_roots`` (else 422 / 403 naming ``field``)."""
+        if not os.path.isabs(path):
+            raise RequestError(field, "must be an absolute path (replicas may run in another directory)")
+        try:
+            return check_model_root(path, self.args.security.model_roots)
+        except PermissionError as exc:
+            raise ForbiddenError(field, str(exc)) from None
+        except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
+            raise RequestError(field, f"not a usable path ({exc})") from None
+
+    async def _preload_in_every_holder(self, generation: int) -> list[str]:
+        """Load ``generation`` in every replica that holds a model; its versions (a 422 if it does not load)."""
+        holders = self.reads.model_holders()
+        groups = await asyncio.gather(*(self._preload_everywhere(handle, generation) for handle in holders))
+        return [StageError.raise_for(version) for group in groups for version in group]
+
+    # -- experiments ---------------------------------------------------------------------------
+    @app.post("/admin/experiments", response_model=ExperimentReport, status_code=201,
+              responses=openapi_errors(401, 403, 409), dependencies=[Security(WRITE_ACCESS)])
+    async def start_experiment(self, spec: ExperimentSpec) -> Any:
+        """Start an A/B test: every arm's model is loaded in every replica before any user sees it.
+
+        Refused, with the running experiment (if any) serving on: 422 for a bad spec (shares not
+        summing to 1, duplicate arm names, a model directory that does not exist or load), 403
+        for a directory outside ``model_roots``, 409 while another experiment runs or when the
+        name was used before. An arm whose model directory is the live model's reuses it.
+        """
+        problem = spec.problems(set(self.args.event_weights))
+        if problem is not None:
+            raise RequestError(*problem)
+        model_dirs = []
+        for i, arm in enumerate(spec.arms):
+            field = f"arms[{i}].model_dir"
+            model_dir = self._allowed_model_dir(arm.model_dir, field)
+            if not os.path.isdir(model_dir):
+                raise RequestError(field, f"no model directory at {model_dir}")
+            model_dirs.append(model_dir)
+            if arm.scorer_options:
+                try:
+                    check_scorer_options(self.args.scorers, arm.scorer_options)
+                except RequestError as exc:
+                    raise RequestError(f"arms[{i}].{exc.field}", exc.message) from None
+        async with self._experiment_changes:
+            running = await asyncio.to_thread(running_experiment, self.store)
+            if running is not None:
+                raise ConflictError("name", f"experiment {running['name']!r} is running; stop or promote it first")
+            if await asyncio.to_thread(self.store.experiment, spec.name) is not None:
+                raise ConflictError("name", f"an experiment named {spec.name!r} ran before; choose another name")
+            live = await asyncio.to_thread(self.store.model_generation)
+            arms: dict[str, dict[str, Any]] = {}
+            by_dir = {live.model_dir: live.generation} if live is not None else {}
+            staged: list[int] = []
+            try:
+                for i, (arm, model_dir) in enumerate(zip(spec.arms, model_dirs)):
+                    generation = by_dir.get(model_dir)
+                    if generation is None:  # one generation per directory: arms share nothing mutable
+                        generation = await self.feedback.stage_arm.remote(model_dir)
+                        staged.append(generation)
+                        by_dir[model_dir] = generation
+                        try:
+                            await self._preload_in_every_holder(generation)
+                        except RequestError as exc:
+                            raise RequestError(f"arms[{i}].model_dir", exc.message) from None
+                    arms[arm.name] = {"generation": generation, "model_dir": model_dir,
+                                      "model_files_mb": round(model_dir_mb(model_dir), 3),
+                                      "shares_live_model": live is not None and generation == live.generation}
+            except BaseException:
+                await self.feedback.retire_models.remote(staged)
+                raise
+            record = new_record(spec, arms)
+            await self.feedback.save_experiment.remote(record)
+            self.experiment.forget()
+        logger.info("experiment %s started: %s", spec.name,
+                    ", ".join(f"{name}={arm['model_dir']}" for name, arm in arms.items()))
+        return await asyncio.to_thread(report, self.store, record)
+
+    async def _experiment_record(self, name: str) -> dict[str, Any]:
+        record = await asyncio.to_thread(self.store.experiment, name)
+        if record is None:
+            raise NotFoundError("name", f"no experiment named {name!r}")
+        return record
+
+    @app.get("/experiments/{name}", response_model=ExperimentReport, responses=openapi_errors(404))
+    async def experiment_report(self, name: str = Path(pattern=NAME_PATTERN)) -> Any:
+        """The experiment's arms and readout: per arm impressions, CTR, conversion and position-weighted
+        reward with 95% intervals, and each arm's difference to the control with its interval."""
+        return await asyncio.to_thread(report, self.store, await self._experiment_record(name))
+
+    async def _end_experiment(self, name: str, promoted_arm: str | None) -> dict[str, Any]:
+        async with self._experiment_changes:
+            record = await self._experiment_record(name)
+            if record["status"] != "running":
+                raise ConflictError("name", f"experiment {name!r} is {record['status']}, not running")
+            live_generation = None
+            if promoted_arm is not None:
+                if promoted_arm not in record["arms"]:
+                    raise RequestError("arm", f"experiment {name!r} has no arm {promoted_arm!r}; arms: "
+                                              f"{', '.join(record['arms'])}")
+                # The reload's switch: loaded everywhere (already, as an arm), then live at once.
+                live_generation = record["arms"][promoted_arm]["generation"]
+                await self._preload_in_every_holder(live_generation)
+                await self.feedback.activate_model.remote(live_generation)
+            else:
+                live = await asyncio.to_thread(self.store.model_generation)
+                live_generation = live.generation if live is not None else None
+            # Requests already pinned to another arm finish on it: replicas unload it only later.
+            await self.feedback.retire_models.remote(sorted(
+                {arm["generation"] for arm in record["arms"].values()} - {live_generation}))
+            record = {**record, "status": "promoted" if promoted_arm else "stopped", "promoted_arm": promoted_arm,
+                      "ended_at": time.time()}
+            await self.feedback.save_experiment.remote(record)
+            self.experiment.forget()
+        logger.info("experiment %s %s", name, f"promoted arm {promoted_arm}" if promoted_arm else "stopped")
+        return await asyncio.to_thread(report, self.store, record)
+
+    @app.post("/admin/experiments/{name}/promote", response_model=ExperimentReport,
+              responses=openapi_errors(401, 403, 404, 409), dependencies=[Security(WRITE_ACCESS)])
+    async def promote_arm(self, body: PromoteRequest, name: str = Path(pattern=NAME_PATTERN)) -> Any:
+        """End the experiment: the arm's model becomes the only one served (the reload's switch,
+        so no request fails); the readout stays available."""
+        return await self._end_experiment(name, body.arm)
+
+    @app.post("/admin/experiments/{name}/stop", response_model=ExperimentReport,
+              responses=openapi_errors(401, 403, 404, 409), dependencies=[Security(WRITE_ACCESS)])
+    async def stop_experiment(self, name: str = Path(pattern=NAME_PATTERN)) -> Any:
+        """End the experiment without a winner: the live model serves everybody again."""
+        return await self._end_experiment(name, None)
 
     async def preload(self, generation: int) -> Any:
         """Topology ingress: load ``generation`` into this replica's pipeline (see ``reload``)."""

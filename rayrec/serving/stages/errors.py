@@ -30,6 +30,12 @@ class ForbiddenError(RequestError):
     status_code = 403
 
 
+class ConflictError(RequestError):
+    """The request clashes with the server's current state (e.g. an experiment is running already)."""
+
+    status_code = 409
+
+
 class StageError:
     """A :class:`RequestError` returned (not raised) by a stage across a handle call.
 

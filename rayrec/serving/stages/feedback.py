@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Callable, Sequence
 
 from rayrec.components import FeedbackEvent, FeedbackHandler
 from rayrec.serving.stages.errors import RequestError
-from rayrec.state.base import AppendResult, BaseStateStore
+from rayrec.state.base import AppendResult, AttributedEvent, BaseStateStore, Impression
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,42 @@ class FeedbackLogic:
             if event.value is not None and not math.isfinite(event.value):
                 raise RequestError(f"events[{i}].value", "must be a finite number")
 
+    def _shown_impressions(self, events: Sequence[FeedbackEvent]) -> dict[str, Impression]:
+        """The impressions the events name; an id that was never served is refused."""
+        wanted = {event.impression_id for event in events if event.impression_id}
+        if not wanted:
+            return {}
+        found = self.store.impressions(wanted)
+        for i, event in enumerate(events):
+            if event.impression_id and event.impression_id not in found:
+                raise RequestError(f"events[{i}].impression_id",
+                                   f"unknown impression {event.impression_id!r} (send the impression_id a "
+                                   "/recommend answer carried)")
+        return found
+
+    @staticmethod
+    def attributions(events: Sequence[FeedbackEvent], shown: dict[str, Impression]) -> list[AttributedEvent]:
+        """The newly stored events that name an impression which showed their item, with its position.
+        An event on an item the impression did not show stays a plain event (nothing to attribute)."""
+        attributed = []
+        for event in events:
+            impression = shown.get(event.impression_id or "")
+            if impression is None or event.new is False or event.item_id not in impression.item_ids:
+                continue
+            attributed.append(AttributedEvent(
+                event_id=event.event_id or uuid.uuid4().hex, impression_id=impression.impression_id,
+                experiment=impression.experiment, arm=impression.arm, item_id=event.item_id,
+                event_type=event.event_type, position=impression.item_ids.index(event.item_id)))
+        return attributed
+
     def ingest(self, events: Sequence[FeedbackEvent]) -> dict[str, int]:
         events = list(events)
         self.validate(events)
+        shown = self._shown_impressions(events)
         result = self.store.append_events(events, dislike_types=self.dislike_types)
         events = flag_new(events, result)
+        # After the events: a crash in between loses an attribution, never an acknowledged event.
+        attributed = self.store.record_attributed_events(self.attributions(events, shown)) if shown else None
         for handler in self.handlers:
             try:
                 handler.handle(events)
@@ -83,7 +115,10 @@ class FeedbackLogic:
                 self.on_ingested(events)
             except Exception:
                 logger.exception("a feedback_ingested hook failed (the events are stored)")
-        return {"accepted": len(events), "stored": result.stored, "duplicates": result.duplicates}
+        answer = {"accepted": len(events), "stored": result.stored, "duplicates": result.duplicates}
+        if attributed is not None:  # only when the events named impressions
+            answer["attributed"] = attributed
+        return answer
 
     def erase_user(self, user_id: str) -> dict[str, object]:
         if not user_id:

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Generations a replica never unloads to make room: the live one and experiment arms.
+PINNED_STATUSES = ("active", "arm")
+
 
 class ModelSlots(Generic[T]):
     """Stage logic by model generation, built with ``build(generation_record)``."""
@@ -60,13 +63,18 @@ class ModelSlots(Generic[T]):
             logger.info("loading model generation %d from %s", generation, record.model_dir)
             logic = self.build(record)
             self._slots[generation] = logic
-            # Keep the newest generations: in-flight requests may still use the previous one.
+            # Keep the newest generations (in-flight requests may still use the previous one),
+            # and always the live one and a running experiment's arms, however many there are.
             while len(self._slots) > self.keep:
-                oldest = min(self._slots)
-                if oldest == generation:
+                evictable = [g for g in self._slots if g != generation and not self._pinned(g)]
+                if not evictable:
                     break
-                self._slots.pop(oldest)
+                self._slots.pop(min(evictable))
             return logic
+
+    def _pinned(self, generation: int) -> bool:
+        record = self.store.model_generation(generation)
+        return record is not None and record.status in PINNED_STATUSES
 
     def loaded(self) -> list[int]:
         return sorted(self._slots)
