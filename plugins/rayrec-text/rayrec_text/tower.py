@@ -7,9 +7,10 @@ the per-item signal that warm recommendations live on (and with ids dropped at r
 one softmax, warm items lose part of their training).
 
 So every step has two softmaxes: the usual one over the full vectors (id + content), which
-is what items with history are served with, and a second one (weight ``content_loss_weight``)
-over a catalogue in which a random share ``id_dropout`` of the items, the target included, is
-represented by content alone (DropoutNet, Volkovs et al. 2017). The second is the serving
+is what items with history are served with, and a second one (weight ``content_loss_weight``,
+on a random share ``content_loss_positions`` of the batch's positions) over a catalogue in
+which a random share ``id_dropout`` of the items, the target included, is represented by
+content alone (DropoutNet, Volkovs et al. 2017). The second is the serving
 situation of new items among trained ones: content-only vectors must rank right *and* on the
 same scale as full vectors (trained only as positives, they would crowd out every trained item).
 
@@ -34,7 +35,7 @@ class ContentItemTower(ItemTower):
     unseen ones (``from_features(None, ...)``) content alone. Shapes as in ``ItemTower``."""
 
     def __init__(self, *args, id_dropout: float = 0.5, content_loss_weight: float = 1.0,
-                 content_loss_positions: float = 1.0, new_item_projection: bool = True, **kwargs) -> None:
+                 content_loss_positions: float = 0.25, new_item_projection: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if not 0.0 <= id_dropout <= 1.0:
             raise ValueError(f"id_dropout must lie in [0, 1], got {id_dropout}")
@@ -103,8 +104,10 @@ class ContentItemEncoder(ItemEncoder):
         id_dropout: float = Field(
             0.5, ge=0, le=1,
             description="Share of items represented by content alone in the second softmax (target included).")
+        # A quarter of the positions: the second softmax then costs a quarter of the first, not
+        # as much again (an unbiased estimate of the same mean).
         content_loss_positions: float = Field(
-            1.0, gt=0, le=1,
+            0.25, gt=0, le=1,
             description="Random share of the batch's positions the second softmax is computed on (its cost).")
         new_item_projection: bool = Field(
             True, description="Project content alone (new items) with its own layers, not the ones that "
