@@ -11,13 +11,21 @@ from __future__ import annotations
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class NoOptions(BaseModel):
     """Options model for components that take none; unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(BaseModel):
+    """A registered component by name, with its options (an entry of a config's component list)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class Component:

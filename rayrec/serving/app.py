@@ -14,6 +14,7 @@ of it (:mod:`rayrec.serving.http.ingress`).
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from rayrec.serving.graph.topology import pick_topology
 from rayrec.serving.http.ingress import Ingress
 from rayrec.serving.http.security import default_model_roots, load_api_keys, resolve_model_roots
 from rayrec.state import open_state_store
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["build_app", "pick_topology", "resolve_args"]
 
@@ -107,7 +110,25 @@ def _start_configured_experiment(store, spec: ExperimentSpec) -> None:
         arms[arm.name] = {"generation": by_dir[arm.model_dir], "model_dir": arm.model_dir,
                           "model_files_mb": round(model_dir_mb(arm.model_dir), 3),
                           "shares_live_model": by_dir[arm.model_dir] == live.generation}
-    store.save_experiment(new_record(spec, arms))
+    store.save_experiment(new_record(spec, arms, live.model_dir))
+
+
+def _model_dir_at_start(store, args: AppArgs) -> str:
+    """``model_dir``, unless the configured experiment was promoted since: then the winner, so a
+    restart with the same config does not undo the promote (a new ``model_dir`` still wins)."""
+    from rayrec.serving.experiments.live import promoted_model_dir
+
+    if args.experiment is None:
+        return args.model_dir
+    record = store.experiment(args.experiment.name)
+    promoted = promoted_model_dir(record, args.model_dir)
+    if promoted is None:
+        return args.model_dir
+    if promoted != args.model_dir:
+        logger.info("experiment %s promoted arm %s: serving %s, not model_dir %s (set model_dir to it, or "
+                    "drop the experiment from the config, to silence this)", record["name"],
+                    record["promoted_arm"], promoted, args.model_dir)
+    return promoted
 
 
 def build_app(args: AppArgs) -> Application:
@@ -116,7 +137,7 @@ def build_app(args: AppArgs) -> Application:
     if args.topology == Topology.AUTO:
         args = args.model_copy(update={"topology": pick_topology()})
     store = open_state_store(args.state)
-    store.ensure_model(args.model_dir)
+    store.ensure_model(_model_dir_at_start(store, args))
     if args.experiment is not None:
         _start_configured_experiment(store, args.experiment)
     store.close()

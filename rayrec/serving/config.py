@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rayrec.components import ComponentSpec
 from rayrec.serving.experiments.spec import ExperimentSpec
 from rayrec.serving.schemas import MAX_K
 
@@ -50,14 +51,6 @@ class Topology(StrEnum):
     SPLIT = "split"  # Preprocessor, HistoryEncoder and Retriever: a deployment each
     FUSED = "fused"  # one RecommendPipeline deployment runs the three in process
     INGRESS = "ingress"  # every ingress replica runs that pipeline itself
-
-
-class ComponentSpec(BaseModel):
-    """A registered component by name, with its options."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class StageOptions(BaseModel):
@@ -404,11 +397,7 @@ def check_components(args: AppArgs, where: str | None = None) -> None:
     the list entry, the component and the field: ``serve.yaml: scorers[0]: invalid options
     for scorer 'popularity_blend': wieght: Extra inputs are not permitted``.
     """
-    from pydantic import ValidationError
-
-    from rayrec import plugins
-    from rayrec.config import validation_problems
-    from rayrec.errors import ConfigError, RayrecError
+    from rayrec.errors import ConfigError
     from rayrec.models.ann import faiss_available
 
     prefix = f"{where}: " if where else ""
@@ -417,14 +406,27 @@ def check_components(args: AppArgs, where: str | None = None) -> None:
                           f"(pip install faiss-cpu), or use float32")
     for field, kind in COMPONENT_FIELDS.items():
         for index, spec in enumerate(getattr(args, field)):
-            entry = f"{prefix}{field}[{index}]"
-            component = f"{kind.replace('_', ' ')} {spec.name!r}"
-            try:
-                plugins.create_component(kind, spec.name, spec.options)
-            except ValidationError as exc:
-                raise ConfigError(f"{entry}: invalid options for {component}: {validation_problems(exc)}") from None
-            except RayrecError as exc:  # an unknown name (the message lists the known ones), a bad plugin
-                raise ConfigError(f"{entry}: {exc}") from None
-            except Exception as exc:  # the component's own constructor failed
-                raise ConfigError(f"{entry}: {component} cannot start: {type(exc).__name__}: {exc}") from None
+            problem = component_problem(kind, spec)
+            if problem is not None:
+                raise ConfigError(f"{prefix}{field}[{index}]: {problem}")
+
+
+def component_problem(kind: str, spec: ComponentSpec) -> str | None:
+    """Why ``spec`` cannot be created as a ``kind`` (one line), or None when it can."""
+    from pydantic import ValidationError
+
+    from rayrec import plugins
+    from rayrec.config import validation_problems
+    from rayrec.errors import RayrecError
+
+    component = f"{kind.replace('_', ' ')} {spec.name!r}"
+    try:
+        plugins.create_component(kind, spec.name, spec.options)
+    except ValidationError as exc:
+        return f"invalid options for {component}: {validation_problems(exc)}"
+    except RayrecError as exc:  # an unknown name (the message lists the known ones), a bad plugin
+        return str(exc)
+    except Exception as exc:  # the component's own constructor failed
+        return f"{component} cannot start: {type(exc).__name__}: {exc}"
+    return None
 

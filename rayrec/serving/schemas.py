@@ -324,6 +324,7 @@ class PreparedRequest:
     user_features: Any = None  # output of user-side feature extractors, if any
     include: list[str] = field(default_factory=list)  # item metadata fields to add to the answer
     scorer_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # this request's, by scorer name
+    arm: str | None = None  # the experiment arm answering, whose own re-rankers (if any) run
 
     @property
     def personalized(self) -> bool:

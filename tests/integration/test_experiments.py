@@ -183,3 +183,31 @@ def test_stop_returns_everybody_to_the_live_model(server):
     threading.Event().wait(1.5)
     answer = recommend(client, user_id="user1")
     assert answer["model_version"] == "toy-b" and "arm" not in answer
+
+
+def test_two_arms_on_one_model_differ_by_their_re_rankers(server):
+    """An arm may bring its own scorers: the same model, with and without a re-ranker."""
+    client = server["client"]
+    body = {"name": "rerank", "arms": [
+        {"name": "plain", "model_dir": server["b"], "share": 0.5},
+        {"name": "diverse", "model_dir": server["b"], "share": 0.5,
+         "scorers": [{"name": "category_diversity", "options": {"penalty": 0.5}}]}]}
+    bad = {**body, "name": "rerank-bad", "arms": [
+        body["arms"][0], {**body["arms"][1], "scorers": [{"name": "category_diversity", "options": {"penalti": 1}}]}]}
+    refused(client, bad, 422, "arms[1].scorers[0]")
+    started = client.post("/admin/experiments", json=body, headers=AUTH)
+    assert started.status_code == 201, started.text
+    assert len({arm["generation"] for arm in started.json()["arms"]}) == 1  # one model loaded for both arms
+    threading.Event().wait(1.5)
+    plain = recommend(client, user_id="user1", arm="plain")
+    diverse = recommend(client, user_id="user1", arm="diverse")
+    assert plain["arm"] == "plain" and diverse["arm"] == "diverse"
+    assert all("rank_score" not in item for item in plain["items"])  # the server has no scorers
+    assert all("rank_score" in item for item in diverse["items"])  # the arm's re-ranker ran
+    # Options for the arm's own scorer are accepted for that arm, and refused where it does not run.
+    assert recommend(client, user_id="user1", arm="diverse",
+                     scorer_options={"category_diversity": {"penalty": 0.0}})["arm"] == "diverse"
+    wrong = client.post("/recommend", json={"k": 5, "user_id": "user1", "arm": "plain",
+                                            "scorer_options": {"category_diversity": {"penalty": 0.0}}})
+    assert wrong.status_code == 422 and wrong.json()["message"].startswith("scorer_options.category_diversity")
+    assert client.post("/admin/experiments/rerank/stop", headers=AUTH).status_code == 200

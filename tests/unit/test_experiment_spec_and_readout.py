@@ -157,6 +157,31 @@ def test_an_experiment_in_the_serve_config_is_recorded_once_with_its_arms(tmp_pa
     assert store.model_generation(record["arms"]["B"]["generation"]).status == "arm"
 
 
+def test_a_restart_with_the_same_config_keeps_a_promoted_arm_and_a_new_model_dir_wins(tmp_path):
+    from rayrec.models.toy import write_toy_model
+    from rayrec.serving.app import build_app
+    from rayrec.serving.config import AppArgs
+
+    model_a, model_b, model_c = (write_toy_model(tmp_path / name, num_items=20, dim=8, seed=seed)
+                                 for name, seed in (("a", 1), ("b", 2), ("c", 3)))
+    state = f"sqlite:///{tmp_path}/state.db"
+    config = {"model_dir": str(model_a), "state": state, "experiment": {
+        "name": "cfg", "arms": [{"name": "A", "model_dir": str(model_a), "share": 0.5},
+                                {"name": "B", "model_dir": str(model_b), "share": 0.5}]}}
+    build_app(AppArgs(**config))
+    store = open_state_store(state)
+    [record] = store.experiments()
+    # What POST /admin/experiments/cfg/promote records: B live, the experiment promoted.
+    store.activate_model(record["arms"]["B"]["generation"])
+    store.save_experiment({**record, "status": "promoted", "promoted_arm": "B"})
+
+    build_app(AppArgs(**config))  # e.g. the process restarted with the config it started with
+    assert store.model_generation().model_dir == str(model_b)
+    build_app(AppArgs(**{**config, "model_dir": str(model_c)}))  # a model the experiment never saw
+    assert store.model_generation().model_dir == str(model_c)
+    store.close()
+
+
 @pytest.mark.parametrize("arms, message", [
     ([("A", "a", 0.5), ("B", "missing", 0.5)], "experiment.arms[1].model_dir"),
     ([("A", "a", 0.5), ("B", "a", 0.6)], "experiment.arms.share"),

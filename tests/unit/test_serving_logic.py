@@ -303,6 +303,26 @@ def test_scorer_options_of_a_request_apply_to_that_request_only(model, store):
     assert error.value.field == "scorer_options.category_diversity.penalty" and "greater than or equal to 0" in error.value.message
 
 
+def test_an_experiment_arm_runs_its_own_re_rankers_and_the_others_the_servers(model, store):
+    from rayrec.serving.experiments.live import new_record
+    from rayrec.serving.experiments.spec import ExperimentSpec
+
+    spec = ExperimentSpec(name="rerank", arms=[
+        {"name": "plain", "model_dir": "/m", "share": 0.5},
+        {"name": "diverse", "model_dir": "/m", "share": 0.5,
+         "scorers": [{"name": "category_diversity", "options": {"penalty": 5.0}}]}])
+    store.save_experiment(new_record(spec, {arm: {"generation": 1, "model_dir": "/m"} for arm in ("plain", "diverse")}))
+    pipeline = Pipeline(model, store)
+
+    def categories(**request):
+        return [item["item_id"][0] for item in pipeline.recommend(user_id="alice", k=3, **request)["items"]]
+
+    assert categories() == ["a", "a", "a"]  # outside the experiment: the server has no scorers
+    assert categories(arm="plain") == ["a", "a", "a"]
+    assert sorted(categories(arm="diverse")) == ["a", "b", "c"]  # the arm's category_diversity ran
+    assert sorted(categories(arm="diverse", scorer_options={"category_diversity": {"penalty": 0.0}})) == ["a", "a", "a"]
+
+
 @pytest.mark.parametrize("requested, field, message", [
     ({"category_diversity": {"penalti": 1}}, "scorer_options.category_diversity.penalti", "Extra inputs are not permitted"),
     ({"category_diversity": {"penalty": "lots"}}, "scorer_options.category_diversity.penalty", "valid number"),

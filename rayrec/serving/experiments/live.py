@@ -14,7 +14,8 @@ from typing import Any
 
 from rayrec.serving.experiments.assignment import assign_arm
 from rayrec.serving.experiments.readout import readout, tally
-from rayrec.serving.experiments.spec import ExperimentSpec
+from rayrec.components import ComponentSpec
+from rayrec.serving.experiments.spec import ArmSpec, ExperimentSpec
 from rayrec.serving.stages.errors import RequestError
 from rayrec.state.base import BaseStateStore
 
@@ -24,9 +25,23 @@ RUNNING = "running"
 RECORD_TTL_S = 1.0
 
 
-def new_record(spec: ExperimentSpec, arms: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def new_record(spec: ExperimentSpec, arms: dict[str, dict[str, Any]],
+               live_model_dir: str | None = None) -> dict[str, Any]:
+    """``live_model_dir``: the model served outside the experiment when it started."""
     return {"name": spec.name, "status": RUNNING, "spec": spec.model_dump(), "arms": arms,
-            "started_at": time.time(), "ended_at": None, "promoted_arm": None}
+            "started_at": time.time(), "ended_at": None, "promoted_arm": None, "live_model_dir": live_model_dir}
+
+
+def promoted_model_dir(record: dict[str, Any] | None, configured_model_dir: str) -> str | None:
+    """The promoted arm's model directory where a restart with ``configured_model_dir`` should
+    serve it instead: the experiment was promoted and the configured model is one it already
+    knew (the config it started with). A model directory it never saw is a new choice: None."""
+    if record is None or record["status"] != "promoted":
+        return None
+    known = {arm["model_dir"] for arm in record["arms"].values()} | {record.get("live_model_dir")}
+    if configured_model_dir not in known:
+        return None
+    return record["arms"][record["promoted_arm"]]["model_dir"]
 
 
 def running_experiment(store: BaseStateStore) -> dict[str, Any] | None:
@@ -68,11 +83,20 @@ def choose_arm(record: dict[str, Any], user_id: str | None, session_id: str | No
     return assign_arm(unit, spec.assignment_salt, [(arm.name, arm.share) for arm in spec.arms])
 
 
+def _arm(record: dict[str, Any], arm: str) -> ArmSpec:
+    return next(a for a in ExperimentSpec(**record["spec"]).arms if a.name == arm)
+
+
+def arm_scorers(record: dict[str, Any] | None, arm: str | None) -> list[ComponentSpec] | None:
+    """The arm's own re-rankers, or None where the server's answer (no such arm, none of its own)."""
+    if record is None or arm is None or arm not in record["arms"]:
+        return None
+    return _arm(record, arm).scorers
+
+
 def arm_scorer_options(record: dict[str, Any], arm: str, request_options: dict[str, dict[str, Any]]):
     """The arm's scorer options, with the request's own options on top."""
-    spec = ExperimentSpec(**record["spec"])
-    options = {name: dict(values) for name, values in
-               next(a for a in spec.arms if a.name == arm).scorer_options.items()}
+    options = {name: dict(values) for name, values in _arm(record, arm).scorer_options.items()}
     for name, values in request_options.items():
         options.setdefault(name, {}).update(values)
     return options

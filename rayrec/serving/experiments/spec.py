@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rayrec.components import ComponentSpec
+
 #: At most this many arms: every stage keeps each arm's model loaded next to the live one.
 MAX_ARMS = 4
 #: Shares must sum to 1 within this (YAML and JSON decimals are not exact).
@@ -22,10 +24,14 @@ class ArmSpec(BaseModel):
     model_dir: str = Field(min_length=1, max_length=4096,
                            description="Absolute path to a model directory inside security.model_roots.")
     share: float = Field(ge=0, le=1, description="Fraction of users assigned to this arm; the arms' shares sum to 1.")
+    scorers: list[ComponentSpec] | None = Field(
+        None,
+        description="This arm's re-rankers, in place of the server's `scorers` (an empty list: none, the "
+                    "model's order). Unset: the server's. Lets two arms test re-rankers on one model.")
     scorer_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
-        description="Options of the configured scorers for this arm's requests (as a request's scorer_options; "
-                    "a request's own options win).")
+        description="Options of this arm's scorers (its own `scorers`, else the server's) for its requests, "
+                    "as a request's scorer_options; a request's own options win.")
 
 
 class ExperimentSpec(BaseModel):

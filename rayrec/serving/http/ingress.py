@@ -26,10 +26,11 @@ from ray.serve.handle import DeploymentHandle
 
 from rayrec import __version__
 from rayrec.components import FeedbackEvent
-from rayrec.serving.config import AppArgs
+from rayrec.serving.config import AppArgs, component_problem
 from rayrec.serving.experiments.live import (
     RunningExperiment,
     arm_scorer_options,
+    arm_scorers,
     choose_arm,
     new_record,
     report,
@@ -132,17 +133,21 @@ class Ingress:
     async def recommend(self, request: RecommendRequest) -> Any:
         if request.k > self.args.limits.max_k:
             raise RequestError("k", f"at most {self.args.limits.max_k}")
-        if request.scorer_options:
-            check_scorer_options(self.args.scorers, request.scorer_options)
         record = self.experiment.get()
-        if record is None:
-            if request.arm is not None:
-                raise RequestError("arm", "no experiment is running")
+        if record is None and request.arm is not None:
+            raise RequestError("arm", "no experiment is running")
+        arm = choose_arm(record, request.user_id, request.session_id, request.arm) if record else None
+        if request.scorer_options:  # checked against the scorers that will answer: the arm's own, if any
+            own = arm_scorers(record, arm)
+            if own is None:
+                check_scorer_options(self.args.scorers, request.scorer_options)
+            else:
+                check_scorer_options(own, request.scorer_options, f"for arm {arm!r}")
+        if arm is None:  # no experiment, or neither user_id nor session_id: the live model answers
             return StageError.raise_for(await self.reads.recommend(request))
-        arm = choose_arm(record, request.user_id, request.session_id, request.arm)
-        if arm is None:  # neither user_id nor session_id: not in the experiment
-            return StageError.raise_for(await self.reads.recommend(request))
-        request = request.model_copy(update={"scorer_options": arm_scorer_options(record, arm, request.scorer_options)})
+        # ``arm`` travels with the request so the scorer runs this arm's re-rankers.
+        request = request.model_copy(update={
+            "arm": arm, "scorer_options": arm_scorer_options(record, arm, request.scorer_options)})
         answer = StageError.raise_for(await self.reads.recommend(request, record["arms"][arm]["generation"]))
         impression = Impression(impression_id=uuid.uuid4().hex, experiment=record["name"], arm=arm,
                                 item_ids=[item["item_id"] for item in answer["items"]])
@@ -252,9 +257,16 @@ class Ingress:
             if not os.path.isdir(model_dir):
                 raise RequestError(field, f"no model directory at {model_dir}")
             model_dirs.append(model_dir)
+            for j, scorer in enumerate(arm.scorers or []):
+                problem = component_problem("scorer", scorer)
+                if problem is not None:
+                    raise RequestError(f"arms[{i}].scorers[{j}]", problem)
             if arm.scorer_options:
                 try:
-                    check_scorer_options(self.args.scorers, arm.scorer_options)
+                    if arm.scorers is None:
+                        check_scorer_options(self.args.scorers, arm.scorer_options)
+                    else:
+                        check_scorer_options(arm.scorers, arm.scorer_options, f"for arm {arm.name!r}")
                 except RequestError as exc:
                     raise RequestError(f"arms[{i}].{exc.field}", exc.message) from None
         async with self._experiment_changes:
@@ -284,7 +296,7 @@ class Ingress:
             except BaseException:
                 await self.feedback.retire_models.remote(staged)
                 raise
-            record = new_record(spec, arms)
+            record = new_record(spec, arms, live.model_dir if live is not None else None)
             await self.feedback.save_experiment.remote(record)
             self.experiment.forget()
         logger.info("experiment %s started: %s", spec.name,

@@ -89,6 +89,7 @@ class PreprocessorLogic:
             user_features=self._user_features(request.user_id, history_ids),
             include=list(request.include),
             scorer_options=dict(request.scorer_options),
+            arm=request.arm,
         )
 
     def _user_features(self, user_id: str | None, history_ids: list[str]) -> Any:

@@ -16,6 +16,7 @@ from rayrec.models.ann import read_compressed, read_index
 from rayrec.models.bundle import RecommenderModel
 from rayrec.config import validation_problems
 from rayrec.serving.config import ComponentSpec, NewItemOptions, SearchOptions
+from rayrec.serving.experiments.live import RunningExperiment, arm_scorers
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.index import ItemIndex
@@ -77,16 +78,18 @@ def request_scorer_options(scorer: type[Scorer], name: str, configured: dict[str
         raise RequestError(f"scorer_options.{name}", validation_problems(exc)) from None
 
 
-def check_scorer_options(configured: Sequence[ComponentSpec], requested: dict[str, dict[str, Any]]) -> None:
+def check_scorer_options(configured: Sequence[ComponentSpec], requested: dict[str, dict[str, Any]],
+                         scope: str = "on this server") -> None:
     """Raise the 422 a request's ``scorer_options`` deserve, before any stage runs: each name must
-    be a configured scorer, and its options valid over each configured entry of that name."""
+    be a configured scorer (``scope``: on the server, or for an experiment arm with its own), and its
+    options valid over each configured entry of that name."""
     from rayrec.plugins import get_component
 
     names = [spec.name for spec in configured]
     for name, overrides in requested.items():
         if name not in names:
             known = ", ".join(dict.fromkeys(names)) or "none"
-            raise RequestError(f"scorer_options.{name}", f"no scorer {name!r} is configured on this server "
+            raise RequestError(f"scorer_options.{name}", f"no scorer {name!r} is configured {scope} "
                                                          f"(configured: {known})")
         for spec in configured:
             if spec.name == name:
@@ -134,7 +137,10 @@ class RetrievalLogic:
         self.candidate_sources = list(candidate_sources)
         self.store = store
         self.scorers = list(scorers)
-        self._request_scorers: dict[tuple[int, str], Scorer] = {}
+        self._request_scorers: dict[tuple[str, int, str], Scorer] = {}
+        # Experiment arms with re-rankers of their own: built on an arm's first request.
+        self.experiment = RunningExperiment(store)
+        self._arm_scorers: dict[str, list[Scorer]] = {}
         for scorer in self.scorers:
             if scorer.sorts_by_score():
                 logger.warning("scorer %r uses the deprecated score() form: rename it to rerank() and return "
@@ -338,7 +344,8 @@ class RetrievalLogic:
             excluded |= request.seen
         allowed, filtered = self._allowed(excluded, request.filters)
 
-        rerank = bool(self.scorers or self.candidate_filters)
+        scorers = self._scorers_for(request)
+        rerank = bool(scorers or self.candidate_filters)
         pool = rerank_pool_size(request.k, self.rerank_pool) if rerank else request.k
         if user_vector is None:
             source = "popular"
@@ -357,7 +364,7 @@ class RetrievalLogic:
             candidates.sort(key=lambda c: -c.score)
         model_scores = {c.item_id: c.score for c in candidates}
         if rerank and candidates:
-            candidates = self._rerank(candidates, request)
+            candidates = self._rerank(candidates, request, scorers)
         candidates = candidates[: request.k]
         explanations = self._explain(candidates, request, attributions if user_vector is not None else None)
         items = []
@@ -367,7 +374,7 @@ class RetrievalLogic:
                 explanation["notes"] = [str(note) for note in c.explanation]
             item: dict[str, Any] = {"item_id": c.item_id, "score": model_scores.get(c.item_id, c.score),
                                     "explanation": explanation}
-            if self.scorers:
+            if scorers:
                 item["rank_score"] = c.score
             items.append({**item, **self._included(c.item_id, request.include)})
         return {"user_id": request.user_id, "model_version": self.model_version, "items": items}
@@ -417,7 +424,7 @@ class RetrievalLogic:
         if not overrides:
             return scorer
         options = request_scorer_options(type(scorer), scorer.name, scorer.options.model_dump(), overrides)
-        key = (position, json.dumps(options.model_dump(mode="json"), sort_keys=True, default=str))
+        key = (scorer.name, position, json.dumps(options.model_dump(mode="json"), sort_keys=True, default=str))
         built = self._request_scorers.get(key)
         if built is None:
             if len(self._request_scorers) >= MAX_REQUEST_SCORERS:
@@ -425,9 +432,30 @@ class RetrievalLogic:
             built = self._request_scorers[key] = type(scorer)(options)
         return built
 
-    def _rerank(self, candidates: list[Candidate], request: PreparedRequest) -> list[Candidate]:
+    def _scorers_for(self, request: PreparedRequest) -> list[Scorer]:
+        """The re-rankers that answer ``request``: its experiment arm's own, else the server's."""
+        if request.arm is None:
+            return self.scorers
+        record = self.experiment.get()
+        if record is None or request.arm not in record["arms"]:  # started since this replica last looked
+            self.experiment.forget()
+            record = self.experiment.get()
+        specs = arm_scorers(record, request.arm)
+        if specs is None:
+            return self.scorers
+        key = json.dumps([spec.model_dump(mode="json") for spec in specs], sort_keys=True, default=str)
+        built = self._arm_scorers.get(key)
+        if built is None:
+            from rayrec import plugins
+
+            built = self._arm_scorers[key] = [plugins.create_component("scorer", spec.name, spec.options)
+                                              for spec in specs]
+        return built
+
+    def _rerank(self, candidates: list[Candidate], request: PreparedRequest,
+                scorers: Sequence[Scorer]) -> list[Candidate]:
         context = self._context(candidates, request)
-        for position, scorer in enumerate(self.scorers):
+        for position, scorer in enumerate(scorers):
             scorer = self._for_request(position, scorer, request)
             if scorer.sorts_by_score():  # the deprecated form: its order is that of its scores
                 candidates = sorted(scorer.score(candidates, context), key=lambda c: -c.score)
