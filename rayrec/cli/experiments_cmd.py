@@ -46,6 +46,8 @@ def show(result: dict[str, Any], chart_path: str | None) -> None:
 
     arms = ", ".join(f"{arm['name']}={arm['model_dir']} ({arm['share']:.0%}"
                      + (f", {arm['model_files_mb']:.1f} MB" if arm.get("model_files_mb") is not None else "")
+                     + (f", +{arm['added_resident_mb']:.1f} MB resident in {arm['replicas']} replicas"
+                        if arm.get("added_resident_mb") is not None and arm.get("replicas") else "")
                      + (", the live model" if arm.get("shares_live_model") else "") + ")" for arm in result["arms"])
     click.echo(f"experiment {result['name']} ({result['status']}"
                + (f", promoted {result['promoted_arm']}" if result.get("promoted_arm") else "") + f"): {arms}")

@@ -267,8 +267,10 @@ class ExperimentReport(BaseModel):
     click_events: list[str]
     conversion_events: list[str]
     arms: list[dict[str, Any]] = Field(
-        description="name, share, generation, model_dir, model_files_mb (what the arm's model costs each "
-                    "replica that loads it) and shares_live_model (true: the live model's memory, no extra copy).")
+        description="name, share, generation, model_dir, model_files_mb (the size of the arm's model files), "
+                    "added_resident_mb and replicas (the resident memory that loading it added, summed over the "
+                    "replicas that loaded it at the start; 0 for an arm on an already loaded model, null where "
+                    "unmeasured) and shares_live_model (true: the live model's memory, no extra copy).")
     readout: list[dict[str, Any]] = Field(
         description="Per arm: impressions, clicks, conversions; ctr, conversion and reward as {value, ci}; "
                     "other arms also vs_control: each metric's {diff, ci, p_value} against the control.")

@@ -84,6 +84,10 @@ def test_an_ab_test_from_start_to_promotion(server):
     arms = {arm["name"]: arm for arm in started.json()["arms"]}
     assert arms["A"]["shares_live_model"] and not arms["B"]["shares_live_model"]  # A reuses the live model
     assert arms["B"]["model_files_mb"] > 0
+    # What loading B cost, measured in every replica that holds a model (2 ingress replicas, or
+    # the split graph's preprocessor, encoder and scorer); A is the live model: no extra cost.
+    assert arms["B"]["replicas"] >= 2 and arms["B"]["added_resident_mb"] >= 0
+    assert arms["A"]["replicas"] == 0 and arms["A"]["added_resident_mb"] == 0
 
     # While it runs, bad configs are still refused (and a second experiment conflicts) ...
     bad_configs(server)

@@ -3,7 +3,8 @@
 The record (a JSON dict in the state store) is what every ingress replica reads::
 
     {"name", "status": "running" | "stopped" | "promoted", "spec": ExperimentSpec as a dict,
-     "arms": {arm: {"generation", "model_dir", "model_files_mb", "shares_live_model"}},
+     "arms": {arm: {"generation", "model_dir", "model_files_mb", "added_resident_mb", "replicas",
+                    "shares_live_model"}},
      "started_at", "ended_at", "promoted_arm"}
 """
 

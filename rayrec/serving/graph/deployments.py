@@ -24,7 +24,7 @@ from rayrec.serving.config import AppArgs
 from rayrec.serving.experiments.live import running_experiment
 from rayrec.models.servable import load_model_dir
 from rayrec.serving.graph.model_loading import item_records
-from rayrec.serving.graph.observability import serving_metrics
+from rayrec.serving.graph.observability import resident_mb, serving_metrics
 from rayrec.serving.schemas import ItemIn, PreparedRequest, RecommendRequest, SearchRequest
 from rayrec.serving.stages.encode import HistoryEncoderLogic
 from rayrec.serving.stages.errors import RequestError, StageError
@@ -127,13 +127,17 @@ class _ModelStage:
         return logic
 
     @request_errors_as_values
-    async def preload(self, generation: int) -> str:
-        """Load ``generation`` ahead of its activation; returns its model version."""
+    async def preload(self, generation: int) -> dict[str, Any]:
+        """Load ``generation`` ahead of its activation: its model version, and the resident memory
+        the load added to this replica (MB; 0 when it was loaded already, None off Linux)."""
+        before = resident_mb()
         try:
             logic = await self._logic(generation)
         except ModelError as exc:
             raise RequestError("model_dir", str(exc)) from None
-        return str(logic.model.version)
+        after = resident_mb()
+        added = None if before is None or after is None else round(max(after - before, 0.0), 1)
+        return {"version": str(logic.model.version), "added_resident_mb": added}
 
     def check_health(self) -> None:
         self.store.catalog_version()  # raises if the state store is unreachable

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import threading
 import time
@@ -69,6 +70,16 @@ class InMemoryMetrics:
     """A stand-in for ``ray.serve.metrics`` that keeps values in memory (tests, no Ray)."""
 
     Counter = Gauge = Histogram = _MemoryMetric
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux ``/proc``), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _ray_backend():

@@ -92,6 +92,14 @@ READ = openapi_errors()
 WRITE = openapi_errors(401, 403)
 
 
+def resident_cost(loads: list[dict[str, Any]]) -> dict[str, Any]:
+    """What loading a model cost: the resident memory it added, summed over the replicas that
+    loaded it (None where a replica cannot tell), and how many replicas that was."""
+    added = [load["added_resident_mb"] for load in loads]
+    total = None if any(mb is None for mb in added) else round(sum(added), 1)
+    return {"added_resident_mb": total, "replicas": len(loads)}
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -210,12 +218,12 @@ class Ingress:
         model_dir = self._allowed_model_dir(body.model_dir, "model_dir")
         generation = await self.feedback.stage_model.remote(model_dir)
         try:
-            versions = await self._preload_in_every_holder(generation)
+            loads = await self._preload_in_every_holder(generation)
         except BaseException:
             await self.feedback.fail_model.remote(generation)
             raise
         await self.feedback.activate_model.remote(generation)
-        version = versions[0] if versions else ""
+        version = loads[0]["version"] if loads else ""
         logger.info("model generation %d (%s) from %s is live", generation, version, model_dir)
         return {"model_version": version, "generation": generation, "model_dir": model_dir}
 
@@ -230,11 +238,12 @@ class Ingress:
         except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
             raise RequestError(field, f"not a usable path ({exc})") from None
 
-    async def _preload_in_every_holder(self, generation: int) -> list[str]:
-        """Load ``generation`` in every replica that holds a model; its versions (a 422 if it does not load)."""
+    async def _preload_in_every_holder(self, generation: int) -> list[dict[str, Any]]:
+        """Load ``generation`` in every replica that holds a model: per replica, the model version
+        and the resident memory the load added (a 422 if it does not load)."""
         holders = self.reads.model_holders()
         groups = await asyncio.gather(*(self._preload_everywhere(handle, generation) for handle in holders))
-        return [StageError.raise_for(version) for group in groups for version in group]
+        return [StageError.raise_for(load) for group in groups for load in group]
 
     # -- experiments ---------------------------------------------------------------------------
     @app.post("/admin/experiments", response_model=ExperimentReport, status_code=201,
@@ -279,6 +288,7 @@ class Ingress:
             arms: dict[str, dict[str, Any]] = {}
             by_dir = {live.model_dir: live.generation} if live is not None else {}
             staged: list[int] = []
+            added: dict[int, dict[str, Any]] = {}  # generation -> what loading it cost the replicas
             try:
                 for i, (arm, model_dir) in enumerate(zip(spec.arms, model_dirs)):
                     generation = by_dir.get(model_dir)
@@ -287,12 +297,13 @@ class Ingress:
                         staged.append(generation)
                         by_dir[model_dir] = generation
                         try:
-                            await self._preload_in_every_holder(generation)
+                            added[generation] = resident_cost(await self._preload_in_every_holder(generation))
                         except RequestError as exc:
                             raise RequestError(f"arms[{i}].model_dir", exc.message) from None
                     arms[arm.name] = {"generation": generation, "model_dir": model_dir,
                                       "model_files_mb": round(model_dir_mb(model_dir), 3),
-                                      "shares_live_model": live is not None and generation == live.generation}
+                                      "shares_live_model": live is not None and generation == live.generation,
+                                      **added.get(generation, {"added_resident_mb": 0.0, "replicas": 0})}
             except BaseException:
                 await self.feedback.retire_models.remote(staged)
                 raise
