@@ -253,7 +253,7 @@ def _bucket_sequences(batch, user_ids_ref, item_ids_ref):
     users, starts, counts = np.unique(user_index[order], return_index=True, return_counts=True)
     offsets = np.append(starts, len(order)).astype(np.int32)
     return pa.table({USER_INDEX: users.astype(np.int64),
-                     SEQUENCE: pa.ListArray.from_arrays(pa.array(offsets), pa.array(item_index[order]))})
+                     SEQUENCE: pa.ListArray.from_arrays(pa.array(offsets), pa.array(item_index[order], pa.int64()))})
 
 
 @dataclass
@@ -274,10 +274,27 @@ class SequenceDataset:
             yield sequence_columns(batch)
 
 
+    def split_evenly(self, workers: int):
+        """The sequences padded with empty rows (``USER_INDEX`` -1) to a multiple of
+        ``workers`` rows: Ray Train's default split (``streaming_split(equal=True)``) gives
+        every worker as many rows, dropping the remainder, and a row here is a whole user."""
+        import pyarrow as pa
+        import ray.data
+
+        padding = -self.sequences.count() % workers
+        if not padding:
+            return self.sequences
+        empty = pa.table({USER_INDEX: pa.array([-1] * padding, pa.int64()),
+                          SEQUENCE: pa.array([[]] * padding, pa.list_(pa.int64()))})
+        return self.sequences.union(ray.data.from_arrow(empty))
+
+
 def sequence_columns(batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A batch of the sequence dataset -> (user indices (B,), lengths (B,), flat items (sum,))."""
+    """A batch of the sequence dataset -> (user indices (B,), lengths (B,), flat items (sum,)),
+    without the padding rows of :meth:`SequenceDataset.split_evenly`."""
     import pyarrow.compute as pc
 
+    batch = batch.filter(pc.greater_equal(batch[USER_INDEX], 0))
     sequences = batch[SEQUENCE]
     lengths = pc.list_value_length(sequences).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(sequences).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -349,10 +366,10 @@ def configure_ray_data() -> None:
     import ray.data
     from ray.data.context import ShuffleStrategy
 
+    logging.getLogger("ray.data").setLevel(os.environ.get("RAYREC_RAY_LOG_LEVEL", "ERROR"))
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
-    logging.getLogger("ray.data").setLevel(os.environ.get("RAYREC_RAY_LOG_LEVEL", "WARNING"))
 
 
 def read_sequences(source: ParquetInput, *, rating_threshold: float | None = None, kcore: int | None = None,
