@@ -226,12 +226,12 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
 
     paths = [interactions] if isinstance(interactions, (str, Path)) else list(interactions)
     parquet = parquet_input(paths)
-    if parquet is not None and ray_data:
+    if parquet is not None and ray_data and config.data.ray_data:
         echo(f"data: reading {len(parquet.files)} Parquet file(s) with Ray Data; each training worker reads "
              "its own shard of the users")
         data = prepare_with_ray_data(parquet, items, users, config)
     else:
-        if parquet is not None:
+        if parquet is not None and config.data.ray_data:
             echo("data: reading the Parquet input in memory, as the model search (or in-process training) needs "
                  "every sequence here; --no-search reads it with Ray Data")
         dataset = load_datasets(paths, items=items, users=users)
