@@ -234,6 +234,11 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
         if parquet is not None and config.data.ray_data:
             echo("data: reading the Parquet input in memory, as the model search (or in-process training) needs "
                  "every sequence here; --no-search reads it with Ray Data")
+        if parquet is not None and not parquet.local:
+            raise DataError("the in-memory reader reads local files only; train on a URI with --no-search "
+                            "(Ray Data reads it)", path=str(paths[0]))
+        # The in-memory loaders take local paths; a file:// URI names one.
+        paths = [str(p)[len("file://"):] if str(p).startswith("file://") else p for p in paths]
         dataset = load_datasets(paths, items=items, users=users)
         data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
                        item_feature_extractors=[f.model_dump() for f in config.item_features])

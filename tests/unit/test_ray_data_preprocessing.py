@@ -109,3 +109,13 @@ def test_malformed_rows_are_skipped_and_named_by_file_and_row(ray_cluster, tmp_p
     assert result.report.malformed_examples == [f"{path}:18: empty user_id"]
     with pytest.raises(DataError, match=r"events.parquet.*strict loading allows no malformed rows"):
         read_sequences(parquet_input([path]), strict=True)
+
+
+def test_where_ray_data_cannot_apply_a_file_uri_is_read_in_memory_and_the_log_says_so(shards):
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.prepare import DatasetBackedData, load_training_data
+
+    lines: list[str] = []
+    data = load_training_data([f"file://{shards}"], None, None, TrainConfig(), echo=lines.append, ray_data=False)
+    assert "in memory" in lines[0] and "--no-search" in lines[0]
+    assert not isinstance(data, DatasetBackedData) and len(data.user_vocab) == 120
