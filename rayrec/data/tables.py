@@ -297,6 +297,20 @@ def _object_array(values: Sequence) -> np.ndarray:
     return out
 
 
+def arrow_column_values(column) -> np.ndarray:
+    """One Arrow column (a Parquet file's, or a Ray Data batch's) as the (n,) numpy array the
+    converters of :mod:`rayrec.data.columns` take."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(column.type):
+        # Arrow stores UTC; numpy gets naive UTC datetime64, which is what we want.
+        # safe=False truncates sub-second precision instead of refusing to lose it.
+        column = column.cast(pa.timestamp("s", tz=column.type.tz), safe=False)
+    if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        return _object_array(column.to_pylist())
+    return column.to_numpy(zero_copy_only=False)
+
+
 def read_parquet(path: str | Path) -> RawTable:
     """A Parquet file's columns as numpy arrays; 'lines' are 1-based row numbers."""
     import pyarrow as pa
@@ -307,18 +321,7 @@ def read_parquet(path: str | Path) -> RawTable:
         arrow_table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"cannot read as Parquet: {exc}", path=str(path)) from None
-    columns: dict[str, np.ndarray] = {}
-    for name in arrow_table.column_names:
-        column = arrow_table.column(name)
-        if pa.types.is_timestamp(column.type):
-            # Arrow stores UTC; numpy gets naive UTC datetime64, which is what we want.
-            # safe=False truncates sub-second precision instead of refusing to lose it.
-            column = column.cast(pa.timestamp("s", tz=column.type.tz), safe=False)
-        if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
-            values = _object_array(column.to_pylist())
-        else:
-            values = column.to_numpy(zero_copy_only=False)
-        columns[name.strip()] = values
+    columns = {name.strip(): arrow_column_values(arrow_table.column(name)) for name in arrow_table.column_names}
     n = arrow_table.num_rows
     return RawTable(str(path), list(columns), columns, np.arange(1, n + 1, dtype=np.int64), n)
 

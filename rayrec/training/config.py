@@ -17,6 +17,9 @@ class DataConfig(BaseModel):
 
     rating_threshold: float | None = Field(None, description="Keep only interactions with value >= this (implicit feedback).")
     kcore: int | None = Field(None, ge=1, description="Iteratively keep users and items with at least this many interactions.")
+    ray_data: bool = Field(True, description="When every --interactions input is Parquet and no model search runs, "
+                           "read and preprocess it with Ray Data, each training worker reading its own shard "
+                           "(false: read it into the driver, as CSV is).")
 
 
 class FeatureSpec(BaseModel):

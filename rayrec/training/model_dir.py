@@ -18,7 +18,7 @@ import numpy as np
 
 import rayrec
 from rayrec.models.ann import write_index
-from rayrec.models.histories import Histories
+from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE
 from rayrec.training.prepare import PreparedData
 
 #: An order-free model reads at most this many recent events per request, or the longest
@@ -34,6 +34,32 @@ def max_history_for(data: PreparedData) -> int:
     """config.json's ``max_history`` for an order-free model of ``data``: ``MIN_MAX_HISTORY``,
     or the longest training history if that is longer (so a user's whole history counts)."""
     return int(max(MIN_MAX_HISTORY, max((len(s) for s in data.sequences), default=0)))
+
+
+def write_histories(out_dir: Path, data: PreparedData) -> np.ndarray:
+    """Every user's history into ``out_dir`` (uncompressed, so serving maps them instead of
+    loading every user's history into each replica), written a chunk of users at a time
+    (:meth:`PreparedData.sequence_chunks`); returns the (N,) item counts."""
+    num_users = len(data.user_vocab)
+    items = np.lib.format.open_memmap(out_dir / ITEMS_FILE, mode="w+", dtype=np.int64,
+                                      shape=(data.num_interactions,))
+    offsets = np.zeros(num_users + 1, dtype=np.int64)
+    popularity = np.zeros(data.num_items, dtype=np.int64)
+    user = position = 0
+    for chunk in data.sequence_chunks():
+        if not len(chunk):
+            continue
+        flat = np.concatenate(chunk) - 1
+        items[position: position + len(flat)] = flat
+        offsets[user + 1: user + len(chunk) + 1] = position + np.cumsum([len(s) for s in chunk])
+        popularity += np.bincount(flat, minlength=data.num_items)
+        user, position = user + len(chunk), position + len(flat)
+    if (user, position) != (num_users, data.num_interactions):
+        raise AssertionError(f"wrote {user} users' {position} items for {num_users} users' {data.num_interactions}")
+    items.flush()
+    del items
+    np.save(out_dir / OFFSETS_FILE, offsets)
+    return popularity
 
 
 def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str, model_format: int,
@@ -52,13 +78,10 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
     out_dir.mkdir(parents=True, exist_ok=True)
     item_embeddings = np.ascontiguousarray(item_embeddings, dtype=np.float32)
     np.save(out_dir / "item_embeddings.npy", item_embeddings)
-    flat = np.concatenate(data.sequences) - 1 if data.sequences else np.zeros(0, np.int64)
-    np.save(out_dir / "item_popularity.npy", np.bincount(flat, minlength=data.num_items).astype(np.float32))
+    popularity = write_histories(out_dir, data)
+    np.save(out_dir / "item_popularity.npy", popularity.astype(np.float32))
     data.user_vocab.save(out_dir / "user_vocab.json")
     data.item_vocab.save(out_dir / "item_vocab.json")
-    # Uncompressed, so serving maps them instead of loading every user's history into each replica.
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in data.sequences], dtype=np.int64)])
-    Histories(flat.astype(np.int64), offsets.astype(np.int64)).write(out_dir)
     if data.items is not None:
         with open(out_dir / "items.jsonl", "w") as handle:
             for record in data.items.records():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,6 +46,10 @@ class PreparedData:
     def num_interactions(self) -> int:
         return int(sum(len(s) for s in self.sequences))
 
+    def sequence_chunks(self) -> Iterator[list[np.ndarray]]:
+        """Every user's sequence, in user order, a chunk at a time (here: all in one)."""
+        yield self.sequences
+
     def to_payload(self) -> dict[str, Any]:
         """Compact, picklable form for shipping to Ray Train workers through the object store."""
         lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
@@ -60,6 +64,34 @@ class PreparedData:
             "user_features": self.user_features,
             "num_user_feature_values": len(self.user_feature_vocab),
         }
+
+
+@dataclass
+class DatasetBackedData(PreparedData):
+    """:class:`PreparedData` whose sequences stay in a Ray Dataset (``sequences`` is empty):
+    each Ray Train worker reads its shard of them, and the model directory's histories are
+    written from them a chunk at a time, so the driver never holds them all."""
+
+    sequence_dataset: Any = None  # rayrec.data.ray_data.SequenceDataset
+    interaction_count: int = 0
+
+    @property
+    def num_interactions(self) -> int:
+        return self.interaction_count
+
+    def sequence_chunks(self) -> Iterator[list[np.ndarray]]:
+        next_user = 0
+        for users, lengths, flat in self.sequence_dataset.iter_in_user_order():
+            if len(users) and (users[0] != next_user or users[-1] != next_user + len(users) - 1):
+                raise AssertionError(f"the sequence dataset skips users near user {next_user}")
+            next_user += len(users)
+            yield np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+    def to_payload(self) -> dict[str, Any]:
+        """What every worker needs besides its shard of the sequences (the item inputs)."""
+        payload = super().to_payload()
+        del payload["lengths"], payload["flat"]
+        return payload
 
 
 def validation_split(sequences: list[np.ndarray], *, zero_based: bool = False,
@@ -83,14 +115,14 @@ def sequences_from_payload(payload: dict[str, Any]) -> list[np.ndarray]:
     return np.split(payload["flat"], np.cumsum(payload["lengths"])[:-1]) if len(payload["lengths"]) else []
 
 
-def _aligned_items(dataset: Dataset, item_vocab: Vocabulary) -> Items | None:
-    if dataset.items is None:
+def _aligned_items(items: Items | None, item_vocab: Vocabulary) -> Items | None:
+    if items is None:
         return None
-    position = {item_id: i for i, item_id in enumerate(dataset.items.item_id)}
+    position = {item_id: i for i, item_id in enumerate(items.item_id)}
     records = []
     for item_id in item_vocab.ids:
         at = position.get(item_id)
-        records.append(dataset.items.record(at) if at is not None else {"item_id": item_id, "title": "", "text": "", "categories": []})
+        records.append(items.record(at) if at is not None else {"item_id": item_id, "title": "", "text": "", "categories": []})
     return Items(
         item_id=[r["item_id"] for r in records],
         title=[r["title"] for r in records],
@@ -160,7 +192,7 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
         raise DataError(f"dataset {dataset.name!r} has no interactions left after preprocessing")
     user_vocab, item_vocab = build_vocabularies(dataset.interactions)
     sequences = [s + 1 for s in user_sequences(dataset.interactions, user_vocab, item_vocab)]
-    items = _aligned_items(dataset, item_vocab)
+    items = _aligned_items(dataset.items, item_vocab)
     category_ids, category_vocab = category_matrix(items, len(item_vocab)) if use_categories else (None, [])
     content = item_content(items, item_feature_extractors or [], len(item_vocab))
     user_features, user_feature_vocab = user_feature_matrix(dataset.users, user_vocab)
@@ -179,21 +211,68 @@ def prepare(dataset: Dataset, *, rating_threshold: float | None = None, kcore: i
 
 
 def load_training_data(interactions: str | Sequence[str], items: str | None, users: str | None, config,
-                       echo: Callable[[str], None] = print) -> PreparedData:
+                       echo: Callable[[str], None] = print, ray_data: bool = False) -> PreparedData:
     """Load the data at these paths (one or several interactions inputs, combined by
     :func:`rayrec.data.load_datasets`, which drops erased users from all of them) and
     :func:`prepare` it as ``config`` (a :class:`rayrec.training.config.TrainConfig`) says,
-    telling ``echo`` what preprocessing did."""
+    telling ``echo`` what preprocessing did.
+
+    ``ray_data``: when every input is Parquet, read and preprocess it with Ray Data instead
+    (:func:`prepare_with_ray_data`); the caller says whether the training that follows can
+    take a :class:`DatasetBackedData` (Ray Train workers reading their shards can; the model
+    search and in-process training need every sequence in this process)."""
     from rayrec.data import load_datasets
+    from rayrec.data.ray_data import parquet_input
 
     paths = [interactions] if isinstance(interactions, (str, Path)) else list(interactions)
-    dataset = load_datasets(paths, items=items, users=users)
-    data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
-                   item_feature_extractors=[f.model_dump() for f in config.item_features])
+    parquet = parquet_input(paths)
+    if parquet is not None and ray_data and config.data.ray_data:
+        echo(f"data: reading {len(parquet.files)} Parquet file(s) with Ray Data; each training worker reads "
+             "its own shard of the users")
+        data = prepare_with_ray_data(parquet, items, users, config)
+    else:
+        if parquet is not None and config.data.ray_data:
+            echo("data: reading the Parquet input in memory, as the model search (or in-process training) needs "
+                 "every sequence here; --no-search reads it with Ray Data")
+        if parquet is not None and not parquet.local:
+            raise DataError("the in-memory reader reads local files only; train on a URI with --no-search "
+                            "(Ray Data reads it)", path=str(paths[0]))
+        # The in-memory loaders take local paths; a file:// URI names one.
+        paths = [str(p)[len("file://"):] if str(p).startswith("file://") else p for p in paths]
+        dataset = load_datasets(paths, items=items, users=users)
+        data = prepare(dataset, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore,
+                       item_feature_extractors=[f.model_dump() for f in config.item_features])
     for line in data.report.lines():
         echo(f"data: {line}")
     echo(f"data: {len(data.user_vocab):,} users, {data.num_items:,} items, {data.num_interactions:,} interactions")
     return data
+
+
+def prepare_with_ray_data(source, items: str | None, users: str | None, config) -> DatasetBackedData:
+    """Every user's sequence built by Ray Data from ``source`` (a
+    :class:`rayrec.data.ray_data.ParquetInput`), and the item and user metadata (the
+    ``--items``/``--users`` files, else those next to the shards) read here: they grow with
+    the catalogue and the users, not with the interactions."""
+    from rayrec.data import load_items_file, load_users_file
+    from rayrec.data.ray_data import read_sequences
+    from rayrec.training.trainer import ensure_ray
+
+    ensure_ray((config.num_workers or 1) * (config.cpus_per_worker or 1))
+    sequences = read_sequences(source, rating_threshold=config.data.rating_threshold, kcore=config.data.kcore)
+    report = sequences.report
+    items_path, users_path = items or source.items_path, users or source.users_path
+    item_table = load_items_file(items_path, report=report) if items_path else None
+    user_table = load_users_file(users_path, report=report) if users_path else None
+    aligned = _aligned_items(item_table, sequences.item_vocab)
+    category_ids, category_vocab = category_matrix(aligned, len(sequences.item_vocab))
+    content = item_content(aligned, [f.model_dump() for f in config.item_features], len(sequences.item_vocab))
+    user_features, user_feature_vocab = user_feature_matrix(user_table, sequences.user_vocab)
+    return DatasetBackedData(
+        name=sequences.name, user_vocab=sequences.user_vocab, item_vocab=sequences.item_vocab, sequences=[],
+        item_inputs=ItemInputs(category_ids=category_ids, num_categories=len(category_vocab), content=content),
+        category_vocab=category_vocab, items=aligned, report=report, user_features=user_features,
+        user_feature_vocab=user_feature_vocab, sequence_dataset=sequences,
+        interaction_count=sequences.num_interactions)
 
 
 def with_item_features(data: PreparedData, config) -> PreparedData:

@@ -12,8 +12,10 @@ from rayrec.training.checkpoints import (delete_run, load_training_state, restor
                                          run_name_for, storage_path_for_ray)
 from rayrec.training.config import TrainConfig
 from rayrec.training.export import export_model_dir, loop_config_for
-from rayrec.training.prepare import PreparedData
+from rayrec.training.prepare import DatasetBackedData, PreparedData
 
+#: The Ray Train dataset of per-user sequences (rayrec.data.ray_data), one row per user.
+SEQUENCES_DATASET = "sequences"
 #: Where a run keeps its checkpoints unless ``storage`` says otherwise: OUT/.checkpoints.
 CHECKPOINTS_DIR = ".checkpoints"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -98,7 +100,35 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         Path(pid_dir).mkdir(parents=True, exist_ok=True)
         (Path(pid_dir) / f"rank{context.rank}.pid").write_text(str(os.getpid()))
     payload = ray.get(loop_config["payload_ref"])
+    if loop_config.get("sequence_shards"):
+        payload.update(read_sequence_shard(ray.train.get_dataset_shard(SEQUENCES_DATASET), payload))
     run_worker(loop_config, payload, context, log=lambda line: print(line, flush=True))
+
+
+def read_sequence_shard(shard, payload: dict[str, Any]) -> dict[str, Any]:
+    """This worker's users, read from its shard of the sequence dataset, as the payload's
+    ``lengths``/``flat`` (and its rows of the user features).
+
+    The shard is read once and kept: every epoch shuffles and length-buckets it, and DDP
+    needs the step count of every worker before the first step. A worker's memory grows with
+    its shard, not with the data."""
+    import numpy as np
+
+    from rayrec.data.ray_data import configure_ray_data, sequence_columns
+
+    configure_ray_data()
+    users, lengths, flats = [], [], []
+    for batch in shard.iter_batches(batch_size=65_536, batch_format="pyarrow"):
+        batch_users, batch_lengths, flat = sequence_columns(batch)
+        users.append(batch_users)
+        lengths.append(batch_lengths)
+        flats.append(flat)
+    users_here = np.concatenate(users) if users else np.zeros(0, np.int64)
+    features = payload.get("user_features")
+    return {"lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
+            "flat": np.concatenate(flats) if flats else np.zeros(0, np.int64),
+            "user_features": None if features is None else features[users_here],
+            "sharded": True}
 
 
 def ray_log_level() -> str:
@@ -184,9 +214,15 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
         deadline=deadline,
     )
     resources = {"CPU": cpus_per_worker}
+    datasets = {}
+    if isinstance(data, DatasetBackedData):
+        # Each worker reads its own shard of the users (read_sequence_shard).
+        datasets = {"datasets": {SEQUENCES_DATASET: data.sequence_dataset.split_evenly(num_workers)}}
+        loop_config["sequence_shards"] = True
     trainer = TorchTrainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
+        **datasets,
         scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
@@ -215,4 +251,11 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
         f"{saved['state']['best_ndcg']:.4f} at epoch {saved['state']['best_epoch']}")
     return export_model_dir(data, config, saved, out_dir,
                             extra_metrics={"train_wall_seconds": wall_seconds, "num_workers": num_workers,
-                                           "threads_per_worker": threads}, shortlists=shortlists)
+                                           "threads_per_worker": threads,
+                                           **shard_metrics(saved["state"])}, shortlists=shortlists)
+
+
+def shard_metrics(state: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's record of what each worker's shard held (Ray Data input only)."""
+    shards = state.get("worker_shards")
+    return {} if not shards else {"input": "ray_data", "worker_shards": shards}

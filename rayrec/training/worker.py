@@ -20,7 +20,7 @@ from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.training.checkpoints import CHECKPOINT_FILE, CheckpointError, load_training_state  # noqa: F401
 from rayrec.training.loop import NextItemLoss, StepProgress, next_item_metrics, train_one_epoch
-from rayrec.training.prepare import MIN_SEQUENCE, sequences_from_payload, validation_split
+from rayrec.training.prepare import MAX_VALIDATION_USERS, MIN_SEQUENCE, sequences_from_payload, validation_split
 
 
 class WorkerContext(Protocol):
@@ -52,13 +52,19 @@ def _format_duration(seconds: float) -> str:
 def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: WorkerContext,
                log: Callable[[str], None] = print) -> None:
     """Train, validate every ``eval_every`` epochs and stop early (or at ``deadline``);
-    checkpoint every ``checkpoint_every_s`` and at the end; resumable."""
+    checkpoint every ``checkpoint_every_s`` and at the end; resumable.
+
+    ``payload["sharded"]``: the sequences are this worker's own users (its shard of a Ray
+    Dataset), not every user's; the item counts and step counts are then agreed on with the
+    other workers, and each validates its own users."""
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     device = context.device
     seed = int(loop_config["seed"])
     model_config = ModelConfig(**loop_config["model"])
     sequences = sequences_from_payload(payload)
-    train_sequences, validation_targets = validation_split(sequences)
+    sharded = bool(payload.get("sharded"))
+    train_sequences, validation_targets = validation_split(
+        sequences, max_users=math.ceil(MAX_VALIDATION_USERS / context.world_size) if sharded else MAX_VALIDATION_USERS)
 
     torch.manual_seed(seed)
     model = build_two_tower(
@@ -76,6 +82,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     loss_kind = model_config.resolved_loss(payload["num_items"])
     counts = np.bincount(np.concatenate(train_sequences) if train_sequences else np.zeros(0, np.int64),
                          minlength=payload["num_items"] + 1).astype(np.float64)
+    if sharded:  # the popularity of the whole data, as every worker sees it unsharded
+        counts = np.asarray(context.all_reduce_sum(counts.tolist()))
     log_q = torch.from_numpy(np.log(np.maximum(counts, 1) / max(1.0, counts.sum()))).float().to(device)
 
     state: dict[str, Any] = {"epoch": 0, "best_ndcg": -1.0, "best_hr": None, "best_epoch": -1,
@@ -107,14 +115,28 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         trainable = np.array([u for u, s in enumerate(user_sequences) if len(s) >= MIN_SEQUENCE], dtype=np.int64)
         if context.world_size == 1:
             return trainable, None
+        if sharded:
+            return trainable, int(max(math.ceil(n / local_batch) for n in per_worker(len(trainable))))
         steps = max(1, math.ceil(len(trainable) / context.world_size / local_batch))
         return trainable[context.rank:: context.world_size], steps
 
+    def per_worker(value: float) -> list[float]:
+        """Every worker's ``value``, in rank order (a collective: all workers call it)."""
+        mine = [0.0] * context.world_size
+        mine[context.rank] = float(value)
+        return context.all_reduce_sum(mine)
+
     local_batch = max(1, loop_config["batch_size"] // context.world_size)
     shard, steps_per_epoch = shard_of(train_sequences)
-    validation_users = np.flatnonzero(validation_targets > 0)[context.rank:: context.world_size]
+    validation_users = np.flatnonzero(validation_targets > 0)
+    if not sharded:
+        validation_users = validation_users[context.rank:: context.world_size]
     epochs = int(loop_config["epochs"])
     eval_every = int(loop_config["eval_every"])
+    if sharded:  # metrics.json's record of what each worker's shard held
+        state["worker_shards"] = [{"rank": rank, "users": int(users), "interactions": int(interactions)}
+                                  for rank, (users, interactions) in enumerate(zip(
+                                      per_worker(len(sequences)), per_worker(sum(len(s) for s in sequences))))]
     rng = np.random.default_rng(seed * 1000 + context.rank + 7919 * state["epoch"])
     run_started = time.perf_counter()
     epochs_this_run = 0
