@@ -171,17 +171,23 @@ class RecommendResponse(BaseModel):
     arm: str | None = Field(None, description="While an experiment runs: the arm that answered.")
 
 
+RETRIEVAL_DESCRIPTION = ('"exact": every item scored; "hnsw": candidates from the HNSW index (catalogues above '
+                         'retrieval.exact_search_max_items), re-scored exactly.')
+
+
 class SearchResponse(BaseModel):
     query: str
     user_id: str | None = None
     items: list[RecommendedItem]
     model_version: str
+    retrieval: Literal["exact", "hnsw"] = Field(description=RETRIEVAL_DESCRIPTION)
 
 
 class SimilarItemsResponse(BaseModel):
     item_id: str
     items: list[RecommendedItem]
     model_version: str
+    retrieval: Literal["exact", "hnsw"] = Field(description=RETRIEVAL_DESCRIPTION)
 
 
 class FeedbackEventIn(BaseModel):
