@@ -196,7 +196,8 @@ class ItemIndex:
         described = {"kind": self.vector_kind, "bytes_per_item": round(self.vector_bytes / max(1, self.trained_rows), 2),
                      "search": "hnsw" if self.ann is not None else "exact scan", "from_model_dir": self.loaded}
         if self.ann is not None:
-            described["hnsw"] = {"m": self.hnsw.m, "ef_search": self.ef_search}
+            described["hnsw"] = {"m": self.hnsw.m, "ef_search": self.ef_search,
+                                 "similar_items": self.similar_through_graph}
         return described
 
     @property
