@@ -221,12 +221,15 @@ def _train_and_add(index: Any, vectors: np.ndarray, sample: int = 200_000) -> No
 
 
 def write_compressed(model_dir: Path, vectors: np.ndarray, kind: str, structure: str = "flat", *,
-                     m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+                     m: int = DEFAULT_M, ef_construction: int | None = None,
                      code_bytes: int | None = None) -> dict[str, Any]:
     """Build one compressed index over ``vectors`` (the model's item_embeddings.npy) and save it in
     ``model_dir`` with its record in ``item_indexes.json`` (rows, dim, parameters and the model
-    version it was built from, so a retrained directory never serves a stale one); returns the record."""
+    version it was built from, so a retrained directory never serves a stale one); returns the record.
+    ``ef_construction`` None: :func:`scaled_hnsw_parameters` for the catalogue."""
     import faiss
+
+    ef_construction = ef_construction or scaled_hnsw_parameters(len(vectors)).ef_construction
 
     model_dir = Path(model_dir)
     if kind not in VECTOR_KINDS or kind == "float32" and structure == "flat":
