@@ -120,7 +120,7 @@ class RetrievalLogic:
         scorers: Sequence[Scorer] = (),
         candidate_filters: Sequence[CandidateFilter] = (),
         exact_search_max_items: int = 250_000,
-        ann_options: dict[str, int] | None = None,
+        ann_options: dict[str, int | None] | None = None,
         filter_seen: bool = True,
         candidate_sources: Sequence[CandidateSource] = (),
         search: SearchOptions | None = None,
@@ -271,7 +271,8 @@ class RetrievalLogic:
                        ef_construction: int | None = None):
         """(HNSW graph, flat codes) saved in the model directory that this configuration
         searches, each None where not saved (or not needed): the float32 graph ``rayrec train``
-        exports, the compressed ones ``rayrec index build`` writes."""
+        exports (not when a configured ``ef_construction`` differs from its own), the compressed
+        ones ``rayrec index build`` writes."""
         model_dir = getattr(model, "model_dir", None)
         if model_dir is None:
             return None, None
