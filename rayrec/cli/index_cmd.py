@@ -30,10 +30,11 @@ def index() -> None:
               help="PQ: bytes per item (retrieval.pq.code_bytes; must divide the dimension). Default: dim/4.")
 @click.option("--m", "m", type=click.IntRange(min=4), default=32, show_default=True,
               help="HNSW graph degree (retrieval.ann.m).")
-@click.option("--ef-construction", type=click.IntRange(min=8), default=80, show_default=True,
-              help="HNSW build breadth (retrieval.ann.ef_construction).")
+@click.option("--ef-construction", type=click.IntRange(min=8), default=None,
+              help="HNSW build breadth (retrieval.ann.ef_construction). Default: scaled with the catalogue "
+                   "(80 up to 250,000 items, +80 per doubling, at most 400).")
 def build(model_dir: str, vectors: str, structure: str, exact_search_max_items: int, pq_bytes: int | None,
-          m: int, ef_construction: int) -> None:
+          m: int, ef_construction: int | None) -> None:
     """Build one compressed index of the model's item vectors and save it in the model directory.
 
     Serving loads it (memory-mapped) when its retrieval settings match: the same vectors, the

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,40 @@ INDEX_FILE = "item_index.faiss"
 EXPORT_MIN_ITEMS = 250_000
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 80
+DEFAULT_EF_SEARCH = 256
+#: HNSW breadths grow with the catalogue: fixed ones that are ample at 250k items lose recall
+#: as the graph gets deeper (benchmarks/ann_scale.py measures both, README quotes it). Per
+#: doubling of the catalogue beyond SCALE_FROM_ITEMS each breadth grows by its base value, up to the cap.
+SCALE_FROM_ITEMS = 250_000
+MAX_EF_CONSTRUCTION = 400
+MAX_EF_SEARCH = 2048
+
+
+@dataclass(frozen=True)
+class HnswParameters:
+    """The graph degree ``m`` and the build and search breadths of one HNSW index."""
+
+    m: int
+    ef_construction: int
+    ef_search: int
+
+    def as_record(self) -> dict[str, int]:
+        return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
+
+
+def scaled_hnsw_parameters(rows: int) -> HnswParameters:
+    """The parameters for a catalogue of ``rows`` items when none are configured: 80/256 up to
+    SCALE_FROM_ITEMS, +80/+256 per doubling (rounded up) beyond, capped at 400/2048; M 32."""
+    doublings = math.ceil(math.log2(rows / SCALE_FROM_ITEMS)) if rows > SCALE_FROM_ITEMS else 0
+    return HnswParameters(DEFAULT_M, min(MAX_EF_CONSTRUCTION, DEFAULT_EF_CONSTRUCTION * (1 + doublings)),
+                          min(MAX_EF_SEARCH, DEFAULT_EF_SEARCH * (1 + doublings)))
+
+
+def hnsw_parameters(rows: int, m: int | None = None, ef_construction: int | None = None,
+                    ef_search: int | None = None) -> HnswParameters:
+    """Configured values (``retrieval.ann``) where given, the scaled ones for ``rows`` elsewhere."""
+    scaled = scaled_hnsw_parameters(rows)
+    return HnswParameters(m or scaled.m, ef_construction or scaled.ef_construction, ef_search or scaled.ef_search)
 
 
 def faiss_available() -> bool:
@@ -50,8 +86,9 @@ def build_hnsw(vectors: np.ndarray, m: int = DEFAULT_M, ef_construction: int = D
 
 
 def write_index(model_dir: Path, vectors: np.ndarray) -> dict[str, Any] | None:
-    """Build and save the index when the catalogue needs one and FAISS is installed; returns
-    what ``config.json`` records about it (None: no index written)."""
+    """Build and save the index (with :func:`scaled_hnsw_parameters`) when the catalogue needs one
+    and FAISS is installed; returns what ``config.json`` records about it, the parameters
+    included, so serving searches with the ef_search it was built for (None: no index written)."""
     if len(vectors) < EXPORT_MIN_ITEMS:
         return None
     if not faiss_available():
@@ -60,15 +97,20 @@ def write_index(model_dir: Path, vectors: np.ndarray) -> dict[str, Any] | None:
         return None
     import faiss
 
-    faiss.write_index(build_hnsw(vectors), str(model_dir / INDEX_FILE))
-    return {"file": INDEX_FILE, "kind": "hnsw", "metric": "inner_product", "m": DEFAULT_M,
-            "ef_construction": DEFAULT_EF_CONSTRUCTION, "rows": int(len(vectors))}
+    parameters = scaled_hnsw_parameters(len(vectors))
+    faiss.write_index(build_hnsw(vectors, parameters.m, parameters.ef_construction), str(model_dir / INDEX_FILE))
+    return {"file": INDEX_FILE, "kind": "hnsw", "metric": "inner_product", **parameters.as_record(),
+            "rows": int(len(vectors))}
 
 
-def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int) -> Any | None:
-    """The exported index when it matches (same rows, same graph degree), else None."""
+def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int,
+               ef_construction: int | None = None) -> Any | None:
+    """The exported index when it matches (same rows, same graph degree, and the build breadth
+    when one is configured), else None."""
     recorded = config.get("item_index")
     if not recorded or recorded.get("rows") != rows or recorded.get("m") != m or not faiss_available():
+        return None
+    if ef_construction is not None and recorded.get("ef_construction") != ef_construction:
         return None
     path = Path(model_dir) / recorded["file"]
     if not path.exists():
@@ -179,12 +221,15 @@ def _train_and_add(index: Any, vectors: np.ndarray, sample: int = 200_000) -> No
 
 
 def write_compressed(model_dir: Path, vectors: np.ndarray, kind: str, structure: str = "flat", *,
-                     m: int = DEFAULT_M, ef_construction: int = DEFAULT_EF_CONSTRUCTION,
+                     m: int = DEFAULT_M, ef_construction: int | None = None,
                      code_bytes: int | None = None) -> dict[str, Any]:
     """Build one compressed index over ``vectors`` (the model's item_embeddings.npy) and save it in
     ``model_dir`` with its record in ``item_indexes.json`` (rows, dim, parameters and the model
-    version it was built from, so a retrained directory never serves a stale one); returns the record."""
+    version it was built from, so a retrained directory never serves a stale one); returns the record.
+    ``ef_construction`` None: :func:`scaled_hnsw_parameters` for the catalogue."""
     import faiss
+
+    ef_construction = ef_construction or scaled_hnsw_parameters(len(vectors)).ef_construction
 
     model_dir = Path(model_dir)
     if kind not in VECTOR_KINDS or kind == "float32" and structure == "flat":

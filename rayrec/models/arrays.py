@@ -1,4 +1,5 @@
-"""Torch views of model arrays that are memory-mapped read-only (shared by a node's replicas)."""
+"""Model arrays in serving: torch views of memory-mapped ones (shared by a node's replicas), their
+pages, single rows read from the file, and append-only growth."""
 
 from __future__ import annotations
 
@@ -89,3 +90,18 @@ class FileRows:
         for position, row in enumerate(np.where(rows < 0, rows + self.shape[0], rows).tolist()):
             os.preadv(self._fd, [out[position]], self.offset + row * self.row_bytes)
         return out
+
+
+def appended(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``array`` with ``values`` (rows) after it, as a view of a buffer with room to spare:
+    appends cost their own size, amortised, not a copy of every row (the buffer doubles when
+    full). Used for items added to a served catalogue: their vectors and per-row bookkeeping."""
+    used, extra = len(array), len(values)
+    buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == array.ndim else array
+    is_prefix = buffer.ctypes.data == array.ctypes.data and buffer.dtype == array.dtype
+    if not is_prefix or len(buffer) < used + extra:
+        grown = np.empty((max(2 * used, used + extra, 16), *array.shape[1:]), dtype=array.dtype)
+        grown[:used] = array
+        buffer = grown
+    buffer[used: used + extra] = values
+    return buffer[: used + extra]

@@ -14,7 +14,8 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     item_features.npz      content/categorical inputs of the item tower, where used
     category_factors.npy   (C, D) mean item vector per category (config.json's category_vocab),
                            where the data had categories: new items with categories, no text
-    item_index.faiss       HNSW index over item_embeddings, for 250,000 items or more (faiss)
+    item_index.faiss       HNSW index over item_embeddings, for 250,000 items or more (faiss);
+                           its parameters (scaled with the catalogue) in config.json's item_index
     item_index.<name>.faiss  compressed item vectors (flat-int8, hnsw-pq32, ...) that
                            `rayrec index build` saved, listed in item_indexes.json (faiss)
     metrics.json           training curve and validation/test metrics

@@ -107,12 +107,18 @@ class Stages(BaseModel):
 
 
 class AnnOptions(BaseModel):
-    """FAISS HNSW parameters, used when the catalogue exceeds ``exact_search_max_items``."""
+    """FAISS HNSW parameters, used when the catalogue exceeds ``exact_search_max_items``. Null:
+    scaled with the catalogue (M 32; build/search breadth 80/256 up to 250k items, +80/+256 per
+    doubling beyond, at most 400/2048), or those the model directory's index was built with."""
 
     model_config = ConfigDict(extra="forbid")
-    m: int = Field(32, ge=4, description="HNSW graph degree.")
-    ef_construction: int = Field(80, ge=8)
-    ef_search: int = Field(256, ge=8, description="Search breadth; higher = better recall, slower.")
+    m: int | None = Field(None, ge=4, description="HNSW graph degree; null: 32.")
+    ef_construction: int | None = Field(
+        None, ge=8, description="Build breadth of an index built at start; null: scaled with the catalogue. "
+                                "Set, an exported index built with another value is rebuilt at start.")
+    ef_search: int | None = Field(
+        None, ge=8, description="Search breadth; higher = better recall, slower. Null: the exported index's "
+                                "recorded value, else scaled with the catalogue.")
 
 
 class VectorKind(StrEnum):

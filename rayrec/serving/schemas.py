@@ -171,17 +171,23 @@ class RecommendResponse(BaseModel):
     arm: str | None = Field(None, description="While an experiment runs: the arm that answered.")
 
 
+RETRIEVAL_DESCRIPTION = ('"exact": every item scored; "hnsw": candidates from the HNSW index (catalogues above '
+                         'retrieval.exact_search_max_items), re-scored exactly.')
+
+
 class SearchResponse(BaseModel):
     query: str
     user_id: str | None = None
     items: list[RecommendedItem]
     model_version: str
+    retrieval: Literal["exact", "hnsw"] = Field(description=RETRIEVAL_DESCRIPTION)
 
 
 class SimilarItemsResponse(BaseModel):
     item_id: str
     items: list[RecommendedItem]
     model_version: str
+    retrieval: Literal["exact", "hnsw"] = Field(description=RETRIEVAL_DESCRIPTION)
 
 
 class FeedbackEventIn(BaseModel):
@@ -295,12 +301,25 @@ class ErrorResponse(BaseModel):
     detail: list[ErrorDetail] = Field(default_factory=list)
 
 
+class HnswStatus(BaseModel):
+    m: int = Field(description="Graph degree.")
+    ef_search: int = Field(description="Search breadth: retrieval.ann.ef_search, else what export recorded, else "
+                                       "scaled with the catalogue.")
+    similar_items: bool = Field(description="Whether /similar-items asks the graph (false: the item vectors' lengths "
+                                            "vary too much for an inner-product graph to find cosine neighbours).")
+
+
 class ItemVectorsStatus(BaseModel):
     kind: str = Field(description="retrieval.vectors: float32, float16, int8 or pq.")
     bytes_per_item: float = Field(description="Bytes a scorer holds per trained item for search (float32: 4 x dim).")
     search: str = Field(description="'exact scan' (every item scored) or 'hnsw' (an ANN graph).")
     from_model_dir: bool = Field(description="Whether the HNSW graph or compressed codes were read from the model "
                                              "directory (false: built when the scorer started, or none needed).")
+    hnsw: HnswStatus | None = Field(None, description="With an HNSW graph: its parameters; absent without one.")
+
+    @model_serializer(mode="wrap")
+    def _without_hnsw(self, handler):
+        return _drop_none(handler(self), "hnsw")
 
 
 class HealthResponse(BaseModel):

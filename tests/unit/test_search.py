@@ -203,3 +203,81 @@ def test_bad_search_requests_are_rejected_naming_the_field(body, field):
     with pytest.raises(ValidationError) as caught:
         SearchRequest(**body)
     assert any(field in [str(part) for part in error["loc"]] for error in caught.value.errors())
+
+
+WORDS = [f"w{n}" for n in range(400)]
+
+
+class WordyCatalogueModel(CatalogueModel):
+    """``n`` items titled with four random words of 400 (bag-of-words matches tie often), unit item vectors."""
+
+    def __init__(self, n: int = 3000) -> None:
+        rng = np.random.default_rng(7)
+        self.titles = {f"item-{i}": " ".join(rng.choice(WORDS, 4, replace=False)) for i in range(n)}
+        self.item_ids = list(self.titles)
+        vectors = rng.normal(size=(n, 4)).astype(np.float32)
+        self.item_embeddings = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        self.item_popularity = np.ones(n, dtype=np.float32)
+
+    def item_records(self):
+        return {i: {"item_id": i, "title": title} for i, title in self.titles.items()}
+
+
+@pytest.fixture
+def wordy(tmp_path, register_rayrec_plugin):
+    """The same catalogue searched through the HNSW graph (threshold lowered) and exactly."""
+    pytest.importorskip("faiss")
+    register_rayrec_plugin(BagOfWordsPlugin, name="test-search-bag-of-words")
+    model = WordyCatalogueModel()
+    options = SearchOptions(extractor="test-bag-of-words", personalization=0.0)
+    stores = [open_state_store(str(tmp_path / f"state-{n}.db")) for n in range(2)]
+    graph = RetrievalLogic(model, stores[0], model.item_records(), search=options, exact_search_max_items=500)
+    exact = RetrievalLogic(model, stores[1], model.item_records(), search=options)
+    yield graph, exact
+    for store in stores:
+        store.close()
+
+
+def answer(logic: RetrievalLogic, query: str, k: int = 10) -> dict:
+    return logic.search(SearchRequest(query=query, k=k), logic.encode_query(query))
+
+
+def test_search_above_the_threshold_goes_through_the_graph_with_exact_recall(wordy):
+    graph, exact = wordy
+    assert graph.text_search.ann is not None and exact.text_search.ann is None
+    rng = np.random.default_rng(3)
+    found = []
+    for _ in range(40):
+        query = " ".join(rng.choice(WORDS, 3, replace=False))
+        through_graph, scanned = answer(graph, query), answer(exact, query)
+        assert through_graph["retrieval"] == "hnsw" and scanned["retrieval"] == "exact"
+        # Ties are many: recall counts answers scoring at least the exact 10th best.
+        tenth = scanned["items"][-1]["score"]
+        found.append(np.mean([item["score"] >= tenth - 1e-6 for item in through_graph["items"]]))
+    assert np.mean(found) >= 0.95, found
+
+
+def test_items_put_after_start_are_found_through_the_graph(wordy):
+    graph, _ = wordy
+    graph.put_item("telescope-1", ItemIn(title="A telescope for watching comets"))
+    result = answer(graph, "comets telescope", k=1)
+    assert result["retrieval"] == "hnsw" and [item["item_id"] for item in result["items"]] == ["telescope-1"]
+    # A trained item re-described: found by its new text (the graph holds the old), not by the old.
+    graph.put_item("item-5", ItemIn(title="Sourdough starter handbook"))
+    result = answer(graph, "sourdough starter", k=1)
+    assert result["retrieval"] == "hnsw" and result["items"][0]["item_id"] == "item-5"
+    before = WordyCatalogueModel().titles["item-5"]
+    assert "item-5" not in [item["item_id"] for item in answer(graph, before, k=3)["items"]]
+
+
+def test_similar_items_report_the_path_that_answered_and_find_items_put_later(wordy):
+    graph, exact = wordy
+    through_graph, scanned = graph.similar("item-1", 5), exact.similar("item-1", 5)
+    assert through_graph["retrieval"] == "hnsw" and scanned["retrieval"] == "exact"
+    assert [i["item_id"] for i in through_graph["items"]] == [i["item_id"] for i in scanned["items"]]
+    graph.put_item("added-1", ItemIn(title="Anything"))  # the model's vector for new items: (0.5, 0.5, 0.5, 0.5)
+    nearest = graph.similar("added-1", 3)
+    expected = np.argsort(-(graph.model.item_embeddings @ np.full(4, 0.5, np.float32)), kind="stable")[:3]
+    assert nearest["retrieval"] == "hnsw"
+    assert [i["item_id"] for i in nearest["items"]] == [f"item-{row}" for row in expected]
+    assert "added-1" in [i["item_id"] for i in graph.similar(nearest["items"][0]["item_id"], 3)["items"]]

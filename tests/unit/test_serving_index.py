@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
 import pytest
 
+from rayrec.models.ann import hnsw_parameters, scaled_hnsw_parameters
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.serving.stages import index as index_module
 from rayrec.serving.stages.index import ItemIndex
@@ -143,20 +145,33 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     from rayrec.training.local import train_in_process
 
     monkeypatch.setattr(ann, "EXPORT_MIN_ITEMS", 50)  # a toy catalogue counts as big here
+    monkeypatch.setattr(ann, "SCALE_FROM_ITEMS", 20)  # and two doublings past the scaling's start
     data = generate(SyntheticConfig(num_users=60, num_items=80, num_clusters=3, mean_events_per_user=10))
     model_dir = train_in_process(data, tmp_path / "model", TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}),
                                  log=lambda line: None)
     recorded = load_model_dir(model_dir).config["item_index"]
     assert (model_dir / recorded["file"]).exists() and recorded["rows"] == 80
+    assert {key: recorded[key] for key in ("m", "ef_construction", "ef_search")} == {
+        "m": 32, "ef_construction": 240, "ef_search": 768}
+    assert faiss_read(model_dir / recorded["file"]).hnsw.efConstruction == 240
 
     def no_rebuild(*args, **kwargs):
         raise AssertionError("the scorer rebuilt the index instead of loading the exported one")
 
-    monkeypatch.setattr(index_module, "build_hnsw", no_rebuild)
+    monkeypatch.setattr(index_module, "build_hnsw_codes", no_rebuild)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["item_index"]["ef_search"] = 300  # serving must search with what export recorded
+    (model_dir / "config.json").write_text(json.dumps(config))
     model = load_model_dir(model_dir)
     store = open_state_store(f"sqlite:///{tmp_path / 'state.db'}")
-    scorer = RetrievalLogic(model, store, item_records(model, model_dir), exact_search_max_items=50)
+    scorer = RetrievalLogic(model, store, item_records(model, model_dir), exact_search_max_items=50,
+                            ann_options={"m": None, "ef_construction": None, "ef_search": None})
     assert scorer.index.ann is not None and scorer.index.ann.ntotal == 80
+    assert scorer.index.loaded and scorer.index.ef_search == 300
+    configured = RetrievalLogic(model, store, exact_search_max_items=50, ann_options={"ef_search": 64})
+    assert configured.index.loaded and configured.index.ef_search == 64
+    with pytest.raises(AssertionError, match="rebuilt"):  # another build breadth asked for: rebuilt
+        RetrievalLogic(model, store, exact_search_max_items=50, ann_options={"ef_construction": 40})
     query = model.item_embeddings[3]
     rows, _ = scorer.index.search(query, 5, scorer.index.allowed_mask([]))
     exact = exact_top(np.asarray(model.item_embeddings), query, 5, scorer.index.allowed_mask([]))
@@ -183,3 +198,84 @@ def test_a_new_item_with_categories_and_no_text_lands_among_its_kind(tmp_path):
     assert np.allclose(vector, np.asarray(model.item_embeddings)[members].mean(axis=0), atol=1e-5)
     [neutral] = model.encode_items([{"item_id": "other", "categories": ["no-such-category"]}])
     assert np.allclose(neutral, np.asarray(model.item_embeddings).mean(axis=0), atol=1e-5)
+
+
+def faiss_read(path):
+    import faiss
+
+    return faiss.read_index(str(path))
+
+
+@pytest.mark.parametrize("rows, expected", [
+    (1_000, (32, 80, 256)), (250_000, (32, 80, 256)), (250_001, (32, 160, 512)), (500_000, (32, 160, 512)),
+    (1_000_000, (32, 240, 768)), (4_000_000, (32, 400, 1280)), (100_000_000, (32, 400, 2048)),
+])
+def test_hnsw_parameters_scale_with_the_catalogue_up_to_their_caps(rows, expected):
+    parameters = scaled_hnsw_parameters(rows)
+    assert (parameters.m, parameters.ef_construction, parameters.ef_search) == expected
+    assert hnsw_parameters(rows, ef_search=64) == type(parameters)(expected[0], expected[1], 64)  # configured wins
+
+
+def varied_norms(n=6000, dim=16, seed=0, spread=1.8):
+    """Clustered vectors of lengths between 1 and ``spread``: the graph's inner-product order is not cosine's."""
+    vectors = clustered(n, dim, seed)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors * np.random.default_rng(seed + 1).uniform(1.0, spread, size=(n, 1)).astype(np.float32)
+
+
+def exact_similar(vectors, row, k, allowed):
+    units = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return exact_top(units, units[row], k, allowed)
+
+
+def test_similar_items_come_from_the_graph_above_the_threshold_with_exact_recall():
+    pytest.importorskip("faiss")
+    vectors = varied_norms()
+    ids = [f"i{i}" for i in range(len(vectors))]
+    index = ItemIndex(ids, vectors, exact_max_items=1000)
+    hits = 0
+    rows_asked = np.random.default_rng(2).choice(len(ids), 60, replace=False)
+    for row in rows_asked:
+        allowed = index.allowed_mask([ids[row]])
+        rows, scores, path = index.similar(int(row), 10, allowed)
+        assert path == "hnsw" and row not in rows and list(scores) == sorted(scores, reverse=True)
+        np.testing.assert_allclose(scores, index.unit_rows(rows) @ index.unit_rows([row])[0], rtol=1e-5)
+        hits += len(set(rows) & set(exact_similar(vectors, row, 10, allowed)))
+    assert hits / (10 * len(rows_asked)) >= 0.95
+
+
+def test_similar_items_are_exact_when_vector_lengths_vary_too_much_for_the_graph():
+    """Lengths spread 4x: the inner-product graph's best 160 miss about one in ten of the cosine top 10."""
+    pytest.importorskip("faiss")
+    vectors = varied_norms(spread=4.0)
+    index = ItemIndex([f"i{i}" for i in range(len(vectors))], vectors, exact_max_items=1000)
+    assert index.ann is not None and not index.similar_through_graph
+    allowed = index.allowed_mask(["i7"])
+    rows, _, path = index.similar(7, 10, allowed)
+    assert path == "exact" and list(rows) == list(exact_similar(vectors, 7, 10, allowed))
+    index.similar_through_graph = True  # what the guard prevents
+    recall = np.mean([len(set(index.similar(r, 10, index.allowed_mask([f"i{r}"]))[0])
+                          & set(exact_similar(vectors, r, 10, index.allowed_mask([f"i{r}"])))) / 10
+                      for r in range(0, 6000, 100)])
+    assert recall < 0.95
+
+
+def test_similar_items_are_exact_below_the_threshold():
+    vectors = varied_norms(2000)
+    index = ItemIndex([f"i{i}" for i in range(2000)], vectors, exact_max_items=2000)
+    allowed = index.allowed_mask(["i7"])
+    rows, _, path = index.similar(7, 10, allowed)
+    assert path == "exact" and list(rows) == list(exact_similar(vectors, 7, 10, allowed))
+
+
+@pytest.mark.parametrize("kind", ["float32", "int8"])
+def test_an_added_item_is_similar_to_its_twin_through_the_graph(kind):
+    """A short vector pointing the same way (a new item from content alone) is the nearest by cosine."""
+    pytest.importorskip("faiss")
+    vectors = varied_norms()
+    index = ItemIndex([f"i{i}" for i in range(len(vectors))], vectors, exact_max_items=1000, vector_kind=kind)
+    index.upsert(["twin-of-42"], 0.2 * vectors[42])
+    rows, _, path = index.similar(42, 5, index.allowed_mask(["i42"]))
+    assert path == "hnsw" and index.row_ids[rows[0]] == "twin-of-42"
+    rows, _, path = index.similar(index.row_of["twin-of-42"], 5, index.allowed_mask(["twin-of-42"]))
+    assert path == "hnsw" and index.row_ids[rows[0]] == "i42"

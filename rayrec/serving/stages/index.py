@@ -19,14 +19,22 @@ import logging
 
 import numpy as np
 
-from rayrec.models.ann import PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hnsw, build_hnsw_codes, faiss_available
-from rayrec.models.arrays import FileRows, release_pages
+from rayrec.models.ann import (PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hnsw_codes, faiss_available,
+                               hnsw_parameters)
+from rayrec.models.arrays import FileRows, appended, release_pages
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.serving.stages.codes import CompressedRows
 
-__all__ = ["ItemIndex", "faiss_available"]
+__all__ = ["ItemIndex", "faiss_available", "fetch_size"]
 
 logger = logging.getLogger(__name__)
+
+#: ``/similar-items`` through the graph: candidates asked for per item answered (see _similar_ann),
+#: and the widest spread of the trained vectors' lengths (95th over 5th percentile) for which the
+#: inner-product graph's candidates still hold the cosine top-K: beyond it the answer is exact.
+#: tests/unit/test_serving_index.py measures both sides.
+SIMILAR_CANDIDATES_PER_ITEM = 16
+SIMILAR_MAX_NORM_SPREAD = 2.0
 
 
 class ItemIndex:
@@ -35,7 +43,8 @@ class ItemIndex:
     ``exact_max_items``: up to this many rows search is exact (``scores = E @ q``); above it an
     HNSW index (inner product) is built when faiss is installed, else search stays exact and
     a log line says so; ``ann_index``: that index already built (read from the model
-    directory), used instead of building one. ``new_item_calibration``: applied to the scores
+    directory), used instead of building one. ``hnsw_m``, ``ef_construction``, ``ef_search``:
+    None takes :func:`~rayrec.models.ann.scaled_hnsw_parameters` for the catalogue's size. ``new_item_calibration``: applied to the scores
     of rows added later (the index's first rows are the trained items).
 
     ``vectors`` is kept as given (a memory-mapped model file stays shared between the replicas
@@ -57,9 +66,9 @@ class ItemIndex:
         vectors: np.ndarray,
         popularity: np.ndarray | None = None,
         exact_max_items: int = 250_000,
-        hnsw_m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int = 256,
+        hnsw_m: int | None = None,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
         new_item_calibration: NewItemCalibration | None = None,
         ann_index=None,
         vector_kind: str = "float32",
@@ -76,12 +85,13 @@ class ItemIndex:
         self.calibration = new_item_calibration
         self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
         self.trained_vectors = vectors
-        self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # rows added later (see _appended)
+        self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # rows added later (see appended)
         self.alive = np.ones(len(self.row_ids), dtype=bool)
         pop = np.zeros(len(self.row_ids), dtype=np.float32) if popularity is None else np.asarray(popularity, np.float32)
         self.popularity = pop.copy()
         self.exact_max_items = exact_max_items
-        self.ef_search = ef_search
+        self.hnsw = hnsw_parameters(self.trained_rows, hnsw_m, ef_construction, ef_search)
+        self.ef_search = self.hnsw.ef_search
         self.pq_rerank = pq_rerank
         if vector_kind == "pq" and self.trained_rows < PQ_MIN_ITEMS:
             logger.warning("retrieval.vectors: pq needs at least %d items to train its codebooks, the model has %d; "
@@ -99,12 +109,14 @@ class ItemIndex:
         if len(self.row_ids) > exact_max_items:
             if ann_index is not None and ann_index.ntotal == len(self.row_ids):
                 self.ann = ann_index
-                self.ann.hnsw.efSearch = ef_search
+                self.ann.hnsw.efSearch = self.ef_search
                 self.loaded = True
             elif faiss_available():
-                self.ann = build_hnsw_codes(vectors, vector_kind, hnsw_m, ef_construction, pq_code_bytes)
-                self.ann.hnsw.efSearch = ef_search
-                logger.info("built an HNSW index over %d %s items (M=%d)", len(self.row_ids), vector_kind, hnsw_m)
+                self.ann = build_hnsw_codes(vectors, vector_kind, self.hnsw.m, self.hnsw.ef_construction,
+                                            pq_code_bytes)
+                self.ann.hnsw.efSearch = self.ef_search
+                logger.info("built an HNSW index over %d %s items (%s)", len(self.row_ids), vector_kind,
+                            self.hnsw.as_record())
             else:
                 logger.warning(
                     "%d items exceed exact_search_max_items=%d but faiss is not installed "
@@ -128,6 +140,10 @@ class ItemIndex:
             # hand its pages back, so the replica keeps only the codes resident.
             release_pages(vectors)
         self._file_rows = FileRows.of(vectors) if self.codes is not None else None
+        self.similar_through_graph = self.ann is not None and _length_spread(self.norms) <= SIMILAR_MAX_NORM_SPREAD
+        if self.ann is not None and not self.similar_through_graph:
+            logger.info("item vector lengths vary more than %.1fx: /similar-items scores every item (cosine) "
+                        "instead of asking the inner-product graph", SIMILAR_MAX_NORM_SPREAD)
         # The graph over float32 vectors takes added rows; one over codes never does (see class doc).
         self._ann_has_added = self.vector_kind == "float32"
 
@@ -177,8 +193,12 @@ class ItemIndex:
     def describe(self) -> dict[str, object]:
         """What ``/healthz`` reports: the vectors' kind, their bytes per trained item, how they are
         searched, and whether that index came from the model directory (else built at start)."""
-        return {"kind": self.vector_kind, "bytes_per_item": round(self.vector_bytes / max(1, self.trained_rows), 2),
-                "search": "hnsw" if self.ann is not None else "exact scan", "from_model_dir": self.loaded}
+        described = {"kind": self.vector_kind, "bytes_per_item": round(self.vector_bytes / max(1, self.trained_rows), 2),
+                     "search": "hnsw" if self.ann is not None else "exact scan", "from_model_dir": self.loaded}
+        if self.ann is not None:
+            described["hnsw"] = {"m": self.hnsw.m, "ef_search": self.ef_search,
+                                 "similar_items": self.similar_through_graph}
+        return described
 
     @property
     def vector_bytes(self) -> int:
@@ -213,10 +233,10 @@ class ItemIndex:
             self.row_ids.append(item_id)
             self.row_of[item_id] = start + offset
         count = len(item_ids)
-        self._added = _appended(self._added, vectors)
-        self._added_norms = _appended(self._added_norms, _row_norms(vectors))
-        self.alive = _appended(self.alive, np.ones(count, dtype=bool))
-        self.popularity = _appended(self.popularity, np.full(count, popularity, np.float32))
+        self._added = appended(self._added, vectors)
+        self._added_norms = appended(self._added_norms, _row_norms(vectors))
+        self.alive = appended(self.alive, np.ones(count, dtype=bool))
+        self.popularity = appended(self.popularity, np.full(count, popularity, np.float32))
         if self.ann is not None and self._ann_has_added:
             self.ann.add(vectors)
 
@@ -304,11 +324,9 @@ class ItemIndex:
         return scores
 
     def _fetch(self, k: int, allowed: np.ndarray) -> int | None:
-        """How many rows to ask a top-K index for so that ``k`` allowed ones survive; None when
-        the filter is so restrictive that a complete scan is cheaper (and complete)."""
-        blocked = len(allowed) - int(np.count_nonzero(allowed))
-        fetch = min(len(self.row_ids), max(2 * (k + blocked), k + 64))
-        if fetch > max(4096, 4 * k):
+        """:func:`fetch_size` for this catalogue; PQ's at least the rows it re-scores."""
+        fetch = fetch_size(k, int(np.count_nonzero(allowed)), len(self.row_ids))
+        if fetch is None:
             return None
         return max(fetch, self.pq_rerank) if self.vector_kind == "pq" else fetch
 
@@ -319,6 +337,38 @@ class ItemIndex:
         self.ann.hnsw.efSearch = max(self.ef_search, fetch)
         scores, rows = self.ann.search(query[None, :], fetch)
         return self._found(rows[0], scores[0], query, k, allowed, self._ann_has_added)
+
+    def similar(self, row: int, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """Rows and cosine similarities of the ``k`` allowed rows nearest to ``row``, best first,
+        and which path found them: ``"hnsw"`` (the graph's candidates re-scored by cosine) or
+        ``"exact"`` (every row: no graph, lengths too uneven for it, or too few of its candidates
+        allowed)."""
+        if self.similar_through_graph:
+            found = self._similar_ann(row, k, allowed)
+            if found is not None:
+                return (*found, "hnsw")
+        rows, scores = self.top_rows(self.cosine_to(row), k, allowed)
+        return rows, scores, "exact"
+
+    def _similar_ann(self, row: int, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        # The graph ranks by inner product, the answer by cosine: an item with a shorter vector
+        # but the right direction sits lower in the graph's order, so ask for many more.
+        fetch = self._fetch(SIMILAR_CANDIDATES_PER_ITEM * k, allowed)
+        if fetch is None:
+            return None
+        query = self.unit_rows([row])[0]
+        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
+        _, found = self.ann.search(query[None, :], fetch)
+        rows = found[0][found[0] >= 0]
+        if len(self.row_ids) > self.trained_rows:
+            # Added items are few and often short (content alone): all of them are scored.
+            rows = np.union1d(rows, np.arange(self.trained_rows, len(self.row_ids)))
+        rows = rows[allowed[rows]]
+        if len(rows) < min(k, int(np.count_nonzero(allowed))):
+            return None
+        cosine = self.unit_rows(rows) @ query
+        order = np.argsort(-cosine, kind="stable")[:k]
+        return rows[order], cosine[order]
 
     def _search_codes(self, query: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-K over the compressed trained rows, with the added rows scored exactly. Through
@@ -415,21 +465,23 @@ class ItemIndex:
         return rows, scores[rows]
 
 
+def fetch_size(k: int, allowed: int, indexed: int) -> int | None:
+    """How many rows to ask a top-K index of ``indexed`` rows for so that ``k`` of the
+    ``allowed`` ones survive; None when the filter is so restrictive that a complete scan is
+    cheaper (and complete)."""
+    blocked = indexed - allowed
+    fetch = min(indexed, max(2 * (k + blocked), k + 64))
+    return None if fetch > max(4096, 4 * k) else fetch
+
+
+def _length_spread(norms: np.ndarray) -> float:
+    """How unevenly long vectors are: the 95th percentile of ``norms`` over the 5th."""
+    if not len(norms):
+        return 1.0
+    low, high = np.percentile(norms, [5, 95])
+    return float(high / max(low, 1e-12))
+
+
 def _row_norms(vectors: np.ndarray) -> np.ndarray:
     """(M, D) -> (M,) float32 lengths, at least 1e-12 (they divide)."""
     return np.maximum(np.linalg.norm(vectors, axis=1), 1e-12).astype(np.float32)
-
-
-def _appended(array: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """``array`` with ``values`` (rows) after it, as a view of a buffer with room to spare:
-    appends cost their own size, amortised, not a copy of every row (the buffer doubles when
-    full). Used for the added item vectors and the per-row bookkeeping alike."""
-    used, extra = len(array), len(values)
-    buffer = array.base if isinstance(array.base, np.ndarray) and array.base.ndim == array.ndim else array
-    is_prefix = buffer.ctypes.data == array.ctypes.data and buffer.dtype == array.dtype
-    if not is_prefix or len(buffer) < used + extra:
-        grown = np.empty((max(2 * used, used + extra, 16), *array.shape[1:]), dtype=array.dtype)
-        grown[:used] = array
-        buffer = grown
-    buffer[used: used + extra] = values
-    return buffer[: used + extra]

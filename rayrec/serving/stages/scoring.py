@@ -12,7 +12,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from rayrec.components import Candidate, CandidateSource, Scorer, ScoringContext
-from rayrec.models.ann import read_compressed, read_index
+from rayrec.models.ann import DEFAULT_M, read_compressed, read_index
 from rayrec.models.bundle import RecommenderModel
 from rayrec.config import validation_problems
 from rayrec.serving.config import ComponentSpec, NewItemOptions, SearchOptions
@@ -123,7 +123,7 @@ class RetrievalLogic:
         scorers: Sequence[Scorer] = (),
         candidate_filters: Sequence[CandidateFilter] = (),
         exact_search_max_items: int = 250_000,
-        ann_options: dict[str, int] | None = None,
+        ann_options: dict[str, int | None] | None = None,
         filter_seen: bool = True,
         candidate_sources: Sequence[CandidateSource] = (),
         search: SearchOptions | None = None,
@@ -147,18 +147,21 @@ class RetrievalLogic:
                                "the candidates in the order to show them (see rayrec.components.Scorer)", scorer.name)
         self.candidate_filters = list(candidate_filters)
         self.filter_seen = filter_seen
-        ann = ann_options or {}
+        ann = {key: value for key, value in (ann_options or {}).items() if value is not None}  # None: scaled
         pq = pq_options or {}
-        saved_ann, saved_codes = self._saved_indexes(model, vectors, ann.get("m", 32), pq.get("code_bytes"),
-                                                     exact_search_max_items)
+        m = ann.get("m", DEFAULT_M)
+        saved_ann, saved_codes = self._saved_indexes(model, vectors, m, pq.get("code_bytes"), exact_search_max_items,
+                                                     ann.get("ef_construction"))
+        # A loaded graph is searched as broadly as export chose for it, unless configured.
+        recorded = ((getattr(model, "config", None) or {}).get("item_index") or {}) if saved_ann is not None else {}
         self.index = ItemIndex(
             list(model.item_ids),
             model.item_embeddings,
             model.item_popularity,
             exact_max_items=exact_search_max_items,
-            hnsw_m=ann.get("m", 32),
-            ef_construction=ann.get("ef_construction", 80),
-            ef_search=ann.get("ef_search", 256),
+            hnsw_m=m,
+            ef_construction=ann.get("ef_construction"),
+            ef_search=ann.get("ef_search", recorded.get("ef_search")),
             new_item_calibration=new_item_calibration(model, new_items or NewItemOptions()),
             ann_index=saved_ann,
             vector_kind=vectors,
@@ -175,7 +178,8 @@ class RetrievalLogic:
         self._attribute_names: set[str] | None = None
         self.catalog_version = 0
         # Before the first refresh, so catalogue changes reach it like they reach the index.
-        self.text_search = TextSearch.for_model(model, self.index.row_ids, self.records, search) if search else None
+        self.text_search = TextSearch.for_model(model, self.index.row_ids, self.records, search,
+                                                exact_search_max_items, ann) if search else None
         self.refresh()
 
     @property
@@ -269,17 +273,19 @@ class RetrievalLogic:
         return version
 
     @staticmethod
-    def _saved_indexes(model: Any, vectors: str, m: int, code_bytes: int | None, exact_search_max_items: int):
+    def _saved_indexes(model: Any, vectors: str, m: int, code_bytes: int | None, exact_search_max_items: int,
+                       ef_construction: int | None = None):
         """(HNSW graph, flat codes) saved in the model directory that this configuration
         searches, each None where not saved (or not needed): the float32 graph ``rayrec train``
-        exports, the compressed ones ``rayrec index build`` writes."""
+        exports (not when a configured ``ef_construction`` differs from its own), the compressed
+        ones ``rayrec index build`` writes."""
         model_dir = getattr(model, "model_dir", None)
         if model_dir is None:
             return None, None
         config, rows = getattr(model, "config", {}), len(model.item_ids)
         graph = rows > exact_search_max_items
         if vectors == "float32":
-            return (read_index(model_dir, config, rows, m) if graph else None), None
+            return (read_index(model_dir, config, rows, m, ef_construction) if graph else None), None
         saved = read_compressed(model_dir, config, rows, vectors, "hnsw" if graph else "flat", m=m,
                                 code_bytes=code_bytes)
         return (saved, None) if graph else (None, saved)
@@ -525,7 +531,7 @@ class RetrievalLogic:
         self.refresh()
         excluded = set(request.exclude_items) | (prepared.exclude if prepared is not None else set())
         allowed, _ = self._allowed(excluded, request.filters)
-        rows, scores = self.text_search.search(query_vector, request.k, allowed, self.index, user_vector)
+        rows, scores, retrieval = self.text_search.search(query_vector, request.k, allowed, self.index, user_vector)
         candidates = [Candidate(item_id=self.index.row_ids[r], score=float(s)) for r, s in zip(rows, scores)]
         personal = user_vector is not None and prepared is not None
         source = f"search+{prepared.source}" if personal else "search"
@@ -535,6 +541,7 @@ class RetrievalLogic:
             "query": request.query,
             "user_id": request.user_id,
             "model_version": self.model_version,
+            "retrieval": retrieval,
             "items": [
                 {"item_id": c.item_id, "score": c.score, "explanation": {"because": because, "source": source},
                  **self._included(c.item_id, request.include)}
@@ -548,12 +555,11 @@ class RetrievalLogic:
         if item_id not in self.index:
             raise NotFoundError("item_id", f"unknown item {item_id!r}")
         row = self.index.row_of[item_id]
-        allowed = self.index.allowed_mask([item_id])
-        scores = self.index.cosine_to(row)
-        rows, scores = ItemIndex.top_rows(scores, k, allowed)
+        rows, scores, retrieval = self.index.similar(row, k, self.index.allowed_mask([item_id]))
         return {
             "item_id": item_id,
             "model_version": self.model_version,
+            "retrieval": retrieval,
             "items": [
                 {
                     "item_id": self.index.row_ids[r],

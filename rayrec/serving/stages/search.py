@@ -13,6 +13,10 @@ when it was trained with a query-capable one (its stored item vectors are reused
 is re-encoded). Without either, search is off and ``/search`` answers 404 saying how to
 turn it on. Item vectors are kept row-aligned with the scorer's :class:`ItemIndex`, so the
 index's live/deleted mask and filters apply unchanged.
+
+Above ``retrieval.exact_search_max_items`` items the text matches come from an HNSW graph over
+the searchable rows' text vectors (built at start, parameters as for the item index), re-scored
+exactly; items added or re-described later are scored exactly beside it until the next start.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from rayrec.components import FeatureExtractor
+from rayrec.models.ann import build_hnsw, faiss_available, hnsw_parameters
+from rayrec.models.arrays import appended
 from rayrec.serving.config import SearchOptions
-from rayrec.serving.stages.index import ItemIndex
+from rayrec.serving.stages.index import ItemIndex, fetch_size
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +59,40 @@ class TextSearch:
 
     Rows whose item has no text at all are not searchable (an empty string would match every
     query equally badly and fill results with noise).
+
+    ``exact_max_items``, ``ann_options`` (``m``, ``ef_construction``, ``ef_search``; missing:
+    scaled with the catalogue): above that many rows an HNSW graph (faiss) finds the matches.
     """
 
     def __init__(self, extractor: FeatureExtractor, vectors: np.ndarray, searchable: np.ndarray,
-                 options: SearchOptions) -> None:
+                 options: SearchOptions, exact_max_items: int = 250_000,
+                 ann_options: dict[str, int] | None = None) -> None:
         self.extractor = extractor
         self.vectors = _unit_rows(vectors)
         self.searchable = np.asarray(searchable, dtype=bool)
         self.options = options
+        self.ann = None
+        self._graph_rows = np.zeros(0, dtype=np.int64)  # graph id -> row (only searchable rows are in it)
+        # Rows the graph does not answer for: changed text after it was built (it holds the old
+        # vector) or text only gained later. Scored exactly on every query; few between restarts.
+        self._unindexed: set[int] = set()
+        self._covered = len(self.vectors)  # rows the graph was built or extended over
+        if len(self.vectors) > exact_max_items:
+            if faiss_available():
+                parameters = hnsw_parameters(len(self.vectors), **(ann_options or {}))
+                self._graph_rows = np.flatnonzero(self.searchable).astype(np.int64)
+                self.ann = build_hnsw(self.vectors[self._graph_rows], parameters.m, parameters.ef_construction)
+                self.ef_search = parameters.ef_search
+                logger.info("built an HNSW index over the text of %d items (%s)", len(self._graph_rows),
+                            parameters.as_record())
+            else:
+                logger.warning("%d items exceed exact_search_max_items=%d but faiss is not installed "
+                               "(pip install faiss-cpu); text search stays exact", len(self.vectors), exact_max_items)
 
     @classmethod
     def for_model(cls, model: Any, item_ids: Sequence[str], records: dict[str, dict[str, Any]],
-                  options: SearchOptions) -> "TextSearch | None":
+                  options: SearchOptions, exact_max_items: int = 250_000,
+                  ann_options: dict[str, int] | None = None) -> "TextSearch | None":
         """Search over ``item_ids`` (the index rows, in order), or None when search is off."""
         from rayrec import plugins
 
@@ -94,7 +122,7 @@ class TextSearch:
         else:
             vectors = np.asarray(extractor.extract(item_records), dtype=np.float32)
         searchable = np.array([_has_text(r) for r in item_records], dtype=bool)
-        search = cls(extractor, vectors, searchable, options)
+        search = cls(extractor, vectors, searchable, options, exact_max_items, ann_options)
         search.encode_query("warm-up")  # load the text model now, not on the first user's query
         return search
 
@@ -102,15 +130,22 @@ class TextSearch:
     def update(self, index: ItemIndex, changed: dict[str, dict[str, Any]]) -> None:
         """Follow the index after catalogue changes: new rows, and new text for ``changed`` items."""
         missing = len(index.row_ids) - len(self.vectors)
-        if missing > 0:
-            self.vectors = np.concatenate([self.vectors, np.zeros((missing, self.vectors.shape[1]), np.float32)])
-            self.searchable = np.concatenate([self.searchable, np.zeros(missing, dtype=bool)])
-        if not changed:
-            return
-        rows = [index.row_of[item_id] for item_id in changed]
-        records = list(changed.values())
-        self.vectors[rows] = _unit_rows(self.extractor.extract(records))
-        self.searchable[rows] = [_has_text(r) for r in records]
+        if missing > 0:  # O(new rows): the arrays grow into spare room (see appended)
+            self.vectors = appended(self.vectors, np.zeros((missing, self.vectors.shape[1]), np.float32))
+            self.searchable = appended(self.searchable, np.zeros(missing, dtype=bool))
+        if changed:
+            rows = [index.row_of[item_id] for item_id in changed]
+            records = list(changed.values())
+            self.vectors[rows] = _unit_rows(self.extractor.extract(records))
+            self.searchable[rows] = [_has_text(r) for r in records]
+            self._unindexed.update(row for row in rows if row < self._covered)
+        if self.ann is not None and len(self.vectors) > self._covered:
+            # New rows join the graph, each costing a graph insertion, not a rebuild.
+            fresh = self._covered + np.flatnonzero(self.searchable[self._covered:])
+            if len(fresh):
+                self.ann.add(self.vectors[fresh])
+                self._graph_rows = appended(self._graph_rows, fresh)
+        self._covered = len(self.vectors)
 
     # -- queries ----------------------------------------------------------------------------
     def encode_query(self, query: str) -> np.ndarray:
@@ -118,18 +153,45 @@ class TextSearch:
         return vector / max(float(np.linalg.norm(vector)), 1e-12)
 
     def search(self, query_vector: np.ndarray, k: int, allowed: np.ndarray, index: ItemIndex,
-               user_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and scores of the best ``k`` allowed items for the query, best first."""
+               user_vector: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Rows and scores of the best ``k`` allowed items for the query, best first, and how the
+        text matches were found: ``"hnsw"`` or ``"exact"``."""
         allowed = allowed & self.searchable
-        text_scores = self.vectors @ query_vector
         weight = self.options.personalization
         if user_vector is None or weight == 0:
-            return ItemIndex.top_rows(text_scores, k, allowed)
-        rows, matches = ItemIndex.top_rows(text_scores, max(k, self.options.pool), allowed)
+            return self._matches(query_vector, k, allowed)
+        rows, matches, retrieval = self._matches(query_vector, max(k, self.options.pool), allowed)
         taste = index.row_scores(rows, user_vector)
         blended = (1 - weight) * _standardise(matches) + weight * _standardise(taste)
         order = np.argsort(-blended, kind="stable")[:k]
-        return rows[order], blended[order]
+        return rows[order], blended[order], retrieval
+
+    def _matches(self, query_vector: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        """The ``k`` allowed rows of best text match (cosine), best first, and the path taken."""
+        if self.ann is not None:
+            found = self._graph_matches(query_vector, k, allowed)
+            if found is not None:
+                return (*found, "hnsw")
+        return (*ItemIndex.top_rows(self.vectors @ query_vector, k, allowed), "exact")
+
+    def _graph_matches(self, query_vector: np.ndarray, k: int, allowed: np.ndarray):
+        """The graph's candidates and the unindexed rows, allowed ones re-scored exactly; None
+        when too few were allowed to be sure of the top ``k`` (the caller scans every row)."""
+        available = int(np.count_nonzero(allowed))
+        fetch = fetch_size(k, available, len(self._graph_rows))
+        if not fetch:  # a scan is cheaper, or the graph is empty
+            return None
+        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
+        _, found = self.ann.search(np.ascontiguousarray(query_vector[None, :], dtype=np.float32), fetch)
+        rows = self._graph_rows[found[0][found[0] >= 0]]
+        if self._unindexed:
+            rows = np.unique(np.concatenate([rows, np.fromiter(self._unindexed, np.int64)]))
+        rows = rows[allowed[rows]]
+        if len(rows) < min(k, available):
+            return None
+        scores = self.vectors[rows] @ query_vector
+        order = np.argsort(-scores, kind="stable")[:k]
+        return rows[order], scores[order]
 
 
 def _stored_content(model: Any) -> np.ndarray | None:
