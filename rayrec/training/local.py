@@ -22,6 +22,7 @@ class LocalContext:
 
     rank = 0
     world_size = 1
+    node_id = "0" * 8  # no Ray node
     device = torch.device("cpu")
 
     def __init__(self, checkpoint_root: Path) -> None:

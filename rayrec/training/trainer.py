@@ -25,12 +25,16 @@ class RayWorkerContext:
     """The :class:`~rayrec.training.worker.WorkerContext` of a Ray Train worker."""
 
     def __init__(self) -> None:
+        import ray
         import ray.train
         import ray.train.torch
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
+        # Ray's node id, not Train's node rank: that one groups workers by IP address, so the
+        # raylets of one machine all count as node 0.
+        self.node_id = ray.get_runtime_context().get_node_id()
         # cuda:<local rank> under use_gpu, else the CPU.
         self.device = ray.train.torch.get_device()
 

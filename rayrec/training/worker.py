@@ -26,6 +26,7 @@ from rayrec.training.prepare import MAX_VALIDATION_USERS, MIN_SEQUENCE, sequence
 class WorkerContext(Protocol):
     rank: int
     world_size: int
+    node_id: str  # the Ray node this worker runs on (hex)
     device: torch.device  # where this worker's model and batches live
 
     def all_reduce_sum(self, values: list[float]) -> list[float]: ...
@@ -134,9 +135,12 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     epochs = int(loop_config["epochs"])
     eval_every = int(loop_config["eval_every"])
     if sharded:  # metrics.json's record of what each worker's shard held
-        state["worker_shards"] = [{"rank": rank, "users": int(users), "interactions": int(interactions)}
-                                  for rank, (users, interactions) in enumerate(zip(
-                                      per_worker(len(sequences)), per_worker(sum(len(s) for s in sequences))))]
+        # A node is named by its id's first 8 hex digits (what a sum of floats carries exactly).
+        state["worker_shards"] = [{"rank": rank, "node": f"{int(node):08x}", "users": int(users),
+                                   "interactions": int(interactions)}
+                                  for rank, (node, users, interactions) in enumerate(zip(
+                                      per_worker(int(context.node_id[:8], 16)), per_worker(len(sequences)),
+                                      per_worker(sum(len(s) for s in sequences))))]
     rng = np.random.default_rng(seed * 1000 + context.rank + 7919 * state["epoch"])
     run_started = time.perf_counter()
     epochs_this_run = 0
