@@ -111,7 +111,7 @@ def serve_locally(args: "AppArgs", num_cpus: int = 2, cluster_env: dict[str, str
     port = free_port()
     # Only while Ray starts: its processes keep what they inherited, later clusters start clean.
     with mock.patch.dict(os.environ, {**local_ray_env(proxy or default_proxy()), **(cluster_env or {})}):
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
         serve.run(build_app(args), name="rayrec", route_prefix="/")

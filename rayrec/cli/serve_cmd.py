@@ -122,7 +122,8 @@ def serve(model_dir: str, host: str, port: int, state: str, config_path: str | N
             if proxy == "serve":
                 click.echo("no HAProxy binary for this platform: using Ray Serve's Python proxy (slower)", err=True)
         http_proxy.prepare_local_ray(proxy, direct_ingress)
-    ray.init(address=address or None, num_cpus=None if address else num_cpus, include_dashboard=False)
+    # "local": a new instance, as the line above says, even where another Ray runs on this machine.
+    ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False)
     if args.topology == "auto":
         args = args.model_copy(update={"topology": pick_topology()})
     stop = threading.Event()

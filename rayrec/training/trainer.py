@@ -152,8 +152,10 @@ def ensure_ray(num_cpus_needed: float) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True, logging_config=logging_config)
     else:
-        # Logical CPUs: enough for the requested workers even on a 2-core laptop.
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1),
+        # Logical CPUs: enough for the requested workers even on a 2-core laptop. "local": a
+        # new instance even where `ray start` (or a test's cluster) left one running here,
+        # which ray.init would otherwise join and then refuse num_cpus for.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(num_cpus_needed + 0.999) + 1),
                  include_dashboard=False, log_to_driver=True, logging_config=logging_config)
 
 

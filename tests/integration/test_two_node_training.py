@@ -48,6 +48,9 @@ def test_two_nodes_one_worker_each_read_their_own_shards_and_match_one_node(tmp_
     try:
         nodes.wait_for_nodes()
         two_nodes = train(interactions, tmp_path / "two_nodes", config, ray_address=nodes.address)
+        # Without RAY_ADDRESS, rayrec starts its own local Ray, even with that cluster running here.
+        config.write_text("cpus_per_worker: 1\n")  # both workers on the one local node
+        one_node = train(interactions, tmp_path / "one_node", config)
     finally:
         nodes.shutdown()
 
@@ -57,7 +60,6 @@ def test_two_nodes_one_worker_each_read_their_own_shards_and_match_one_node(tmp_
     assert sum(shard["users"] for shard in shards) == CONFIG.num_users  # disjoint shards, nobody lost
     assert two_nodes["best_val_hr@10"] > 4 * 10 / CONFIG.num_items  # it learnt the clusters
 
-    config.write_text("cpus_per_worker: 1\n")  # both workers on this one (local, 2-CPU) node
-    one_node = train(interactions, tmp_path / "one_node", config)
-    assert len({shard["node"] for shard in one_node["worker_shards"]}) == 1
+    local_nodes = {shard["node"] for shard in one_node["worker_shards"]}
+    assert len(local_nodes) == 1 and not local_nodes & {shard["node"] for shard in shards}
     assert two_nodes["best_val_ndcg@10"] >= one_node["best_val_ndcg@10"] - 0.05, (two_nodes, one_node)
