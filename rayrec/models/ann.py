@@ -85,6 +85,17 @@ def build_hnsw(vectors: np.ndarray, m: int = DEFAULT_M, ef_construction: int = D
     return index
 
 
+def search_hnsw(index: Any, query: np.ndarray, fetch: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the ``fetch`` best rows of an HNSW ``index`` for one ``query``, searched
+    at least ``fetch`` broad (a graph returns no more than its breadth). The breadth goes with
+    the call, so an index shared by every request holds no per-request setting."""
+    import faiss
+
+    params = faiss.SearchParametersHNSW(efSearch=max(ef_search, fetch))
+    scores, ids = index.search(np.ascontiguousarray(query[None, :], dtype=np.float32), fetch, params=params)
+    return scores[0], ids[0]
+
+
 def write_index(model_dir: Path, vectors: np.ndarray) -> dict[str, Any] | None:
     """Build and save the index (with :func:`scaled_hnsw_parameters`) when the catalogue needs one
     and FAISS is installed; returns what ``config.json`` records about it, the parameters

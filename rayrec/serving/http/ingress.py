@@ -146,11 +146,7 @@ class Ingress:
             raise RequestError("arm", "no experiment is running")
         arm = choose_arm(record, request.user_id, request.session_id, request.arm) if record else None
         if request.scorer_options:  # checked against the scorers that will answer: the arm's own, if any
-            own = arm_scorers(record, arm)
-            if own is None:
-                check_scorer_options(self.args.scorers, request.scorer_options)
-            else:
-                check_scorer_options(own, request.scorer_options, f"for arm {arm!r}")
+            self._check_scorer_options(arm, arm_scorers(record, arm), request.scorer_options)
         if arm is None:  # no experiment, or neither user_id nor session_id: the live model answers
             return StageError.raise_for(await self.reads.recommend(request))
         # ``arm`` travels with the request so the scorer runs this arm's re-rankers.
@@ -227,6 +223,14 @@ class Ingress:
         logger.info("model generation %d (%s) from %s is live", generation, version, model_dir)
         return {"model_version": version, "generation": generation, "model_dir": model_dir}
 
+    def _check_scorer_options(self, arm: str | None, arm_scorers: list | None,
+                              options: dict[str, dict[str, Any]]) -> None:
+        """``options`` against the scorers that answer: ``arm``'s own where it has them, else the server's."""
+        if arm_scorers is None:
+            check_scorer_options(self.args.scorers, options)
+        else:
+            check_scorer_options(arm_scorers, options, f"for arm {arm!r}")
+
     def _allowed_model_dir(self, path: str, field: str) -> str:
         """``path`` resolved, if it is absolute and inside ``model_roots`` (else 422 / 403 naming ``field``)."""
         if not os.path.isabs(path):
@@ -272,10 +276,7 @@ class Ingress:
                     raise RequestError(f"arms[{i}].scorers[{j}]", problem)
             if arm.scorer_options:
                 try:
-                    if arm.scorers is None:
-                        check_scorer_options(self.args.scorers, arm.scorer_options)
-                    else:
-                        check_scorer_options(arm.scorers, arm.scorer_options, f"for arm {arm.name!r}")
+                    self._check_scorer_options(arm.name, arm.scorers, arm.scorer_options)
                 except RequestError as exc:
                     raise RequestError(f"arms[{i}].{exc.field}", exc.message) from None
         async with self._experiment_changes:

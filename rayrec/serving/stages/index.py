@@ -20,7 +20,7 @@ import logging
 import numpy as np
 
 from rayrec.models.ann import (PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hnsw_codes, faiss_available,
-                               hnsw_parameters)
+                               hnsw_parameters, search_hnsw)
 from rayrec.models.arrays import FileRows, appended, release_pages
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.serving.stages.codes import CompressedRows
@@ -109,12 +109,10 @@ class ItemIndex:
         if len(self.row_ids) > exact_max_items:
             if ann_index is not None and ann_index.ntotal == len(self.row_ids):
                 self.ann = ann_index
-                self.ann.hnsw.efSearch = self.ef_search
                 self.loaded = True
             elif faiss_available():
                 self.ann = build_hnsw_codes(vectors, vector_kind, self.hnsw.m, self.hnsw.ef_construction,
                                             pq_code_bytes)
-                self.ann.hnsw.efSearch = self.ef_search
                 logger.info("built an HNSW index over %d %s items (%s)", len(self.row_ids), vector_kind,
                             self.hnsw.as_record())
             else:
@@ -334,9 +332,8 @@ class ItemIndex:
         fetch = self._fetch(k, allowed)
         if fetch is None:  # a very restrictive filter: exact search is cheaper and complete
             return None, None
-        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
-        scores, rows = self.ann.search(query[None, :], fetch)
-        return self._found(rows[0], scores[0], query, k, allowed, self._ann_has_added)
+        scores, rows = search_hnsw(self.ann, query, fetch, self.ef_search)
+        return self._found(rows, scores, query, k, allowed, self._ann_has_added)
 
     def similar(self, row: int, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
         """Rows and cosine similarities of the ``k`` allowed rows nearest to ``row``, best first,
@@ -357,9 +354,8 @@ class ItemIndex:
         if fetch is None:
             return None
         query = self.unit_rows([row])[0]
-        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
-        _, found = self.ann.search(query[None, :], fetch)
-        rows = found[0][found[0] >= 0]
+        _, found = search_hnsw(self.ann, query, fetch, self.ef_search)
+        rows = found[found >= 0]
         if len(self.row_ids) > self.trained_rows:
             # Added items are few and often short (content alone): all of them are scored.
             rows = np.union1d(rows, np.arange(self.trained_rows, len(self.row_ids)))

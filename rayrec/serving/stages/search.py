@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rayrec.components import FeatureExtractor
-from rayrec.models.ann import build_hnsw, faiss_available, hnsw_parameters
+from rayrec.models.ann import build_hnsw, faiss_available, hnsw_parameters, search_hnsw
 from rayrec.models.arrays import appended
 from rayrec.serving.config import SearchOptions
 from rayrec.serving.stages.index import ItemIndex, fetch_size
@@ -181,9 +181,8 @@ class TextSearch:
         fetch = fetch_size(k, available, len(self._graph_rows))
         if not fetch:  # a scan is cheaper, or the graph is empty
             return None
-        self.ann.hnsw.efSearch = max(self.ef_search, fetch)
-        _, found = self.ann.search(np.ascontiguousarray(query_vector[None, :], dtype=np.float32), fetch)
-        rows = self._graph_rows[found[0][found[0] >= 0]]
+        _, found = search_hnsw(self.ann, query_vector, fetch, self.ef_search)
+        rows = self._graph_rows[found[found >= 0]]
         if self._unindexed:
             rows = np.unique(np.concatenate([rows, np.fromiter(self._unindexed, np.int64)]))
         rows = rows[allowed[rows]]
