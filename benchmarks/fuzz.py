@@ -18,12 +18,13 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from rayrec.testing import free_port
 
 
 def run_fuzz(base_url: str, headers: dict[str, str] | None = None, examples: int = 200, seed: int | None = None,
@@ -89,12 +90,6 @@ def run_fuzz(base_url: str, headers: dict[str, str] | None = None, examples: int
             report["by_operation"][f"{operation.label} [{mode}]"] = counts
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_local_server(workdir: Path, api_key: str) -> str:

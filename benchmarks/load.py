@@ -25,7 +25,6 @@ import asyncio
 import json
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -34,15 +33,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from rayrec.testing import free_port
+
 import numpy as np
 
 STAGES = ("ingress", "preprocessor", "user_encoder", "scorer", "feedback")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def drive(url: str, duration_s: float, clients: int, feedback_share: float, items: int, seed: int = 0

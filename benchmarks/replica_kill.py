@@ -30,7 +30,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -42,14 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayrec.testing import free_port
+
 DEPLOYMENTS = ["Ingress", "Preprocessor", "HistoryEncoder", "Retriever", "FeedbackIngestor"]
 APP = "rayrec"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

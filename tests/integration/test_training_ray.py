@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rayrec.data import SyntheticConfig, write_synthetic
+from rayrec.testing import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -176,16 +176,10 @@ def test_a_killed_driver_resumes_from_its_named_run(tmp_path, synthetic_csv):
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, 13))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ray_job_submit_to_an_existing_cluster(tmp_path, synthetic_csv):
     ray_bin = Path(sys.executable).parent / "ray"
-    port, dashboard_port, agent_port = _free_port(), _free_port(), _free_port()
+    port, dashboard_port, agent_port = free_port(), free_port(), free_port()
     # Token auth is switched on by a ~/.ray/auth_token left on the machine; this throwaway
     # loopback cluster runs without it, on both ends.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}

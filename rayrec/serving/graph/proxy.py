@@ -80,13 +80,26 @@ def local_ray_env(proxy: str, direct_ingress: bool = False) -> dict[str, str]:
     return env
 
 
+#: Ports :func:`free_port` hands out: above Ray's worker ports (10002-19999), below Serve's direct
+#: ingress ports (30000 up) and outside the kernel's ephemeral range (32768 up), which every Ray
+#: process that binds port 0 draws from. A port taken from the ephemeral range was free when
+#: chosen and then, now and again, bound by a starting Ray worker before HAProxy could bind it.
+FREE_PORT_RANGE = range(20000, 30000)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1, from :data:`FREE_PORT_RANGE`, that nothing listens on right now."""
+    import random
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for port in random.sample(FREE_PORT_RANGE, 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port in {FREE_PORT_RANGE.start}-{FREE_PORT_RANGE.stop - 1}")
 
 
 def prepare_local_ray(proxy: str, direct_ingress: bool = False) -> None:
