@@ -52,7 +52,9 @@ class TrainConfig(BaseModel):
     item_features: list[FeatureSpec] = Field(
         default_factory=list, description="Feature extractors whose item vectors feed the item tower (content).")
     epochs: int = Field(200, ge=1, description="Upper bound on epochs; early stopping usually ends sooner.")
-    batch_size: int = Field(128, ge=1, description="Users per batch (global, split over workers).")
+    batch_size: int | None = Field(
+        None, ge=1, description="Users per batch (global, split over workers); unset: as many as hold about "
+        "3,000 next-item positions on average, between 8 and 128 users.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (betas 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     patience: int = Field(20, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")

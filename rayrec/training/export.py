@@ -101,6 +101,7 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
             "best_val_ndcg@10": state.get("best_ndcg"),
             "best_val_hr@10": state.get("best_hr"),
             "epochs_trained": state.get("epoch"),
+            "batch_size": state.get("batch_size"),
             "final_epochs_with_validation_items": state.get("final_epochs", 0),
             "history": history,
             **(extra_metrics or {}),

@@ -19,6 +19,7 @@ import torch
 from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.training.checkpoints import CHECKPOINT_FILE, CheckpointError, load_training_state  # noqa: F401
+from rayrec.training.batches import AUTO_BATCH_POSITIONS, auto_batch_size
 from rayrec.training.loop import NextItemLoss, StepProgress, next_item_metrics, train_one_epoch
 from rayrec.training.prepare import MAX_VALIDATION_USERS, MIN_SEQUENCE, sequences_from_payload, validation_split
 
@@ -127,7 +128,18 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         mine[context.rank] = float(value)
         return context.all_reduce_sum(mine)
 
-    local_batch = max(1, loop_config["batch_size"] // context.world_size)
+    batch_size = loop_config["batch_size"]
+    if batch_size is None:
+        supervised = [min(len(s) - 1, model_config.max_len) for s in train_sequences if len(s) >= MIN_SEQUENCE]
+        total, count = float(sum(supervised)), float(len(supervised))
+        if sharded:
+            total, count = context.all_reduce_sum([total, count])
+        batch_size = auto_batch_size(total / max(1.0, count))
+        if context.rank == 0 and state["epoch"] == 0:
+            log(f"batches of {batch_size} users (about {AUTO_BATCH_POSITIONS:,} next-item positions; "
+                f"a user's history gives {total / max(1.0, count):.0f} on average)")
+    state["batch_size"] = batch_size
+    local_batch = max(1, batch_size // context.world_size)
     shard, steps_per_epoch = shard_of(train_sequences)
     validation_users = np.flatnonzero(validation_targets > 0)
     if not sharded:
