@@ -56,10 +56,9 @@ def train(interactions, items, users, out_dir, config_path, user_encoder, epochs
 
         config = warm_start_config(init_from, config)
     check_components(config)
-    # Parquet is read with Ray Data where training reads it from Ray Train workers' shards;
-    # the model search and --in-process train on every sequence in this process.
-    data = load_training_data(interactions, items, users, config, echo=click.echo,
-                              ray_data=not (in_process or config.search.enabled))
+    # Parquet is read with Ray Data (Ray Train workers read their shards, the search's
+    # order-free trials the whole of it); --in-process trains on every sequence here.
+    data = load_training_data(interactions, items, users, config, echo=click.echo, ray_data=not in_process)
     initial_weights = None
     if init_from is not None:
         from rayrec.training.warm_start import initial_weights as warm_start_weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -66,19 +67,33 @@ class TwoTowerModel(nn.Module):
         """All item vectors, row 0 = padding: (N + 1, D)."""
         return self._normalise(self.item_tower.table())
 
-    def auxiliary_item_views(self) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], float, float]]:
+    def auxiliary_item_views(self) -> list[tuple[Callable[..., torch.Tensor], float, float]]:
         """Extra (item vectors of indices, loss weight, share of positions) triples from the item
         tower: the training loop adds one softmax per view, over the items as that view
         represents them (e.g. a random share by content alone, as items unseen in training are at
         serving time), on a random share of the batch's positions (an unbiased estimate of the
         mean over all of them, at that share of the cost). A tower may give (view, weight)
-        pairs: all positions. Empty for most towers."""
+        pairs: all positions. A view that takes a ``full_vectors`` keyword is also handed the
+        item table's rows of the same indices where the loop has computed them. Empty for most
+        towers."""
         views = getattr(self.item_tower, "auxiliary_views", None)
         triples = []
         for view, weight, *share in (views() if views else []):
-            triples.append(((lambda index, view=view: self._normalise(view(index))), weight,
-                            float(share[0]) if share else 1.0))
+            triples.append((self._view_of(view), weight, float(share[0]) if share else 1.0))
         return triples
+
+    def _view_of(self, view: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+        """``view`` as the loop calls it: ``(index, full_vectors=None)``, where ``full_vectors``
+        (the item table's rows of ``index``, when the loop has it) reaches views that take it,
+        to reuse instead of recomputing."""
+        takes_full = "full_vectors" in inspect.signature(view).parameters
+
+        def vectors(index: torch.Tensor, full_vectors: torch.Tensor | None = None) -> torch.Tensor:
+            if takes_full and full_vectors is not None:
+                return self._normalise(view(index, full_vectors=full_vectors))
+            return self._normalise(view(index))
+
+        return vectors
 
     def attribution(self, sequences: torch.Tensor) -> torch.Tensor:
         """Contribution of each history position to the user vector: (B, L) -> (B, L)."""

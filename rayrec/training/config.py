@@ -17,8 +17,9 @@ class DataConfig(BaseModel):
 
     rating_threshold: float | None = Field(None, description="Keep only interactions with value >= this (implicit feedback).")
     kcore: int | None = Field(None, ge=1, description="Iteratively keep users and items with at least this many interactions.")
-    ray_data: bool = Field(True, description="When every --interactions input is Parquet and no model search runs, "
-                           "read and preprocess it with Ray Data, each training worker reading its own shard "
+    ray_data: bool = Field(True, description="When every --interactions input is Parquet, read and preprocess it "
+                           "with Ray Data: each training worker reads its own shard, and in a model search the "
+                           "order-free candidates read it into their own trial, never into the driver "
                            "(false: read it into the driver, as CSV is).")
 
 

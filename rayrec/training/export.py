@@ -126,7 +126,9 @@ def _write_validation_shortlists(data: PreparedData, config: TrainConfig, model:
     with torch.no_grad():
         table = model.item_table()
     features = data.user_features if model.user_feature_embedding is not None else None
-    train, targets = validation_split(data.sequences, zero_based=True)
+    # The same validation users as the order-free candidates' shortlists: all of them, read
+    # into this process even where training read its shards through Ray Data.
+    train, targets = validation_split(data.in_memory().sequences, zero_based=True)
     write_shortlists(out_dir, lambda rows, histories: score_histories(
         model, [h + 1 for h in histories], config.model.max_len, table,
         user_features=None if features is None else features[rows]), train, targets)

@@ -51,7 +51,8 @@ class NextItemLoss(torch.nn.Module):
         flat_outputs = outputs[supervised]
         flat_labels = labels[supervised]
         if self.loss_kind == "full":
-            loss = full_softmax_loss(flat_outputs, model.item_table(), flat_labels, self.temperature)
+            table = model.item_table()  # (N + 1, D), with padding row 0
+            loss = full_softmax_loss(flat_outputs, table, flat_labels, self.temperature)
         else:
             loss = sampled_softmax_loss(flat_outputs, model.item_tower, flat_labels, self.log_q,
                                         self.num_uniform_negatives, self.temperature)
@@ -64,8 +65,9 @@ class NextItemLoss(torch.nn.Module):
                     continue
                 view_outputs, view_labels = flat_outputs[kept], flat_labels[kept]
             if self.loss_kind == "full":
-                table = view(torch.arange(model.item_tower.num_items + 1, device=inputs.device))  # with padding row 0
-                loss = loss + weight * full_softmax_loss(view_outputs, table, view_labels, self.temperature)
+                every_item = torch.arange(model.item_tower.num_items + 1, device=inputs.device)
+                view_table = view(every_item, full_vectors=table)
+                loss = loss + weight * full_softmax_loss(view_outputs, view_table, view_labels, self.temperature)
             else:
                 loss = loss + weight * sampled_softmax_loss(view_outputs, view, view_labels, self.log_q,
                                                             self.num_uniform_negatives, self.temperature)

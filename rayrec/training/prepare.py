@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -50,6 +51,10 @@ class PreparedData:
         """Every user's sequence, in user order, a chunk at a time (here: all in one)."""
         yield self.sequences
 
+    def in_memory(self) -> PreparedData:
+        """This data with every sequence in this process (it already is)."""
+        return self
+
     def to_payload(self) -> dict[str, Any]:
         """Compact, picklable form for shipping to Ray Train workers through the object store."""
         lengths = np.array([len(s) for s in self.sequences], dtype=np.int64)
@@ -86,6 +91,28 @@ class DatasetBackedData(PreparedData):
                 raise AssertionError(f"the sequence dataset skips users near user {next_user}")
             next_user += len(users)
             yield np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+    def in_memory(self) -> PreparedData:
+        """A :class:`PreparedData` with every sequence read into this process: what a model
+        fitted on one machine (ALS, EASE, a blend's validation shortlists) needs. Called in
+        the model search's trials, never on the driver.
+
+        The blocks are fetched as they are (no Ray Data task runs: a trial holding the
+        cluster's CPUs would wait for one forever) and put in user order here."""
+        import ray
+
+        from rayrec.data.ray_data import sequence_columns
+
+        sequences: list[np.ndarray | None] = [None] * len(self.user_vocab)
+        for block in self.sequence_dataset.sequences.to_arrow_refs():
+            users, lengths, flat = sequence_columns(ray.get(block))
+            for user, sequence in zip(users.tolist(), np.split(flat, np.cumsum(lengths)[:-1]) if len(users) else []):
+                sequences[user] = sequence
+        missing = sum(sequence is None for sequence in sequences)
+        if missing:
+            raise AssertionError(f"the sequence dataset lacks {missing} of {len(sequences)} users")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PreparedData)}
+        return PreparedData(**{**fields, "sequences": sequences})
 
     def to_payload(self) -> dict[str, Any]:
         """What every worker needs besides its shard of the sequences (the item inputs)."""
@@ -219,8 +246,8 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
 
     ``ray_data``: when every input is Parquet, read and preprocess it with Ray Data instead
     (:func:`prepare_with_ray_data`); the caller says whether the training that follows can
-    take a :class:`DatasetBackedData` (Ray Train workers reading their shards can; the model
-    search and in-process training need every sequence in this process)."""
+    take a :class:`DatasetBackedData` (Ray Train workers reading their shards and the model
+    search's trials can; in-process training needs every sequence in this process)."""
     from rayrec.data import load_datasets
     from rayrec.data.ray_data import parquet_input
 
@@ -232,10 +259,10 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
         data = prepare_with_ray_data(parquet, items, users, config)
     else:
         if parquet is not None and config.data.ray_data:
-            echo("data: reading the Parquet input in memory, as the model search (or in-process training) needs "
-                 "every sequence here; --no-search reads it with Ray Data")
+            echo("data: reading the Parquet input in memory, as in-process training needs every sequence here; "
+                 "without --in-process it is read with Ray Data")
         if parquet is not None and not parquet.local:
-            raise DataError("the in-memory reader reads local files only; train on a URI with --no-search "
+            raise DataError("the in-memory reader reads local files only; train on a URI without --in-process "
                             "(Ray Data reads it)", path=str(paths[0]))
         # The in-memory loaders take local paths; a file:// URI names one.
         paths = [str(p)[len("file://"):] if str(p).startswith("file://") else p for p in paths]
@@ -278,8 +305,6 @@ def prepare_with_ray_data(source, items: str | None, users: str | None, config) 
 def with_item_features(data: PreparedData, config) -> PreparedData:
     """``data`` with the content vectors of ``config.item_features`` (a selection candidate's
     feature extractors); ``data`` itself when it already has content or none is configured."""
-    import dataclasses
-
     if data.item_inputs.content is not None or not config.item_features:
         return data
     content = item_content(data.items, [f.model_dump() for f in config.item_features], data.num_items)

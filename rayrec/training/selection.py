@@ -140,6 +140,10 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
     out_dir = Path(trial_config["out_dir"])
     deadline = trial_config["deadline"]
     started = time.perf_counter()
+    if candidate.kind in ORDER_FREE_KINDS:
+        # Fitted in this trial's process: it holds every sequence (read from the Ray Dataset
+        # where the input came through Ray Data), the driver none.
+        data = data.in_memory()
     if candidate.kind == "als":
         from rayrec.training.als import train_als
 
@@ -164,7 +168,8 @@ def _candidate_trial(config: dict[str, Any], data: PreparedData) -> None:
         details = None
     metrics = json.loads((out_dir / "metrics.json").read_text())
     if details is None:  # a two-tower run: what its metrics say about the epochs
-        details = {"best_epoch": metrics.get("best_epoch"), "epochs_trained": metrics.get("epochs_trained")}
+        details = {"best_epoch": metrics.get("best_epoch"), "epochs_trained": metrics.get("epochs_trained"),
+                   "batch_size": metrics.get("batch_size"), "input": metrics.get("input", "memory")}
     tune.report({"candidate": candidate.name, "val_ndcg@10": metrics["best_val_ndcg@10"],
                  "val_hr@10": metrics.get("best_val_hr@10"), "seconds": time.perf_counter() - started,
                  "details": json.dumps(details), "final": True})

@@ -44,3 +44,30 @@ def test_parquet_shards_train_through_ray_data_as_well_as_in_memory(tmp_path):
     output, in_memory = train(csv / "interactions.csv", tmp_path / "in_memory_model")
     assert "with Ray Data" not in output and "worker_shards" not in in_memory
     assert metrics["best_val_ndcg@10"] >= in_memory["best_val_ndcg@10"] - 0.08, (metrics, in_memory)
+
+
+def test_the_default_model_search_reads_parquet_through_ray_data(tmp_path):
+    """Without --no-search: every candidate trains, the sequential one from its Ray Data
+    shard, the order-free ones in their own trials, and the kept model learned the data."""
+    sequential = SyntheticConfig(num_users=300, num_items=400, num_clusters=4, mean_events_per_user=60,
+                                 sequential_probability=0.9, explore_probability=0.05, seed=3)
+    write_synthetic(tmp_path / "parquet", sequential, file_format="parquet", shards=3)
+    for metadata in ("items.parquet", "users.parquet"):  # no item text: the plain sequential candidate
+        (tmp_path / "parquet" / metadata).unlink()
+    config = tmp_path / "train.yaml"
+    config.write_text("learning_rate: 0.005\nepochs: 25\npatience: 5\nmodel: {dim: 32, max_len: 30}\n")
+    out = tmp_path / "model"
+    done = subprocess.run([sys.executable, "-m", "rayrec", "train", "--interactions", str(tmp_path / "parquet"),
+                           "--out", str(out), "--config", str(config), "--budget", "4"],
+                          capture_output=True, text=True, timeout=900)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "with Ray Data" in output and "in memory" not in output
+    selection = json.loads((out / "selection.json").read_text())
+    rows = {row["candidate"]: row for row in selection["candidates"]}
+    assert all(rows[name]["status"] == "ok" for name in ("als", "ease", "sasrec")), selection
+    assert rows["sasrec"]["details"]["input"] == "ray_data"
+    assert selection["selected"].split("+")[0] == "sasrec", selection  # order is the signal here
+    assert rows["sasrec"]["val_ndcg@10"] > rows["ease"]["val_ndcg@10"] + 0.1
+    model = json.loads((out / "config.json").read_text())
+    assert model["num_users"] == sequential.num_users

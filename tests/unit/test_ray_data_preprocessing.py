@@ -117,5 +117,5 @@ def test_where_ray_data_cannot_apply_a_file_uri_is_read_in_memory_and_the_log_sa
 
     lines: list[str] = []
     data = load_training_data([f"file://{shards}"], None, None, TrainConfig(), echo=lines.append, ray_data=False)
-    assert "in memory" in lines[0] and "--no-search" in lines[0]
+    assert "in memory" in lines[0] and "--in-process" in lines[0]
     assert not isinstance(data, DatasetBackedData) and len(data.user_vocab) == 120

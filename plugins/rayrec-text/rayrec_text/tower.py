@@ -78,11 +78,18 @@ class ContentItemTower(ItemTower):
             self.content[item_index] if self.content is not None else None,
         )
 
-    def mixed_vectors(self, item_index: torch.Tensor) -> torch.Tensor:
-        """(M,) -> (M, D): each row content-only with probability ``id_dropout``, else id + content."""
-        content_only = self.content_vectors(item_index)
-        keep = torch.rand(item_index.shape[0], 1, device=content_only.device) >= self.id_dropout
-        return torch.where(keep, self.forward(item_index), content_only)
+    def mixed_vectors(self, item_index: torch.Tensor, full_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(M,) -> (M, D): each row content-only with probability ``id_dropout``, else id + content.
+
+        ``full_vectors``: the (M, D) id + content vectors of the same items, where the caller
+        has them (the main softmax's item table). The training loop passes them, so a step
+        projects the catalogue's content once rather than again for this view, and content
+        alone only for the rows that drop their id: on a full softmax that work is per step,
+        whatever the batch size.
+        """
+        full = self.forward(item_index) if full_vectors is None else full_vectors
+        dropped = (torch.rand(item_index.shape[0], device=full.device) < self.id_dropout).nonzero().squeeze(1)
+        return full.index_copy(0, dropped, self.content_vectors(item_index[dropped]).to(full.dtype))
 
     def auxiliary_views(self):
         """The mixed view, its loss weight and share of positions, in training only (see

@@ -54,6 +54,22 @@ def test_the_mixed_view_represents_about_id_dropout_of_the_items_by_content_alon
 
 
 @torch.no_grad()
+def test_the_mixed_view_reuses_the_full_vectors_it_is_handed_and_the_model_passes_them_on(text_plugin):
+    from rayrec.models.mean_pool import MeanPoolTower
+    from rayrec.models.two_tower import TwoTowerModel
+
+    tower = build({"id_dropout": 0.3}).train()
+    index = torch.arange(0, NUM_ITEMS + 1)
+    marked = tower(index) + 100.0  # full vectors the tower could not have computed itself
+    vectors = tower.mixed_vectors(index, full_vectors=marked)
+    reused = torch.isclose(vectors, marked).all(dim=1)
+    torch.testing.assert_close(vectors[~reused], content_only(tower, index)[~reused])
+    assert 0.6 < reused.float().mean().item() < 0.8
+    [(view, _, _)] = TwoTowerModel(tower, MeanPoolTower(DIM)).auxiliary_item_views()
+    assert torch.isclose(view(index, full_vectors=marked), marked).all(dim=1).float().mean() > 0.6
+
+
+@torch.no_grad()
 def test_the_mixed_view_is_offered_in_training_only_with_its_weight(text_plugin):
     tower = build({"content_loss_weight": 0.7, "content_loss_positions": 0.25}).train()
     [(view, weight, position_share)] = tower.auxiliary_views()
