@@ -207,7 +207,8 @@ def load_interactions_file(
     )
 
 
-def _find_in_directory(directory: Path, stem: str, extensions) -> Path | None:
+def find_in_directory(directory: Path, stem: str, extensions) -> Path | None:
+    """``directory/<stem><extension>`` for the first of ``extensions`` that exists, or None."""
     for extension in extensions:
         candidate = directory / f"{stem}{extension}"
         if candidate.is_file():
@@ -244,10 +245,10 @@ def glob_files(pattern: str) -> list[Path]:
     return files
 
 
-def _interaction_files(location: Path) -> list[Path] | None:
+def interaction_files(location: Path) -> list[Path] | None:
     """The interaction files of a directory: ``interactions.<ext>``, the shards of an
     ``interactions/`` folder, or the directory's own Parquet shards; None when it has none."""
-    single = _find_in_directory(location, INTERACTIONS_STEM, TABLE_EXTENSIONS)
+    single = find_in_directory(location, INTERACTIONS_STEM, TABLE_EXTENSIONS)
     if single is not None:
         return [single]
     folder = location / INTERACTIONS_STEM
@@ -273,7 +274,7 @@ class InteractionsFileSource(DataSource):
             return True  # load() names the pattern when it matches nothing
         candidate = Path(path)
         if candidate.is_dir():
-            return _interaction_files(candidate) is not None
+            return interaction_files(candidate) is not None
         return candidate.is_file() and file_kind(candidate) in ("delimited", "parquet")
 
     def load(self, path: str) -> Dataset:
@@ -285,15 +286,15 @@ class InteractionsFileSource(DataSource):
             files = glob_files(path)
             name = files[0].parent.resolve().name
         elif location.is_dir():
-            files = _interaction_files(location)
+            files = interaction_files(location)
             if files is None:
                 raise DataError(
                     f"no {INTERACTIONS_STEM}.<ext> file, {INTERACTIONS_STEM}/ folder of Parquet shards or *.parquet "
                     f"shard in this directory (looked for {', '.join(INTERACTIONS_STEM + e for e in TABLE_EXTENSIONS)})",
                     path=str(location),
                 )
-            items_path = _find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
-            users_path = _find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
+            items_path = find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
+            users_path = find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
             name = location.resolve().name
         else:
             files = [location]

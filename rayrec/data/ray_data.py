@@ -28,9 +28,9 @@ from rayrec.data.columns import parse_ids, parse_labels, parse_timestamps, parse
 from rayrec.data.interactions_file import (
     ITEMS_STEM,
     USERS_STEM,
-    _find_in_directory,
-    _interaction_files,
+    find_in_directory,
     glob_files,
+    interaction_files,
     is_glob,
     load_interactions_file,
     resolve_columns,
@@ -85,11 +85,11 @@ def _local_parquet(text: str) -> tuple[list[str], Path | None, Path | None, str]
             return None  # the in-memory loader names the pattern
         name = files[0].parent.resolve().name
     elif location.is_dir():
-        files = _interaction_files(location)
+        files = interaction_files(location)
         if files is None:
             return None
-        items = _find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
-        users = _find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
+        items = find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
+        users = find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
         name = location.resolve().name
     elif location.is_file():
         files, name = [location], location.stem

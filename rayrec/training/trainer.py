@@ -131,8 +131,7 @@ def read_sequence_shard(shard, payload: dict[str, Any]) -> dict[str, Any]:
     features = payload.get("user_features")
     return {"lengths": np.concatenate(lengths) if lengths else np.zeros(0, np.int64),
             "flat": np.concatenate(flats) if flats else np.zeros(0, np.int64),
-            "user_features": None if features is None else features[users_here],
-            "sharded": True}
+            "user_features": None if features is None else features[users_here]}
 
 
 def ray_log_level() -> str:

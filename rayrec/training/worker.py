@@ -56,15 +56,15 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     """Train, validate every ``eval_every`` epochs and stop early (or at ``deadline``);
     checkpoint every ``checkpoint_every_s`` and at the end; resumable.
 
-    ``payload["sharded"]``: the sequences are this worker's own users (its shard of a Ray
-    Dataset), not every user's; the item counts and step counts are then agreed on with the
-    other workers, and each validates its own users."""
+    ``loop_config["sequence_shards"]``: the payload's sequences are this worker's own users
+    (its shard of a Ray Dataset), not every user's; the item counts and step counts are then
+    agreed on with the other workers, and each validates its own users."""
     torch.set_num_threads(max(1, int(loop_config["threads"])))
     device = context.device
     seed = int(loop_config["seed"])
     model_config = ModelConfig(**loop_config["model"])
     sequences = sequences_from_payload(payload)
-    sharded = bool(payload.get("sharded"))
+    sharded = bool(loop_config.get("sequence_shards"))
     train_sequences, validation_targets = validation_split(
         sequences, max_users=math.ceil(MAX_VALIDATION_USERS / context.world_size) if sharded else MAX_VALIDATION_USERS)
 
