@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rayrec.models.dropout import Dropout, dropout as fast_dropout
 from rayrec.models.user_tower import UserTower, masked_softmax
 
 
@@ -32,13 +33,13 @@ class _Block(nn.Module):
         self.feedforward_norm = nn.LayerNorm(dim)
         if style == "sasrec":
             self.feedforward = nn.Sequential(
-                nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim)
+                nn.Linear(dim, dim), Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim)
             )
         else:
             self.feedforward = nn.Sequential(
-                nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim)
+                nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim)
             )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
@@ -69,8 +70,6 @@ class _Block(nn.Module):
         """x: (B, L, D); allowed: (B, 1, L, L) bool, True where query t may attend key s, or None
         for causal attention over unpadded sequences."""
         batch, length, dim = x.shape
-        if allowed is None and want_weights:
-            allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         normalised = self.attention_norm(x)
         if self.style == "sasrec":
             dim_q = self.qkv.weight[:dim]
@@ -80,10 +79,15 @@ class _Block(nn.Module):
             q, k, v = self.qkv(normalised).chunk(3, dim=-1)
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         weights = None
-        if want_weights:
+        # Training on the CPU, attention is written out so its dropout takes the faster mask
+        # (rayrec.models.dropout); SDPA's own dropout on the CPU computes the same products.
+        drop_attention = self.training and self.dropout.p > 0 and x.device.type == "cpu"
+        if want_weights or drop_attention:
+            if allowed is None:
+                allowed = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
             scores = q @ k.transpose(-1, -2) / math.sqrt(dim // self.num_heads)
             weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-            attended = weights @ v
+            attended = (fast_dropout(weights, self.dropout.p) if drop_attention else weights) @ v
         else:
             attended = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=allowed, is_causal=allowed is None, dropout_p=self.dropout.p if self.training else 0.0
@@ -113,7 +117,7 @@ class SASRecTower(UserTower):
         self.max_len = max_len
         self.position_embedding = nn.Embedding(max_len, dim)
         nn.init.normal_(self.position_embedding.weight, std=dim**-0.5)
-        self.input_dropout = nn.Dropout(dropout)
+        self.input_dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(_Block(dim, num_heads, dropout, block_style) for _ in range(num_blocks))
         if block_style == "sasrec":
             # The paper's Xavier-normal start (larger than torch's default for the projections).

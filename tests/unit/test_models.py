@@ -180,3 +180,33 @@ def test_a_format_1_model_directory_keeps_its_pre_norm_blocks(tmp_path):
     del written["train_config"]["model"]["user_encoder_options"]["block_style"]
     (model_dir / "config.json").write_text(json.dumps(written))
     assert np.allclose(TrainedModel.load(model_dir).encode_histories([[1, 2, 3]])[0], expected, atol=1e-6)
+
+
+def test_dropout_keeps_one_minus_p_of_the_values_scaled_and_repeats_under_a_seed():
+    from rayrec.models.dropout import dropout
+
+    values = torch.ones(200, 500)
+    torch.manual_seed(1)
+    dropped = dropout(values, 0.3)
+    kept = dropped != 0
+    assert kept.float().mean().item() == pytest.approx(0.7, abs=0.01)
+    assert torch.allclose(dropped[kept], torch.full_like(dropped[kept], 1 / 0.7), rtol=1e-4)
+    assert dropped.mean().item() == pytest.approx(1.0, abs=0.02)  # the expectation is kept
+    torch.manual_seed(1)
+    assert torch.equal(dropout(values, 0.3), dropped)
+    assert not torch.equal(dropout(values, 0.3), dropped)
+    assert dropout(values, 0.3, training=False) is values
+
+
+def test_sasrec_training_pass_with_dropout_stays_causal():
+    """Training on the CPU, the attention (with its dropout) is written out, not SDPA's."""
+    torch.manual_seed(0)
+    model = build_two_tower(ModelConfig(dim=16, max_len=10), 30).train()  # dropout 0.5
+    torch.manual_seed(5)
+    before = model.sequence_outputs(torch.tensor([[0, 1, 2, 3, 4, 5]]))
+    torch.manual_seed(5)
+    after = model.sequence_outputs(torch.tensor([[0, 1, 2, 3, 9, 7]]))
+    assert torch.allclose(before[:, :4], after[:, :4], atol=1e-5)
+    assert not torch.allclose(before[:, 4:], after[:, 4:], atol=1e-5)
+    torch.manual_seed(6)
+    assert not torch.allclose(model.sequence_outputs(torch.tensor([[0, 1, 2, 3, 4, 5]])), before)  # masks differ
