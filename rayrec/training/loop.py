@@ -145,12 +145,16 @@ def score_histories(model: TwoTowerModel, histories: list[np.ndarray], max_len: 
     """Scores of every item for each history: -> (B, N) float32 (vocabulary order, no padding).
 
     ``histories`` hold 1-based item indices, oldest first; ``user_features``: (B, F) codes or None.
+    Padded only to the longest history of the batch, and through the serving pass
+    (``encode_last``, SASRec's last block for the last position alone): validating ml-100k's
+    943 users padded to ``max_len`` through every position cost a third of a training epoch.
     """
     model.eval()
     table = model.item_table() if item_table is None else item_table
-    sequences = torch.from_numpy(left_pad(histories, max_len)).to(device)
+    width = max(1, min(max_len, max((len(h) for h in histories), default=1)))
+    sequences = torch.from_numpy(left_pad(histories, width)).to(device)
     features = None if user_features is None else torch.from_numpy(user_features).to(device)
-    users = model.user_vectors(sequences, features)
+    users, _ = model.encode_last(model.item_tower(sequences), sequences > 0, features)
     return (users @ table[1:].T).cpu().numpy()
 
 
@@ -167,6 +171,8 @@ def next_item_metrics(model: TwoTowerModel, histories: list[np.ndarray], targets
     table = model.item_table()
     ndcg_sum, hit_sum, count = 0.0, 0.0, 0
     valid = np.flatnonzero(targets > 0)
+    # Similar lengths share a batch, so little of it is padding (the sums do not depend on order).
+    valid = valid[np.argsort([min(len(histories[r]), max_len) for r in valid], kind="stable")]
     for start in range(0, len(valid), batch_size):
         rows = valid[start: start + batch_size]
         batch_histories = [histories[r] for r in rows]

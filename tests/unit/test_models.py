@@ -210,3 +210,17 @@ def test_sasrec_training_pass_with_dropout_stays_causal():
     assert not torch.allclose(before[:, 4:], after[:, 4:], atol=1e-5)
     torch.manual_seed(6)
     assert not torch.allclose(model.sequence_outputs(torch.tensor([[0, 1, 2, 3, 4, 5]])), before)  # masks differ
+
+
+@pytest.mark.parametrize("encoder", ["sasrec", "mean"])
+def test_validation_scores_equal_the_full_pass_over_max_len_padding(encoder):
+    """score_histories pads a batch only to its longest history and runs the serving pass;
+    the scores must be those of every position padded to max_len."""
+    from rayrec.training.loop import score_histories
+
+    model = make_model(encoder)
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(1, 31, size=n) for n in (1, 3, 7, 12)]  # 12 > max_len 10
+    with torch.no_grad():
+        full = model.user_vectors(torch.from_numpy(left_pad(histories, 10))) @ model.item_table()[1:].T
+    assert np.allclose(score_histories(model, histories, 10), full.numpy(), atol=1e-5)
