@@ -94,6 +94,9 @@ def main() -> None:
     distributed, ray_seconds, _ = ray_train({"num_workers": args.workers, "cpus_per_worker": 1.0})
     # What `rayrec train` runs: the default layout and the default batch size.
     as_shipped, as_shipped_seconds, shipped_metrics = ray_train({"batch_size": None})
+    # The same batch split over one-thread workers: small batches use a second thread poorly.
+    distributed_default_batch, distributed_default_batch_seconds, _ = ray_train(
+        {"batch_size": None, "num_workers": args.workers, "cpus_per_worker": 1.0})
     default_layout = f"{default_metrics['num_workers']} x {default_metrics['threads_per_worker']} threads"
 
     print(f"\n{'run':<44}{'positions/s':>12}{'wall s':>9}")
@@ -105,10 +108,13 @@ def main() -> None:
     print(f"{f'Ray Train, {args.workers} workers x 1 thread':<44}{distributed:>12,.0f}{ray_seconds:>9.1f}")
     shipped_label = f"Ray Train, default layout and batch ({shipped_metrics.get('batch_size')} users)"
     print(f"{shipped_label:<44}{as_shipped:>12,.0f}{as_shipped_seconds:>9.1f}")
+    print(f"{f'  the same batch over {args.workers} workers x 1 thread':<44}{distributed_default_batch:>12,.0f}"
+          f"{distributed_default_batch_seconds:>9.1f}")
     print(f"ratio Ray Train default / reference, both at {args.batch_size}-user batches: "
           f"{default / reference.positions_per_second:.2f} (target >= 1.0)")
     print(f"ratio Ray Train default / plain loop: {default / plain:.2f}")
     print(f"ratio rayrec train's defaults / reference: {as_shipped / reference.positions_per_second:.2f}")
+    print(f"ratio default batch, {args.workers} x 1 / default layout: {distributed_default_batch / as_shipped:.2f}")
 
     if args.full_run:
         full_config = TrainConfig(search={"enabled": False})

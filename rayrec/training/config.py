@@ -58,7 +58,12 @@ class TrainConfig(BaseModel):
         "3,000 next-item positions on average, between 8 and 128 users.")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (betas 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    patience: int = Field(20, ge=1, description="Stop after this many evaluations without a better validation NDCG@10.")
+    patience: int = Field(
+        10, ge=1, description="Stop after this many evaluations without a better trend of validation NDCG@10 "
+        "(the mean of the last stopping_window evaluations).")
+    stopping_window: int = Field(
+        5, ge=1, description="Validations averaged for early stopping, so one lucky epoch does not keep "
+        "training going; 1 stops on the raw score. The exported model is still the best raw epoch.")
     eval_every: int = Field(1, ge=1, description="Validate every this many epochs.")
     crop_probability: float = Field(0.5, ge=0, le=1, description="Chance to train a long history on a random earlier window.")
     final_fit_fraction: float = Field(

@@ -27,6 +27,7 @@ def loop_config_for(config: TrainConfig, threads: int) -> dict[str, Any]:
         "learning_rate": config.learning_rate,
         "weight_decay": config.weight_decay,
         "patience": config.patience,
+        "stopping_window": config.stopping_window,
         "eval_every": config.eval_every,
         "crop_probability": config.crop_probability,
         "seed": config.seed,

@@ -210,13 +210,12 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             metrics["val_hr@10"] = hit_sum / max(1.0, count)
             if metrics["val_ndcg@10"] > state["best_ndcg"]:
                 state.update(best_ndcg=metrics["val_ndcg@10"], best_hr=metrics["val_hr@10"], best_epoch=epoch + 1,
-                             evaluations_without_gain=0,
                              best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-            else:
-                state["evaluations_without_gain"] += 1
         metrics["best_val_ndcg@10"] = state["best_ndcg"]
         metrics["best_epoch"] = state["best_epoch"]
         state["history"].append(metrics)
+        if validated:
+            update_stopping_trend(state, int(loop_config.get("stopping_window", 1)))
         early_stop = state["evaluations_without_gain"] >= int(loop_config["patience"])
         stop = early_stop or is_last or out_of_time_votes > 0
         if context.rank == 0:
@@ -270,10 +269,29 @@ def _fit_held_out_items(model: torch.nn.Module, state: dict[str, Any], final_epo
     state["final_epochs"] = final_epochs
 
 
+def validation_trend(history: list[dict[str, Any]], window: int) -> float:
+    """The mean validation NDCG@10 of the last ``window`` evaluations."""
+    scores = [m["val_ndcg@10"] for m in history if m.get("val_ndcg@10") is not None][-window:]
+    return sum(scores) / max(1, len(scores))
+
+
+def update_stopping_trend(state: dict[str, Any], window: int) -> None:
+    """Count evaluations since the trend of validation NDCG@10 last rose. On a plateau the raw
+    score is noise around a level, so a single lucky epoch would restart a raw patience count;
+    the trend stops a plateau sooner and rides out a lucky spike. The best raw epoch is still
+    the one kept (``state["best_model"]``)."""
+    trend = validation_trend(state["history"], window)
+    if trend > state.get("best_trend", -1.0):
+        state["best_trend"] = trend
+        state["evaluations_without_gain"] = 0
+    else:
+        state["evaluations_without_gain"] += 1
+
+
 def _eta(state: dict[str, Any], loop_config: dict[str, Any], epoch: int, epochs: int, elapsed: float,
          epochs_this_run: int, stop: bool, out_of_time: bool) -> str:
-    """Time left, counting early stopping: without a better validation score, training ends
-    ``patience`` evaluations after the best one, which usually comes long before ``epochs``."""
+    """Time left, counting early stopping: without a better validation trend, training ends
+    ``patience`` evaluations after its best, which usually comes long before ``epochs``."""
     if stop:
         return "stopping (time budget)" if out_of_time else ("done" if epoch == epochs else "early stop")
     evaluations_left = int(loop_config["patience"]) - state["evaluations_without_gain"]
