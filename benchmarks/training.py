@@ -43,7 +43,6 @@ def main() -> None:
                         "default-batch row (default: the reference's 128).")
     args = parser.parse_args()
 
-    from rayrec.training.checkpoints import CHECKPOINT_FILE
     from rayrec.training.config import TrainConfig
     from rayrec.training.local import LocalContext
     from rayrec.training.prepare import load_training_data
@@ -79,7 +78,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             # Every epoch's metrics, as metrics.json has them for Ray Train (a report is made
             # only at checkpoints).
-            history = torch.load(Path(checkpoints) / "latest" / CHECKPOINT_FILE, weights_only=False)["state"]["history"]
+            history = context.restore_training_state(lambda line: None)["state"]["history"]
             return median_throughput(history), seconds
 
     plain, plain_seconds = plain_process(config)

@@ -215,7 +215,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         metrics["best_epoch"] = state["best_epoch"]
         state["history"].append(metrics)
         if validated:
-            update_stopping_trend(state, int(loop_config.get("stopping_window", 1)))
+            update_stopping_trend(state, int(loop_config["stopping_window"]))
         early_stop = state["evaluations_without_gain"] >= int(loop_config["patience"])
         stop = early_stop or is_last or out_of_time_votes > 0
         if context.rank == 0:
