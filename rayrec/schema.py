@@ -91,6 +91,12 @@ class Items:
         return [self.record(i) for i in range(len(self))]
 
 
+def is_searchable(record: dict) -> bool:
+    """Whether an item record has any text for ``POST /search`` to match (title, text,
+    categories or tags): an empty string would match every query equally badly."""
+    return any(record.get(name) for name in (TITLE, TEXT, CATEGORIES, "tags"))
+
+
 @dataclass
 class Users:
     """User metadata: ``user_id`` plus categorical features (column name -> values)."""

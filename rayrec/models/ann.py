@@ -4,6 +4,7 @@ scorer replica: the HNSW graph export writes for big catalogues, and compressed 
 Building HNSW over a million items takes minutes of CPU; doing it in every replica at every
 start would make start-up and scale-out that slow. The file ``item_index.faiss`` in the model
 directory is read memory-mapped where FAISS allows it, so replicas on one node share its pages.
+The text graph of ``POST /search`` (``text_index.faiss``) is exported and read the same way.
 
 Compressed item vectors (``retrieval.vectors``: float16, int8, pq; see
 :mod:`rayrec.serving.stages.codes`) are FAISS indexes too: flat codes scanned whole, or an HNSW
@@ -29,6 +30,10 @@ logger = logging.getLogger(__name__)
 #: serving default of exact_search_max_items: below it search is exact and needs no index).
 INDEX_FILE = "item_index.faiss"
 EXPORT_MIN_ITEMS = 250_000
+#: The HNSW graph over the searchable items' unit text vectors (``POST /search``), written
+#: beside the item index for the same catalogue sizes; config.json records it as ``text_index``.
+TEXT_INDEX_FILE = "text_index.faiss"
+TEXT_INDEX_ROWS_FILE = "text_index_rows.npy"
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 80
 DEFAULT_EF_SEARCH = 256
@@ -100,25 +105,57 @@ def write_index(model_dir: Path, vectors: np.ndarray) -> dict[str, Any] | None:
     """Build and save the index (with :func:`scaled_hnsw_parameters`) when the catalogue needs one
     and FAISS is installed; returns what ``config.json`` records about it, the parameters
     included, so serving searches with the ef_search it was built for (None: no index written)."""
-    if len(vectors) < EXPORT_MIN_ITEMS:
+    return _write_graph(model_dir, INDEX_FILE, vectors, len(vectors))
+
+
+def write_text_index(model_dir: Path, text_vectors: np.ndarray, searchable: np.ndarray) -> dict[str, Any] | None:
+    """The graph of ``POST /search`` over the ``searchable`` rows of ``text_vectors`` (one row
+    per item, normalised here), as :func:`write_index` for a catalogue of that many items; graph
+    id i is item row ``TEXT_INDEX_ROWS_FILE[i]``."""
+    graph_rows = np.flatnonzero(np.asarray(searchable, dtype=bool)).astype(np.int64)
+    vectors = np.asarray(text_vectors, dtype=np.float32)[graph_rows]
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    record = _write_graph(model_dir, TEXT_INDEX_FILE, vectors, len(text_vectors))
+    if record is None:
+        return None
+    np.save(Path(model_dir) / TEXT_INDEX_ROWS_FILE, graph_rows)
+    return {**record, "rows_file": TEXT_INDEX_ROWS_FILE}
+
+
+def read_text_index(model_dir: Path, config: dict[str, Any], rows: int, m: int,
+                    ef_construction: int | None = None) -> tuple[Any, np.ndarray] | None:
+    """The exported text graph and its graph id -> item row map, when it matches as
+    :func:`read_index` decides, else None."""
+    index = read_index(model_dir, config, rows, m, ef_construction, key="text_index")
+    rows_file = Path(model_dir) / config["text_index"].get("rows_file", "") if index is not None else None
+    if rows_file is None or not rows_file.is_file():
+        return None
+    return index, np.load(rows_file)
+
+
+def _write_graph(model_dir: Path, file: str, vectors: np.ndarray, catalogue_rows: int) -> dict[str, Any] | None:
+    """An HNSW graph over ``vectors`` saved as ``file`` when a catalogue of ``catalogue_rows``
+    items needs one (serving's default exact_search_max_items) and FAISS is installed."""
+    if catalogue_rows < EXPORT_MIN_ITEMS:
         return None
     if not faiss_available():
         logger.warning("%d items: no ANN index written (pip install faiss-cpu); serving builds one at start",
-                       len(vectors))
+                       catalogue_rows)
         return None
     import faiss
 
-    parameters = scaled_hnsw_parameters(len(vectors))
-    faiss.write_index(build_hnsw(vectors, parameters.m, parameters.ef_construction), str(model_dir / INDEX_FILE))
-    return {"file": INDEX_FILE, "kind": "hnsw", "metric": "inner_product", **parameters.as_record(),
-            "rows": int(len(vectors))}
+    parameters = scaled_hnsw_parameters(catalogue_rows)
+    faiss.write_index(build_hnsw(vectors, parameters.m, parameters.ef_construction), str(Path(model_dir) / file))
+    return {"file": file, "kind": "hnsw", "metric": "inner_product", **parameters.as_record(),
+            "rows": int(catalogue_rows)}
 
 
 def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int,
-               ef_construction: int | None = None) -> Any | None:
-    """The exported index when it matches (same rows, same graph degree, and the build breadth
-    when one is configured), else None."""
-    recorded = config.get("item_index")
+               ef_construction: int | None = None, key: str = "item_index") -> Any | None:
+    """The exported index config.json records under ``key`` (``item_index``, ``text_index``)
+    when it matches (same rows, same graph degree, and the build breadth when one is
+    configured), else None."""
+    recorded = config.get(key)
     if not recorded or recorded.get("rows") != rows or recorded.get("m") != m or not faiss_available():
         return None
     if ef_construction is not None and recorded.get("ef_construction") != ef_construction:

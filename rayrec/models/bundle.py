@@ -16,6 +16,9 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
                            where the data had categories: new items with categories, no text
     item_index.faiss       HNSW index over item_embeddings, for 250,000 items or more (faiss);
                            its parameters (scaled with the catalogue) in config.json's item_index
+    text_index.faiss       HNSW index over the searchable items' text vectors (POST /search), for
+    text_index_rows.npy    the same catalogues when the only item feature encodes queries; graph
+                           id -> item row; recorded in config.json's text_index
     item_index.<name>.faiss  compressed item vectors (flat-int8, hnsw-pq32, ...) that
                            `rayrec index build` saved, listed in item_indexes.json (faiss)
     metrics.json           training curve and validation/test metrics

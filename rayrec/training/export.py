@@ -8,8 +8,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from rayrec.errors import UnknownComponentError
+from rayrec.models import ann
 from rayrec.models.factory import build_two_tower
 from rayrec.models.order_free import CATEGORY_VECTORS_FILE, category_mean_vectors
+from rayrec.plugins import get_component
+from rayrec.schema import ITEM_ID, is_searchable
 from rayrec.training.config import TrainConfig
 from rayrec.training.model_dir import write_model_dir
 from rayrec.training.prepare import PreparedData
@@ -87,6 +91,7 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
     table = category_mean_vectors(item_embeddings, inputs.category_ids, inputs.num_categories)
     if table is not None:
         np.save(out_dir / CATEGORY_VECTORS_FILE, table)
+    text_index = _write_search_index(out_dir, config, data, model)
     history = state.get("history", [])
     write_model_dir(
         out_dir, data, model_kind="two_tower", model_format=MODEL_FORMAT, item_embeddings=item_embeddings,
@@ -96,6 +101,7 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
             "num_categories": inputs.num_categories,
             "user_feature_vocab": data.user_feature_vocab,
             "content_dim": None if inputs.content is None else int(inputs.content.shape[1]),
+            **({"text_index": text_index} if text_index else {}),
         },
         metrics={
             "best_epoch": state.get("best_epoch"),
@@ -115,6 +121,25 @@ def export_model_dir(data: PreparedData, config: TrainConfig, saved: dict[str, A
             model.load_state_dict(state["validation_model"])
         _write_validation_shortlists(data, config, model, out_dir)
     return out_dir
+
+
+def _write_search_index(out_dir: Path, config: TrainConfig, data: PreparedData,
+                        model: torch.nn.Module) -> dict[str, Any] | None:
+    """The text graph of ``POST /search`` for big catalogues (``ann.write_text_index``), over the
+    tower's content vectors: serving searches those when the model's only item feature
+    encodes queries, so the graph is built here once instead of in every scorer replica."""
+    content = getattr(model.item_tower, "content", None)
+    if content is None or len(config.item_features) != 1 or len(data.item_vocab) < ann.EXPORT_MIN_ITEMS:
+        return None
+    try:
+        extractor = get_component("feature_extractor", config.item_features[0].name)
+    except UnknownComponentError:  # not installed here: serving cannot search with it either
+        return None
+    if not extractor.supports_queries:
+        return None
+    records = {record[ITEM_ID]: record for record in data.items.records()} if data.items is not None else {}
+    searchable = np.array([is_searchable(records.get(item_id, {})) for item_id in data.item_vocab.ids], dtype=bool)
+    return ann.write_text_index(out_dir, content[1:].numpy(), searchable)
 
 
 def _write_validation_shortlists(data: PreparedData, config: TrainConfig, model: torch.nn.Module,

@@ -281,3 +281,45 @@ def test_similar_items_report_the_path_that_answered_and_find_items_put_later(wo
     assert nearest["retrieval"] == "hnsw"
     assert [i["item_id"] for i in nearest["items"]] == [f"item-{row}" for row in expected]
     assert "added-1" in [i["item_id"] for i in graph.similar(nearest["items"][0]["item_id"], 3)["items"]]
+
+
+def test_the_text_graph_saved_at_export_is_loaded_not_rebuilt(tmp_path, register_rayrec_plugin, monkeypatch):
+    """Above the exact-search size, ``rayrec train`` saves the text graph beside the model and
+    every scorer replica maps it instead of building its own; answers match exact search."""
+    pytest.importorskip("faiss")
+    from rayrec.data.synthetic import SyntheticConfig, generate
+    from rayrec.models import ann
+    from rayrec.models.servable import load_model_dir
+    from rayrec.serving.graph.model_loading import item_records
+    from rayrec.serving.stages import search as search_module
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.local import train_in_process
+
+    register_rayrec_plugin(BagOfWordsPlugin, name="test-search-bag-of-words")
+    monkeypatch.setattr(ann, "EXPORT_MIN_ITEMS", 50)  # a toy catalogue counts as big here
+    data = generate(SyntheticConfig(num_users=60, num_items=80, num_clusters=3, mean_events_per_user=10))
+    config = TrainConfig(epochs=1, model={"dim": 8, "max_len": 10}, item_features=[{"name": "test-bag-of-words"}])
+    model_dir = train_in_process(data, tmp_path / "model", config, log=lambda line: None)
+    model = load_model_dir(model_dir)
+    recorded = model.config["text_index"]
+    searchable = [record for record in model.items if record.get("title") or record.get("text")]
+    assert (model_dir / recorded["file"]).is_file() and recorded["rows"] == 80
+    assert len(np.load(model_dir / recorded["rows_file"])) == len(searchable) > 0
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the scorer rebuilt the text graph instead of loading the exported one")
+
+    monkeypatch.setattr(search_module, "build_hnsw", no_rebuild)
+    stores = [open_state_store(str(tmp_path / f"state-{n}.db")) for n in range(2)]
+    records = item_records(model, model_dir)
+    graph = RetrievalLogic(model, stores[0], records, search=SearchOptions(personalization=0.0),
+                           exact_search_max_items=50)
+    exact = RetrievalLogic(model, stores[1], records, search=SearchOptions(personalization=0.0))
+    assert graph.text_search.ann is not None and graph.text_search.ann.ntotal == len(searchable)
+    for record in searchable[:10]:
+        query = record["title"]
+        through_graph, scanned = answer(graph, query, k=3), answer(exact, query, k=3)
+        assert through_graph["retrieval"] == "hnsw" and scanned["retrieval"] == "exact"
+        assert [i["score"] for i in through_graph["items"]] == pytest.approx([i["score"] for i in scanned["items"]])
+    for store in stores:
+        store.close()

@@ -15,8 +15,9 @@ turn it on. Item vectors are kept row-aligned with the scorer's :class:`ItemInde
 index's live/deleted mask and filters apply unchanged.
 
 Above ``retrieval.exact_search_max_items`` items the text matches come from an HNSW graph over
-the searchable rows' text vectors (built at start, parameters as for the item index), re-scored
-exactly; items added or re-described later are scored exactly beside it until the next start.
+the searchable rows' text vectors (exported by ``rayrec train`` beside the item index and
+memory-mapped, else built at start; parameters as for the item index), re-scored exactly;
+items added or re-described later are scored exactly beside it until the next start.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from rayrec.components import FeatureExtractor
-from rayrec.models.ann import build_hnsw, faiss_available, hnsw_parameters, search_hnsw
+from rayrec.models.ann import build_hnsw, faiss_available, hnsw_parameters, read_text_index, search_hnsw
 from rayrec.models.arrays import appended
+from rayrec.schema import is_searchable
 from rayrec.serving.config import SearchOptions
 from rayrec.serving.stages.index import ItemIndex, fetch_size
 
@@ -50,10 +52,6 @@ def _standardise(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
 
 
-def _has_text(record: dict[str, Any]) -> bool:
-    return any(record.get(name) for name in ("title", "text", "categories", "tags"))
-
-
 class TextSearch:
     """Query and item text vectors, row-aligned with an :class:`ItemIndex`.
 
@@ -62,11 +60,14 @@ class TextSearch:
 
     ``exact_max_items``, ``ann_options`` (``m``, ``ef_construction``, ``ef_search``; missing:
     scaled with the catalogue): above that many rows an HNSW graph (faiss) finds the matches.
+    ``model_dir``, ``model_config``: where export saved that graph over these ``vectors``
+    (``text_index`` in config.json); it is mapped when it matches, else built here.
     """
 
     def __init__(self, extractor: FeatureExtractor, vectors: np.ndarray, searchable: np.ndarray,
                  options: SearchOptions, exact_max_items: int = 250_000,
-                 ann_options: dict[str, int] | None = None) -> None:
+                 ann_options: dict[str, int] | None = None, model_dir: Any = None,
+                 model_config: dict[str, Any] | None = None) -> None:
         self.extractor = extractor
         self.vectors = _unit_rows(vectors)
         self.searchable = np.asarray(searchable, dtype=bool)
@@ -80,11 +81,24 @@ class TextSearch:
         if len(self.vectors) > exact_max_items:
             if faiss_available():
                 parameters = hnsw_parameters(len(self.vectors), **(ann_options or {}))
-                self._graph_rows = np.flatnonzero(self.searchable).astype(np.int64)
-                self.ann = build_hnsw(self.vectors[self._graph_rows], parameters.m, parameters.ef_construction)
                 self.ef_search = parameters.ef_search
-                logger.info("built an HNSW index over the text of %d items (%s)", len(self._graph_rows),
-                            parameters.as_record())
+                saved = read_text_index(model_dir, model_config, len(self.vectors), parameters.m,
+                                        (ann_options or {}).get("ef_construction")) if model_dir else None
+                if saved is not None:
+                    self.ann, self._graph_rows = saved
+                    # As for the item index: a configured ef_search wins, else the export's.
+                    self.ef_search = (ann_options or {}).get("ef_search") or model_config["text_index"].get(
+                        "ef_search", parameters.ef_search)
+                    # Items whose text appeared after export are not in the graph: scored exactly.
+                    in_graph = np.zeros(len(self.vectors), dtype=bool)
+                    in_graph[self._graph_rows] = True
+                    self._unindexed.update(np.flatnonzero(self.searchable & ~in_graph).tolist())
+                    logger.info("loaded the exported HNSW index over the text of %d items", len(self._graph_rows))
+                else:
+                    self._graph_rows = np.flatnonzero(self.searchable).astype(np.int64)
+                    self.ann = build_hnsw(self.vectors[self._graph_rows], parameters.m, parameters.ef_construction)
+                    logger.info("built an HNSW index over the text of %d items (%s)", len(self._graph_rows),
+                                parameters.as_record())
             else:
                 logger.warning("%d items exceed exact_search_max_items=%d but faiss is not installed "
                                "(pip install faiss-cpu); text search stays exact", len(self.vectors), exact_max_items)
@@ -121,8 +135,11 @@ class TextSearch:
             vectors = stored
         else:
             vectors = np.asarray(extractor.extract(item_records), dtype=np.float32)
-        searchable = np.array([_has_text(r) for r in item_records], dtype=bool)
-        search = cls(extractor, vectors, searchable, options, exact_max_items, ann_options)
+        searchable = np.array([is_searchable(r) for r in item_records], dtype=bool)
+        # The graph export saved is over the stored vectors only (a blend keeps it in its first part).
+        owner = getattr(model, "parts", [[model]])[0][0] if vectors is stored else None
+        search = cls(extractor, vectors, searchable, options, exact_max_items, ann_options,
+                     model_dir=getattr(owner, "model_dir", None), model_config=getattr(owner, "config", None))
         search.encode_query("warm-up")  # load the text model now, not on the first user's query
         return search
 
@@ -137,7 +154,7 @@ class TextSearch:
             rows = [index.row_of[item_id] for item_id in changed]
             records = list(changed.values())
             self.vectors[rows] = _unit_rows(self.extractor.extract(records))
-            self.searchable[rows] = [_has_text(r) for r in records]
+            self.searchable[rows] = [is_searchable(r) for r in records]
             self._unindexed.update(row for row in rows if row < self._covered)
         if self.ann is not None and len(self.vectors) > self._covered:
             # New rows join the graph, each costing a graph insertion, not a rebuild.
