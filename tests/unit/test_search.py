@@ -285,7 +285,7 @@ def test_similar_items_report_the_path_that_answered_and_find_items_put_later(wo
 
 def test_the_text_graph_saved_at_export_is_loaded_not_rebuilt(tmp_path, register_rayrec_plugin, monkeypatch):
     """Above the exact-search size, ``rayrec train`` saves the text graph beside the model and
-    every scorer replica maps it instead of building its own; answers match exact search."""
+    every scorer replica loads it instead of building its own; answers match exact search."""
     pytest.importorskip("faiss")
     from rayrec.data.synthetic import SyntheticConfig, generate
     from rayrec.models import ann

@@ -16,7 +16,7 @@ index's live/deleted mask and filters apply unchanged.
 
 Above ``retrieval.exact_search_max_items`` items the text matches come from an HNSW graph over
 the searchable rows' text vectors (exported by ``rayrec train`` beside the item index and
-memory-mapped, else built at start; parameters as for the item index), re-scored exactly;
+loaded, else built at start; parameters as for the item index), re-scored exactly;
 items added or re-described later are scored exactly beside it until the next start.
 """
 
@@ -61,7 +61,7 @@ class TextSearch:
     ``exact_max_items``, ``ann_options`` (``m``, ``ef_construction``, ``ef_search``; missing:
     scaled with the catalogue): above that many rows an HNSW graph (faiss) finds the matches.
     ``model_dir``, ``model_config``: where export saved that graph over these ``vectors``
-    (``text_index`` in config.json); it is mapped when it matches, else built here.
+    (``text_index`` in config.json); it is loaded when it matches, else built here.
     """
 
     def __init__(self, extractor: FeatureExtractor, vectors: np.ndarray, searchable: np.ndarray,
