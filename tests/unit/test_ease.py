@@ -193,6 +193,19 @@ def test_ease_is_a_candidate_right_after_als_up_to_the_size_cap(shuffled):
     assert "ease" not in [c.name for c in candidates_for(big, TrainConfig())]
 
 
+def test_above_the_full_softmax_size_the_id_only_model_runs_beside_the_text_one(shuffled):
+    """Where the content-aware model would train with the sampled softmax it is slower and the
+    text encoding takes its share, so the search also tries the id-only sequential model."""
+    data, _ = shuffled
+    config = TrainConfig()
+    big = dataclasses.replace(data, item_vocab=Vocabulary(
+        f"i{n}" for n in range(config.model.full_softmax_max_items + 1)))
+    names = [c.name for c in candidates_for(big, config)]
+    assert names == (["als", "sasrec", "sasrec_text"] if text_extractor_name() is not None else ["als", "sasrec"])
+    small = [c.name for c in candidates_for(data, config)]
+    assert ("sasrec" in small) == (text_extractor_name() is None)
+
+
 def test_order_free_candidates_share_the_small_budget_share():
     als, ease = Candidate("als", "als", "", {}), Candidate("ease", "ease", "", {})
     sasrec = Candidate("sasrec", "two_tower", "", {})
