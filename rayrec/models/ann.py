@@ -127,10 +127,10 @@ def read_text_index(model_dir: Path, config: dict[str, Any], rows: int, m: int,
     """The exported text graph and its graph id -> item row map, when it matches as
     :func:`read_index` decides, else None."""
     index = read_index(model_dir, config, rows, m, ef_construction, key="text_index")
-    rows_file = Path(model_dir) / config["text_index"].get("rows_file", "") if index is not None else None
-    if rows_file is None or not rows_file.is_file():
+    if index is None:
         return None
-    return index, np.load(rows_file)
+    rows_file = Path(model_dir) / config["text_index"].get("rows_file", TEXT_INDEX_ROWS_FILE)
+    return (index, np.load(rows_file)) if rows_file.is_file() else None
 
 
 def _write_graph(model_dir: Path, file: str, vectors: np.ndarray, catalogue_rows: int) -> dict[str, Any] | None:

@@ -290,6 +290,7 @@ def test_the_text_graph_saved_at_export_is_loaded_not_rebuilt(tmp_path, register
     from rayrec.data.synthetic import SyntheticConfig, generate
     from rayrec.models import ann
     from rayrec.models.servable import load_model_dir
+    from rayrec.schema import is_searchable
     from rayrec.serving.graph.model_loading import item_records
     from rayrec.serving.stages import search as search_module
     from rayrec.training.config import TrainConfig
@@ -302,7 +303,7 @@ def test_the_text_graph_saved_at_export_is_loaded_not_rebuilt(tmp_path, register
     model_dir = train_in_process(data, tmp_path / "model", config, log=lambda line: None)
     model = load_model_dir(model_dir)
     recorded = model.config["text_index"]
-    searchable = [record for record in model.items if record.get("title") or record.get("text")]
+    searchable = [record for record in model.items if is_searchable(record)]
     assert (model_dir / recorded["file"]).is_file() and recorded["rows"] == 80
     assert len(np.load(model_dir / recorded["rows_file"])) == len(searchable) > 0
 
