@@ -165,7 +165,11 @@ def read_index(model_dir: Path, config: dict[str, Any], rows: int, m: int,
         return None
     import faiss
 
-    return _read_index_file(path, faiss.IO_FLAG_MMAP)
+    # IO_FLAG_MMAP_IFC maps an HNSW graph's links and its vectors from the file (FAISS >= 1.11;
+    # IO_FLAG_MMAP maps only inverted lists): the replicas of a node share one copy in the page
+    # cache. A mapped graph cannot grow (FAISS aborts the process on add), so serving scores
+    # items added after export exactly beside it.
+    return _read_index_file(path, faiss.IO_FLAG_MMAP_IFC)
 
 
 def _read_index_file(path: Path, mmap_flag: int) -> Any:

@@ -62,9 +62,16 @@ class BlendModel(ServableModel):
         return cls(files, parts)
 
     @property
+    def content_part(self) -> ServableModel:
+        """The part that holds the item content (the sequential, possibly content-aware model is
+        always the first; order-free parts have none): text search reads its content buffer and
+        the text graph saved with it."""
+        return self.parts[0][0]
+
+    @property
     def network(self):
-        """The first part's network, where it has one (text search reads its content buffer)."""
-        return getattr(self.parts[0][0], "network", None)
+        """The content part's network, where it has one."""
+        return getattr(self.content_part, "network", None)
 
     # -- the RecommenderModel protocol -------------------------------------------------------
     def user_vectors(self, histories: Sequence[Sequence[int]], user_indices: Sequence[int | None] | None = None

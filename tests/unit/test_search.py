@@ -322,5 +322,9 @@ def test_the_text_graph_saved_at_export_is_loaded_not_rebuilt(tmp_path, register
         through_graph, scanned = answer(graph, query, k=3), answer(exact, query, k=3)
         assert through_graph["retrieval"] == "hnsw" and scanned["retrieval"] == "exact"
         assert [i["score"] for i in through_graph["items"]] == pytest.approx([i["score"] for i in scanned["items"]])
+    # The loaded graph is mapped from its file and cannot grow: an item put now is scored beside it.
+    graph.put_item("telescope-1", ItemIn(title="A telescope for watching comets"))
+    assert answer(graph, "telescope comets", k=1)["items"][0]["item_id"] == "telescope-1"
+    assert graph.text_search.ann.ntotal == len(searchable)
     for store in stores:
         store.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +179,40 @@ def test_an_index_saved_at_export_is_loaded_not_rebuilt(tmp_path, monkeypatch):
     exact = exact_top(np.asarray(model.item_embeddings), query, 5, scorer.index.allowed_mask([]))
     assert len(set(rows) & set(exact)) >= 4
     store.close()
+
+
+def _exported_graph(tmp_path, monkeypatch, vectors):
+    from rayrec.models import ann
+
+    monkeypatch.setattr(ann, "EXPORT_MIN_ITEMS", 50)  # a toy catalogue counts as big here
+    record = ann.write_index(tmp_path, vectors)
+    return ann.read_index(tmp_path, {"item_index": record}, len(vectors), record["m"]), tmp_path / record["file"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings from /proc (Linux)")
+def test_the_exported_graph_is_mapped_from_the_model_directory_not_copied(tmp_path, monkeypatch):
+    """Every scorer replica of a node maps the same file, so the page cache holds one copy of the
+    graph and its vectors for all of them."""
+    pytest.importorskip("faiss")
+    graph, path = _exported_graph(tmp_path, monkeypatch, clustered(n=3000, dim=16))
+    assert os.path.realpath(path) in Path("/proc/self/maps").read_text()
+    del graph
+
+
+def test_items_added_beside_a_mapped_graph_are_found_and_the_graph_is_left_as_exported(tmp_path, monkeypatch):
+    """FAISS cannot grow a mapped graph (it would abort the process), so an added item is
+    scored exactly beside it, and found as if it were in the graph."""
+    pytest.importorskip("faiss")
+    vectors = clustered(n=3000, dim=16)
+    graph, _ = _exported_graph(tmp_path, monkeypatch, vectors)
+    index = ItemIndex([f"i{i}" for i in range(len(vectors))], vectors, exact_max_items=1000, ann_index=graph)
+    assert index.loaded
+    index.upsert(["longer-7"], 3 * vectors[7])  # item 7's direction, longer: the top product for it
+    rows, _ = index.search(vectors[7], 5, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "longer-7"
+    rows, _, path = index.similar(7, 3, index.allowed_mask(["i7"]))
+    assert path == "hnsw" and index.row_ids[rows[0]] == "longer-7"
+    assert graph.ntotal == len(vectors)
 
 
 def test_a_new_item_with_categories_and_no_text_lands_among_its_kind(tmp_path):

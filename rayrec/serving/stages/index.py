@@ -142,8 +142,10 @@ class ItemIndex:
         if self.ann is not None and not self.similar_through_graph:
             logger.info("item vector lengths vary more than %.1fx: /similar-items scores every item (cosine) "
                         "instead of asking the inner-product graph", SIMILAR_MAX_NORM_SPREAD)
-        # The graph over float32 vectors takes added rows; one over codes never does (see class doc).
-        self._ann_has_added = self.vector_kind == "float32"
+        # A graph built here over float32 vectors takes added rows. One read from the model
+        # directory is memory-mapped (shared by the node's replicas) and cannot grow, and one over
+        # codes never does (see class doc): added rows are scored exactly beside those.
+        self._ann_has_added = self.vector_kind == "float32" and not self.loaded
 
     @property
     def dim(self) -> int:

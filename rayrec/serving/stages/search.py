@@ -78,6 +78,7 @@ class TextSearch:
         # vector) or text only gained later. Scored exactly on every query; few between restarts.
         self._unindexed: set[int] = set()
         self._covered = len(self.vectors)  # rows the graph was built or extended over
+        self._graph_grows = True  # False for the exported graph: memory-mapped, it cannot take rows
         if len(self.vectors) > exact_max_items:
             if faiss_available():
                 parameters = hnsw_parameters(len(self.vectors), **(ann_options or {}))
@@ -86,6 +87,7 @@ class TextSearch:
                                         (ann_options or {}).get("ef_construction")) if model_dir else None
                 if saved is not None:
                     self.ann, self._graph_rows = saved
+                    self._graph_grows = False
                     # As for the item index: a configured ef_search wins, else the export's.
                     self.ef_search = (ann_options or {}).get("ef_search") or model_config["text_index"].get(
                         "ef_search", parameters.ef_search)
@@ -136,8 +138,8 @@ class TextSearch:
         else:
             vectors = np.asarray(extractor.extract(item_records), dtype=np.float32)
         searchable = np.array([is_searchable(r) for r in item_records], dtype=bool)
-        # The graph export saved is over the stored vectors only (a blend keeps it in its first part).
-        owner = getattr(model, "parts", [[model]])[0][0] if vectors is stored else None
+        # The graph export saved is over the stored vectors only (a blend keeps it with its content part).
+        owner = getattr(model, "content_part", model) if vectors is stored else None
         search = cls(extractor, vectors, searchable, options, exact_max_items, ann_options,
                      model_dir=getattr(owner, "model_dir", None), model_config=getattr(owner, "config", None))
         search.encode_query("warm-up")  # load the text model now, not on the first user's query
@@ -157,11 +159,13 @@ class TextSearch:
             self.searchable[rows] = [is_searchable(r) for r in records]
             self._unindexed.update(row for row in rows if row < self._covered)
         if self.ann is not None and len(self.vectors) > self._covered:
-            # New rows join the graph, each costing a graph insertion, not a rebuild.
+            # New rows join a graph built here, an insertion each, not a rebuild.
             fresh = self._covered + np.flatnonzero(self.searchable[self._covered:])
-            if len(fresh):
+            if len(fresh) and self._graph_grows:
                 self.ann.add(self.vectors[fresh])
                 self._graph_rows = appended(self._graph_rows, fresh)
+            else:  # the mapped graph: new rows are scored exactly beside it, as changed ones are
+                self._unindexed.update(fresh.tolist())
         self._covered = len(self.vectors)
 
     # -- queries ----------------------------------------------------------------------------
