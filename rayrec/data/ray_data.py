@@ -1,9 +1,13 @@
-"""Parquet interactions as Ray Datasets: reading, cleaning, vocabularies and per-user sequences
+"""Interaction files as Ray Datasets: reading, cleaning, vocabularies and per-user sequences
 computed as distributed Ray Data operations, so the driver never holds the interactions.
 
-The in-memory loaders (:mod:`rayrec.data.interactions_file`, :func:`rayrec.data.preprocess`)
-stay the path for CSV/TSV and the event log; this module applies when every input is Parquet
-(a file, a directory of shards, a glob, or a URI pyarrow's filesystems read). Both paths apply
+This module applies when every input is Parquet (a file, a directory of shards, a glob, or a
+URI pyarrow's filesystems read), or every input is a local CSV/TSV file and together they are
+at least ``data.ray_data_min_delimited_mb`` large. The in-memory loaders
+(:mod:`rayrec.data.interactions_file`, :func:`rayrec.data.preprocess`) stay the path for
+smaller CSV/TSV inputs (they start training sooner), the event log, MovieLens directories,
+and delimited files whose rows pyarrow cannot all parse (the exact reader names each bad
+line). Both paths apply
 the same rules, and share the code that states them: the column converters of
 :mod:`rayrec.data.columns`, :func:`rayrec.data.preprocessing.duplicate_mask` and
 :func:`~rayrec.data.preprocessing.time_order`. Two differences, both of order only:
@@ -37,9 +41,17 @@ from rayrec.data.interactions_file import (
 )
 from rayrec.data.malformed import DEFAULT_MAX_MALFORMED_FRACTION, MAX_EXAMPLES
 from rayrec.data.preprocessing import duplicate_mask, time_order
-from rayrec.data.tables import METADATA_EXTENSIONS, PARQUET_EXTENSIONS, arrow_column_values
+from rayrec.data.tables import (
+    DELIMITED_EXTENSIONS,
+    METADATA_EXTENSIONS,
+    PARQUET_EXTENSIONS,
+    arrow_column_values,
+    read_delimited_header,
+    sniff_delimiter,
+)
 from rayrec.errors import DataError
-from rayrec.schema import EVENT_TYPE, ITEM_ID, TIMESTAMP, USER_ID, VALUE, Interactions, LoadReport, Vocabulary
+from rayrec.schema import (EVENT_TYPE, INTERACTION_REQUIRED, ITEM_ID, TIMESTAMP, USER_ID, VALUE, Interactions,
+                           LoadReport, Vocabulary)
 
 #: Columns of the sequence dataset: one row per user.
 USER_INDEX = "user_index"  # 0-based position in the user vocabulary
@@ -57,18 +69,24 @@ STATE_STORE_SCHEMES = ("sqlite", "redis", "rediss")
 
 
 @dataclass
-class ParquetInput:
-    """Every ``--interactions`` input resolved to Parquet files on one filesystem."""
+class FileInput:
+    """Every ``--interactions`` input resolved to files of one format on one filesystem."""
 
     files: list[str]
     filesystem: Any = None  # a pyarrow FileSystem, None for local paths
     items_path: Path | None = None  # found next to the shards (a `rayrec synthetic` directory)
     users_path: Path | None = None
     name: str = "parquet"
+    file_format: str = "parquet"  # or "delimited" (CSV/TSV, local files)
+    delimiter: str = ","  # delimited: the files' delimiter
+    header: list[str] | None = None  # delimited: the files' header line (the same in all)
 
     @property
     def local(self) -> bool:
         return self.filesystem is None
+
+    def describe(self) -> str:
+        return f"{len(self.files)} {'Parquet' if self.file_format == 'parquet' else 'CSV/TSV'} file(s)"
 
 
 def _is_parquet(path: str | Path) -> bool:
@@ -76,27 +94,10 @@ def _is_parquet(path: str | Path) -> bool:
 
 
 def _local_parquet(text: str) -> tuple[list[str], Path | None, Path | None, str] | None:
-    location = Path(text)
-    items = users = None
-    if is_glob(text) and not location.exists():
-        try:
-            files = glob_files(text)
-        except DataError:
-            return None  # the in-memory loader names the pattern
-        name = files[0].parent.resolve().name
-    elif location.is_dir():
-        files = interaction_files(location)
-        if files is None:
-            return None
-        items = find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
-        users = find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
-        name = location.resolve().name
-    elif location.is_file():
-        files, name = [location], location.stem
-    else:
+    found = _local_files(text)
+    if found is None or not all(_is_parquet(f) for f in found[0]):
         return None
-    if not all(_is_parquet(f) for f in files):
-        return None
+    files, items, users, name = found
     return [str(f) for f in files], items, users, name
 
 
@@ -125,8 +126,8 @@ def _remote_parquet(uri: str) -> tuple[list[str], Any, str] | None:
     return None
 
 
-def parquet_input(paths: Sequence[str | Path]) -> ParquetInput | None:
-    """``paths`` as one :class:`ParquetInput` when every one of them is Parquet (local
+def parquet_input(paths: Sequence[str | Path]) -> FileInput | None:
+    """``paths`` as one :class:`FileInput` when every one of them is Parquet (local
     paths and ``file://`` URIs on the local disk, other URIs on one filesystem); None
     otherwise, and the in-memory loaders read them."""
     files: list[str] = []
@@ -155,10 +156,81 @@ def parquet_input(paths: Sequence[str | Path]) -> ParquetInput | None:
         names.append(name)
     if not files or len(filesystems) != 1:
         return None  # one read_parquet reads one filesystem
-    return ParquetInput(files, filesystem, items, users, "+".join(names))
+    return FileInput(files, filesystem, items, users, "+".join(names))
 
 
-def _read_schemas(source: ParquetInput) -> tuple[dict[str, str], int]:
+def _local_files(text: str) -> tuple[list[Path], Path | None, Path | None, str] | None:
+    """The interaction files a local path, directory or glob names, with the items and users
+    files next to them; None when it names none."""
+    location = Path(text)
+    items = users = None
+    if is_glob(text) and not location.exists():
+        try:
+            files = glob_files(text)
+        except DataError:
+            return None  # the in-memory loader names the pattern
+        return files, None, None, files[0].parent.resolve().name
+    if location.is_dir():
+        files = interaction_files(location)
+        if files is None:
+            return None
+        items = find_in_directory(location, ITEMS_STEM, METADATA_EXTENSIONS)
+        users = find_in_directory(location, USERS_STEM, METADATA_EXTENSIONS)
+        return files, items, users, location.resolve().name
+    if location.is_file():
+        return [location], None, None, location.stem
+    return None
+
+
+def delimited_input(paths: Sequence[str | Path], min_bytes: float) -> FileInput | None:
+    """``paths`` as one :class:`FileInput` when every one of them is a local CSV/TSV file (a
+    path, a ``file://`` URI, a directory with an ``interactions.csv``, a glob), they hold at
+    least ``min_bytes`` together, and all have the same delimiter and header on their first
+    line; None otherwise, and the in-memory loaders read them (and report any problem with
+    the header)."""
+    files: list[Path] = []
+    items = users = None
+    names = []
+    for raw in paths:
+        text = str(raw)
+        scheme = text.split("://", 1)[0].lower() if "://" in text else None
+        if scheme not in (None, "file") or text.startswith("synthetic:"):
+            return None
+        found = _local_files(text[len("file://"):] if scheme == "file" else text)
+        if found is None:
+            return None
+        shards, items_here, users_here, name = found
+        if not all(f.suffix.lower() in DELIMITED_EXTENSIONS for f in shards):
+            return None
+        files.extend(shards)
+        items, users = items or items_here, users or users_here
+        names.append(name)
+    if not files or sum(f.stat().st_size for f in files) < min_bytes:
+        return None
+    layouts = set()
+    for file in files:
+        delimiter = sniff_delimiter(file, INTERACTION_REQUIRED)
+        try:
+            header, line = read_delimited_header(file, delimiter)
+        except DataError:
+            return None
+        if line != 1:
+            return None  # blank lines before the header: the in-memory reader skips them
+        layouts.add((delimiter, tuple(header)))
+    if len(layouts) != 1:
+        return None
+    [(delimiter, header)] = layouts
+    return FileInput([str(f) for f in files], None, items, users, "+".join(names), file_format="delimited",
+                     delimiter=delimiter, header=list(header))
+
+
+def ray_data_input(paths: Sequence[str | Path], delimited_min_bytes: float) -> FileInput | None:
+    """What Ray Data reads of ``paths``: their Parquet files, or their CSV/TSV files when they
+    are big enough (:func:`delimited_input`); None: the in-memory loaders read them."""
+    return parquet_input(paths) or delimited_input(paths, delimited_min_bytes)
+
+
+def _read_schemas(source: FileInput) -> tuple[dict[str, str], int]:
     """The schema columns' names in the files (the same in all of them) and the total row
     count, from the Parquet footers alone; a one-line DataError naming the file and column
     when a file is no Parquet or lacks a required column."""
@@ -301,7 +373,7 @@ def sequence_columns(batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return batch[USER_INDEX].to_numpy().astype(np.int64), lengths, flat
 
 
-def _malformed_into(report: LoadReport, rows, bad: int, source: ParquetInput, strict: bool,
+def _malformed_into(report: LoadReport, rows, bad: int, source: FileInput, strict: bool,
                     max_malformed_fraction: float) -> None:
     """Count the ``bad`` malformed rows; the files that have any are read again by the
     in-memory reader, which names each bad row's line (row number) and applies the same limits."""
@@ -372,10 +444,35 @@ def configure_ray_data() -> None:
     context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
 
 
-def read_sequences(source: ParquetInput, *, rating_threshold: float | None = None, kcore: int | None = None,
+class UnparsableRows(Exception):
+    """A delimited input has rows pyarrow cannot split into the header's fields (a wrong number
+    of fields, an unclosed quote): the in-memory reader, which names each such line, reads it."""
+
+
+def _read(source: FileInput, columns: dict[str, str]):
+    """The input's rows as a Ray Dataset of its schema columns (strings, for CSV), with the path
+    each row came from."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import ray.data
+
+    wanted = list(dict.fromkeys(columns.values()))
+    if source.file_format == "parquet":
+        return ray.data.read_parquet(source.files, filesystem=source.filesystem, columns=wanted, include_paths=True)
+    # As the in-memory reader's fast pass: the header's names, every value a string, and a row
+    # with the wrong number of fields fails the read (UnparsableRows) rather than being dropped.
+    return ray.data.read_csv(
+        source.files, include_paths=True,
+        read_options=pa_csv.ReadOptions(column_names=source.header, skip_rows=1, encoding="utf8"),
+        parse_options=pa_csv.ParseOptions(delimiter=source.delimiter, newlines_in_values=True),
+        convert_options=pa_csv.ConvertOptions(include_columns=wanted, column_types={name: pa.string() for name in wanted},
+                                              strings_can_be_null=False, quoted_strings_can_be_null=False))
+
+
+def read_sequences(source: FileInput, *, rating_threshold: float | None = None, kcore: int | None = None,
                    strict: bool = False, max_malformed_fraction: float = DEFAULT_MAX_MALFORMED_FRACTION
                    ) -> SequenceDataset:
-    """Read ``source`` with ``ray.data.read_parquet`` and build every user's time-ordered
+    """Read ``source`` with ``ray.data.read_parquet`` (``read_csv``) and build every user's time-ordered
     sequence with Ray Data, as :func:`rayrec.training.prepare.prepare` does in memory: skip
     malformed rows, drop exact duplicates, keep ``value >= rating_threshold``, apply the
     ``kcore``, build the vocabularies. Ray must be initialised."""
@@ -384,20 +481,31 @@ def read_sequences(source: ParquetInput, *, rating_threshold: float | None = Non
     import ray.data
 
     configure_ray_data()
-    columns, rows = _read_schemas(source)
+    if source.file_format == "parquet":
+        columns, rows = _read_schemas(source)
+    else:
+        columns, rows = resolve_columns(source.header, source.files[0], 1), None
     if rating_threshold is not None and VALUE not in columns:
-        raise DataError(f"rating_threshold={rating_threshold} needs a value column, but the Parquet input has "
+        raise DataError(f"rating_threshold={rating_threshold} needs a value column, but the input has "
                         "none; remove the threshold or add a 'value' column", path=source.files[0])
-    report = LoadReport(rows_read=rows)
-    buckets = max(8, rows // ROWS_PER_BUCKET)
-    wanted = list(dict.fromkeys(columns.values()))
+    # Buckets of about ROWS_PER_BUCKET rows (CSV: about 40 bytes a row, from the files' size).
+    estimate = rows if rows is not None else sum(Path(f).stat().st_size for f in source.files) // 40
+    buckets = max(8, estimate // ROWS_PER_BUCKET)
     # One shuffle groups every user's rows into its bucket; each map_groups call then cleans
     # a bucket at once with the in-memory rules.
-    marked = ray.data.read_parquet(source.files, filesystem=source.filesystem, columns=wanted, include_paths=True) \
-        .map_batches(_converted, fn_kwargs={"columns": columns, "buckets": buckets}, batch_format="pyarrow") \
-        .groupby(BUCKET).map_groups(_clean_bucket, fn_kwargs={"rating_threshold": rating_threshold},
-                                    batch_format="pyarrow") \
-        .materialize()
+    try:
+        marked = _read(source, columns) \
+            .map_batches(_converted, fn_kwargs={"columns": columns, "buckets": buckets}, batch_format="pyarrow") \
+            .groupby(BUCKET).map_groups(_clean_bucket, fn_kwargs={"rating_threshold": rating_threshold},
+                                        batch_format="pyarrow") \
+            .materialize()
+    except Exception as exc:  # noqa: BLE001 - Ray wraps pyarrow's parse error in its own types
+        if source.file_format == "parquet":
+            raise
+        raise UnparsableRows(" ".join(str(exc).split())[-300:]) from None
+    if rows is None:
+        rows = marked.count()
+    report = LoadReport(rows_read=rows)
     dropped = {int(row[DROPPED]): int(row["count()"]) for row in marked.groupby(DROPPED).count().take_all()}
     _malformed_into(report, marked, dropped.get(MALFORMED_ROW, 0), source, strict, max_malformed_fraction)
     report.duplicates_dropped += dropped.get(DUPLICATE, 0)

@@ -158,3 +158,14 @@ def _write_validation_shortlists(data: PreparedData, config: TrainConfig, model:
     write_shortlists(out_dir, lambda rows, histories: score_histories(
         model, [h + 1 for h in histories], config.model.max_len, table,
         user_features=None if features is None else features[rows]), train, targets)
+
+
+def worker_metrics(state: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json's record of the workers: what each one's shard held (Ray Data input only),
+    its peak resident memory (MB, by rank) and when the first training step ran (unix time)."""
+    shards = state.get("worker_shards")
+    recorded = {} if not shards else {"input": "ray_data", "worker_shards": shards}
+    for key in ("worker_peak_rss_mb", "first_step_at"):
+        if state.get(key) is not None:
+            recorded[key] = state[key]
+    return recorded

@@ -11,7 +11,7 @@ import torch
 
 from rayrec.schema import Dataset
 from rayrec.training.config import TrainConfig
-from rayrec.training.export import export_model_dir, loop_config_for
+from rayrec.training.export import export_model_dir, loop_config_for, worker_metrics
 from rayrec.training.prepare import PreparedData, prepare
 from rayrec.training.checkpoints import CHECKPOINT_FILE, load_training_state
 from rayrec.training.worker import run_worker
@@ -62,7 +62,8 @@ def train_prepared_in_process(data: PreparedData, out_dir: str | Path, config: T
         loop_config = loop_config_for(config, threads=max(1, torch.get_num_threads()))
         run_worker(loop_config, {**data.to_payload(), "initial_weights": initial_weights}, context, log=log)
         saved = context.restore_training_state(log)
-    return export_model_dir(data, config, saved, out_dir, shortlists=shortlists)
+    return export_model_dir(data, config, saved, out_dir, shortlists=shortlists,
+                            extra_metrics=worker_metrics(saved["state"]))
 
 
 def train_in_process(dataset: Dataset, out_dir: str | Path, config: TrainConfig | None = None,

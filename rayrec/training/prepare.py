@@ -244,24 +244,29 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
     :func:`prepare` it as ``config`` (a :class:`rayrec.training.config.TrainConfig`) says,
     telling ``echo`` what preprocessing did.
 
-    ``ray_data``: when every input is Parquet, read and preprocess it with Ray Data instead
+    ``ray_data``: when every input is Parquet (or big CSV/TSV), read and preprocess it with Ray Data instead
     (:func:`prepare_with_ray_data`); the caller says whether the training that follows can
     take a :class:`DatasetBackedData` (Ray Train workers reading their shards and the model
     search's trials can; in-process training needs every sequence in this process)."""
     from rayrec.data import load_datasets
-    from rayrec.data.ray_data import parquet_input
+    from rayrec.data.ray_data import UnparsableRows, ray_data_input
 
     paths = [interactions] if isinstance(interactions, (str, Path)) else list(interactions)
-    parquet = parquet_input(paths)
-    if parquet is not None and ray_data and config.data.ray_data:
-        echo(f"data: reading {len(parquet.files)} Parquet file(s) with Ray Data; each training worker reads "
-             "its own shard of the users")
-        data = prepare_with_ray_data(parquet, items, users, config)
-    else:
-        if parquet is not None and config.data.ray_data:
-            echo("data: reading the Parquet input in memory, as in-process training needs every sequence here; "
-                 "without --in-process it is read with Ray Data")
-        if parquet is not None and not parquet.local:
+    source = ray_data_input(paths, config.data.ray_data_min_delimited_mb * 2**20)
+    data = None
+    if source is not None and ray_data and config.data.ray_data:
+        echo(f"data: reading {source.describe()} with Ray Data; each training worker reads its own shard of the "
+             "users")
+        try:
+            data = prepare_with_ray_data(source, items, users, config)
+        except UnparsableRows as exc:
+            echo(f"data: some rows do not split into the header's fields ({exc}); reading the input in memory, "
+                 "which names each such line")
+    if data is None:
+        if source is not None and config.data.ray_data and not ray_data:
+            echo(f"data: reading {source.describe()} in memory, as in-process training needs every sequence "
+                 "here; without --in-process they are read with Ray Data")
+        if source is not None and not source.local:
             raise DataError("the in-memory reader reads local files only; train on a URI without --in-process "
                             "(Ray Data reads it)", path=str(paths[0]))
         # The in-memory loaders take local paths; a file:// URI names one.
@@ -277,7 +282,7 @@ def load_training_data(interactions: str | Sequence[str], items: str | None, use
 
 def prepare_with_ray_data(source, items: str | None, users: str | None, config) -> DatasetBackedData:
     """Every user's sequence built by Ray Data from ``source`` (a
-    :class:`rayrec.data.ray_data.ParquetInput`), and the item and user metadata (the
+    :class:`rayrec.data.ray_data.FileInput`), and the item and user metadata (the
     ``--items``/``--users`` files, else those next to the shards) read here: they grow with
     the catalogue and the users, not with the interactions."""
     from rayrec.data import load_items_file, load_users_file

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from rayrec.training.checkpoints import (delete_run, load_training_state, restore_training_state, run_exists,
                                          run_name_for, storage_path_for_ray)
 from rayrec.training.config import TrainConfig
-from rayrec.training.export import export_model_dir, loop_config_for
+from rayrec.training.export import export_model_dir, loop_config_for, worker_metrics
 from rayrec.training.prepare import DatasetBackedData, PreparedData
 
 #: The Ray Train dataset of per-user sequences (rayrec.data.ray_data), one row per user.
@@ -257,10 +257,4 @@ def train_distributed(data: PreparedData, out_dir: str | Path, config: TrainConf
     return export_model_dir(data, config, saved, out_dir,
                             extra_metrics={"train_wall_seconds": wall_seconds, "num_workers": num_workers,
                                            "threads_per_worker": threads,
-                                           **shard_metrics(saved["state"])}, shortlists=shortlists)
-
-
-def shard_metrics(state: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json's record of what each worker's shard held (Ray Data input only)."""
-    shards = state.get("worker_shards")
-    return {} if not shards else {"input": "ray_data", "worker_shards": shards}
+                                           **worker_metrics(saved["state"])}, shortlists=shortlists)

@@ -8,6 +8,7 @@ place that knows about Ray.
 from __future__ import annotations
 
 import math
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -158,6 +159,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     epochs_this_run = 0
 
     def on_step(progress: StepProgress) -> None:
+        # When training really began (after reading, preparing and restoring), for metrics.json.
+        state.setdefault("first_step_at", time.time())
         if context.rank == 0 and (progress.step == progress.steps_in_epoch or progress.step % 50 == 0):
             log(f"epoch {progress.epoch + 1}/{epochs} step {progress.step}/{progress.steps_in_epoch} "
                 f"loss {progress.loss:.4f} {progress.samples_per_second * context.world_size:,.0f} samples/s")
@@ -239,6 +242,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
                                     lambda e: train_epoch(e, sequences, full_shard, full_steps, progress=None),
                                     device, log if context.rank == 0 else (lambda line: None))
         if stop or checkpoint_votes > 0:
+            # Every worker's peak memory so far (a collective, as every worker takes this branch).
+            state["worker_peak_rss_mb"] = per_worker(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             with tempfile.TemporaryDirectory() as directory:
                 checkpoint_dir = None
                 if context.rank == 0:

@@ -5,6 +5,7 @@ as the in-memory path's on the same data."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,9 +17,9 @@ CONFIG = SyntheticConfig(num_users=400, num_items=150, num_clusters=5, mean_even
 TRAIN = ["--no-search", "--epochs", "6", "--num-workers", "2"]
 
 
-def train(interactions, out):
+def train(interactions, out, *extra):
     done = subprocess.run([sys.executable, "-m", "rayrec", "train", "--interactions", str(interactions),
-                           "--out", str(out), *TRAIN], capture_output=True, text=True, timeout=900)
+                           "--out", str(out), *TRAIN, *extra], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done.stdout + done.stderr, json.loads((out / "metrics.json").read_text())
 
@@ -29,8 +30,12 @@ def test_parquet_shards_train_through_ray_data_as_well_as_in_memory(tmp_path):
     write_synthetic(csv, CONFIG)
     rows = sum(1 for _ in open(csv / "interactions.csv")) - 1
 
+    started = time.time()
     output, metrics = train(f"file://{parquet / 'interactions'}", tmp_path / "ray_data_model")
     assert "with Ray Data" in output
+    # What each worker cost: its own peak memory (at least torch's), and when training began.
+    assert len(metrics["worker_peak_rss_mb"]) == 2 and min(metrics["worker_peak_rss_mb"]) > 100
+    assert started < metrics["first_step_at"] < time.time()
     shards = metrics["worker_shards"]
     assert [shard["rank"] for shard in shards] == [0, 1]
     assert sum(shard["users"] for shard in shards) == CONFIG.num_users
@@ -44,6 +49,14 @@ def test_parquet_shards_train_through_ray_data_as_well_as_in_memory(tmp_path):
     output, in_memory = train(csv / "interactions.csv", tmp_path / "in_memory_model")
     assert "with Ray Data" not in output and "worker_shards" not in in_memory
     assert metrics["best_val_ndcg@10"] >= in_memory["best_val_ndcg@10"] - 0.08, (metrics, in_memory)
+
+    # The same CSV above the size from which Ray Data reads CSV too.
+    big_csv = tmp_path / "big_csv.yaml"
+    big_csv.write_text("data: {ray_data_min_delimited_mb: 0}\n")
+    output, from_csv = train(csv / "interactions.csv", tmp_path / "csv_ray_data_model", "--config", str(big_csv))
+    assert "reading 1 CSV/TSV file(s) with Ray Data" in output
+    assert sum(shard["interactions"] for shard in from_csv["worker_shards"]) == rows
+    assert from_csv["best_val_ndcg@10"] >= in_memory["best_val_ndcg@10"] - 0.08, (from_csv, in_memory)
 
 
 def test_the_default_model_search_reads_parquet_through_ray_data(tmp_path):

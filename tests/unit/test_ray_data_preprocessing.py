@@ -119,3 +119,81 @@ def test_where_ray_data_cannot_apply_a_file_uri_is_read_in_memory_and_the_log_sa
     data = load_training_data([f"file://{shards}"], None, None, TrainConfig(), echo=lines.append, ray_data=False)
     assert "in memory" in lines[0] and "--in-process" in lines[0]
     assert not isinstance(data, DatasetBackedData) and len(data.user_vocab) == 120
+
+
+# -- CSV/TSV through Ray Data ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def csv_events(tmp_path_factory) -> Path:
+    """Synthetic interactions as one CSV file, with a repeated block (duplicates) and a row
+    whose timestamp is no time at line 6."""
+    out = tmp_path_factory.mktemp("csv")
+    paths = write_synthetic(out, SyntheticConfig(num_users=90, num_items=50, num_clusters=3, mean_events_per_user=10,
+                                                 seed=5))
+    lines = paths["interactions"].read_text().splitlines()
+    lines[5] = ",".join([lines[5].split(",")[0], lines[5].split(",")[1], "not-a-time", *lines[5].split(",")[3:]])
+    paths["interactions"].write_text("\n".join(lines + lines[10:30]) + "\n")
+    return paths["interactions"]
+
+
+def test_big_csv_input_is_read_with_ray_data_as_in_memory(ray_cluster, csv_events):
+    from rayrec.data.ray_data import delimited_input
+
+    in_memory = preprocess(load_dataset(csv_events))
+    users, items = build_vocabularies(in_memory.interactions)
+    expected = sequences_by_id(users, items, enumerate(user_sequences(in_memory.interactions, users, items)))
+
+    source = delimited_input([csv_events], min_bytes=0)
+    assert source.file_format == "delimited" and source.files == [str(csv_events)]
+    result = read_sequences(source)
+
+    assert ray_data_sequences(result) == expected and result.user_vocab.ids == sorted(users.ids)
+    report, expected_report = result.report, in_memory.report
+    assert (report.rows_read, report.duplicates_dropped, report.malformed_rows) == \
+        (expected_report.rows_read, expected_report.duplicates_dropped, expected_report.malformed_rows)
+    assert report.duplicates_dropped == 20 and report.malformed_rows == 1
+    # The bad row is still named by its file and line.
+    assert report.malformed_examples == expected_report.malformed_examples
+    assert report.malformed_examples[0].startswith(f"{csv_events}:6:")
+
+
+def test_which_delimited_inputs_ray_data_reads(csv_events, tmp_path):
+    from rayrec.data.ray_data import delimited_input
+
+    size = csv_events.stat().st_size
+    assert delimited_input([csv_events], min_bytes=size + 1) is None  # small: read in memory
+    assert delimited_input([f"file://{csv_events}"], min_bytes=size).files == [str(csv_events)]
+    tsv = tmp_path / "events.tsv"
+    tsv.write_text("user_id\titem_id\ttimestamp\nu\ti\t1\n")
+    assert delimited_input([tsv], 0).delimiter == "\t"
+    assert delimited_input([csv_events, tsv], 0) is None  # two layouts: the in-memory reader
+    blank_first = tmp_path / "blank_first.csv"
+    blank_first.write_text("\nuser_id,item_id,timestamp\nu,i,1\n")
+    assert delimited_input([blank_first], 0) is None
+    assert delimited_input([csv_events, "sqlite:///state.db"], 0) is None
+
+
+def test_rows_ray_data_cannot_split_fall_back_to_the_in_memory_reader_which_names_the_line(ray_cluster, tmp_path):
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.prepare import DatasetBackedData, load_training_data
+
+    path = tmp_path / "ragged.csv"
+    rows = [f"u{i % 6},i{i % 9},{1000 + i}" for i in range(60)]
+    rows[20] = "u1,i2"  # line 22: a field short
+    path.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    lines: list[str] = []
+    config = TrainConfig(data={"ray_data_min_delimited_mb": 0})
+    data = load_training_data([path], None, None, config, echo=lines.append, ray_data=True)
+    assert "with Ray Data" in lines[0] and "reading the input in memory" in lines[1]
+    assert not isinstance(data, DatasetBackedData) and data.num_interactions == 59
+    assert any(f"{path}:22" in line for line in lines)
+
+
+def test_big_csv_trains_from_the_ray_dataset(ray_cluster, csv_events):
+    from rayrec.training.config import TrainConfig
+    from rayrec.training.prepare import DatasetBackedData, load_training_data
+
+    lines: list[str] = []
+    data = load_training_data([csv_events], None, None, TrainConfig(data={"ray_data_min_delimited_mb": 0}),
+                              echo=lines.append, ray_data=True)
+    assert lines[0].startswith("data: reading 1 CSV/TSV file(s) with Ray Data")
+    assert isinstance(data, DatasetBackedData) and len(data.user_vocab) == 90

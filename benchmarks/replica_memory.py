@@ -1,0 +1,138 @@
+"""Memory of 1 and 2 scorer replicas on one node over a big catalogue: the item vectors and the
+exported HNSW graph memory-mapped from the model directory (what serving does) against the graph
+read into each replica's memory (what it did before).
+
+    python benchmarks/replica_memory.py [--items 1000000] [--dim 64] [--ef-construction 40] [--queries 200]
+
+A model directory's item files are written once: ``item_embeddings.npy`` (clustered vectors,
+float32) and ``item_index.faiss`` (the inner-product HNSW graph export writes, M 32; built with
+``--ef-construction``, lower than export's scaled 240 to save minutes: memory depends on M and
+the vectors, not on the build breadth), recorded in the config as export records it.
+
+Each replica is a fresh process that loads them as a scorer replica does (``np.load`` with
+``mmap_mode="r"``, :func:`rayrec.models.ann.read_index`, :class:`ItemIndex` with that graph and
+a million item ids), answers ``--queries`` top-10 searches, and waits. With every replica of a
+variant running, the benchmark sums their PSS (``/proc/PID/smaps_rollup``: each shared page
+counted once across the processes that map it) and their RSS. Not Ray Serve replicas: the
+measurement is of the item index a scorer replica holds, without Ray's own per-process memory
+(about the same in every variant). A benchmark, not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(variable, "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+REPLICA = """
+import sys, time
+import numpy as np
+from pathlib import Path
+from rayrec.models import ann
+from rayrec.serving.stages.index import ItemIndex
+model_dir, mapped, queries = Path(sys.argv[1]), sys.argv[2] == "mapped", int(sys.argv[3])
+vectors = np.load(model_dir / "item_embeddings.npy", mmap_mode="r")
+record = {"item_index": {"file": "item_index.faiss", "rows": len(vectors), "m": 32}}
+if mapped:
+    graph = ann.read_index(model_dir, record, len(vectors), 32)
+else:
+    import faiss
+    graph = faiss.read_index(str(model_dir / "item_index.faiss"))
+index = ItemIndex([f"item-{i}" for i in range(len(vectors))], vectors, exact_max_items=250_000, ann_index=graph)
+assert index.loaded
+rng = np.random.default_rng(1)
+allowed = index.allowed_mask([])
+for row in rng.integers(0, len(vectors), queries):
+    index.search(np.asarray(vectors[row]), 10, allowed)
+print("ready", flush=True)
+time.sleep(3600)
+"""
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(PSS, RSS) of a process in MB."""
+    fields = {}
+    for line in open(f"/proc/{pid}/smaps_rollup"):
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in ("Pss:", "Rss:"):
+            fields[parts[0][:-1]] = int(parts[1]) / 1024
+    return fields["Pss"], fields["Rss"]
+
+
+def replicas(model_dir: Path, count: int, mapped: bool, queries: int) -> tuple[float, float, float]:
+    """Start ``count`` replicas, wait until each answered its queries, sum their PSS and RSS;
+    returns (PSS MB, RSS MB, seconds to ready of the slowest)."""
+    started = time.perf_counter()
+    processes = [subprocess.Popen([sys.executable, "-c", REPLICA, str(model_dir), "mapped" if mapped else "copied",
+                                   str(queries)], stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    try:
+        for process in processes:
+            if process.stdout.readline().strip() != "ready":
+                raise SystemExit("a replica failed to load the index")
+        ready = time.perf_counter() - started
+        totals = [memory_mb(process.pid) for process in processes]
+        return sum(p for p, _ in totals), sum(r for _, r in totals), ready
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def write_model_files(model_dir: Path, items: int, dim: int, ef_construction: int) -> None:
+    import faiss
+
+    from rayrec.models.ann import build_hnsw
+
+    if (model_dir / "item_index.faiss").exists():
+        return
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((1000, dim), dtype=np.float32)
+    vectors = centres[rng.integers(0, 1000, items)] + 0.5 * rng.standard_normal((items, dim), dtype=np.float32)
+    np.save(model_dir / "item_embeddings.npy", vectors)
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    started = time.perf_counter()
+    faiss.write_index(build_hnsw(vectors, 32, ef_construction), str(model_dir / "item_index.faiss"))
+    print(f"built the graph over {items:,} items in {time.perf_counter() - started:.0f}s", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--ef-construction", type=int, default=40)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep (and reuse) the model files here.")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rayrec-replica-memory-") as scratch:
+        model_dir = args.workdir or Path(scratch)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        write_model_files(model_dir, args.items, args.dim, args.ef_construction)
+        sizes = {name: (model_dir / name).stat().st_size / 2**20 for name in ("item_embeddings.npy", "item_index.faiss")}
+        print(f"{args.items:,} items x {args.dim} dims: item_embeddings.npy {sizes['item_embeddings.npy']:,.0f} MB, "
+              f"item_index.faiss {sizes['item_index.faiss']:,.0f} MB")
+        print(f"\n{'graph':<28}{'replicas':>9}{'PSS MB':>10}{'RSS MB':>10}{'ready s':>9}")
+        results = {}
+        for mapped in (True, False):
+            for count in (1, 2):
+                pss, rss, ready = replicas(model_dir, count, mapped, args.queries)
+                results[mapped, count] = pss
+                label = "mapped (serving)" if mapped else "read into each replica"
+                print(f"{label:<28}{count:>9}{pss:>10,.0f}{rss:>10,.0f}{ready:>9.1f}", flush=True)
+        for mapped in (True, False):
+            label = "mapped (serving)" if mapped else "read into each replica"
+            print(f"{label}: 2 replicas / 1 = {results[mapped, 2] / results[mapped, 1]:.2f} (target <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
