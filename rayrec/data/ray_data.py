@@ -42,10 +42,10 @@ from rayrec.data.interactions_file import (
 from rayrec.data.malformed import DEFAULT_MAX_MALFORMED_FRACTION, MAX_EXAMPLES
 from rayrec.data.preprocessing import duplicate_mask, time_order
 from rayrec.data.tables import (
-    DELIMITED_EXTENSIONS,
     METADATA_EXTENSIONS,
     PARQUET_EXTENSIONS,
     arrow_column_values,
+    file_kind,
     read_delimited_header,
     sniff_delimiter,
 )
@@ -87,6 +87,11 @@ class FileInput:
 
     def describe(self) -> str:
         return f"{len(self.files)} {'Parquet' if self.file_format == 'parquet' else 'CSV/TSV'} file(s)"
+
+
+def _scheme(text: str) -> str | None:
+    """A URI's scheme in lower case (``s3``, ``file``, ``sqlite``), None for a plain path."""
+    return text.split("://", 1)[0].lower() if "://" in text else None
 
 
 def _is_parquet(path: str | Path) -> bool:
@@ -136,7 +141,7 @@ def parquet_input(paths: Sequence[str | Path]) -> FileInput | None:
     names = []
     for raw in paths:
         text = str(raw)
-        scheme = text.split("://", 1)[0].lower() if "://" in text else None
+        scheme = _scheme(text)
         if scheme in STATE_STORE_SCHEMES or text.startswith("synthetic:"):
             return None
         if scheme is None or scheme == "file":
@@ -193,14 +198,14 @@ def delimited_input(paths: Sequence[str | Path], min_bytes: float) -> FileInput 
     names = []
     for raw in paths:
         text = str(raw)
-        scheme = text.split("://", 1)[0].lower() if "://" in text else None
+        scheme = _scheme(text)
         if scheme not in (None, "file") or text.startswith("synthetic:"):
             return None
         found = _local_files(text[len("file://"):] if scheme == "file" else text)
         if found is None:
             return None
         shards, items_here, users_here, name = found
-        if not all(f.suffix.lower() in DELIMITED_EXTENSIONS for f in shards):
+        if not all(file_kind(f) == "delimited" for f in shards):
             return None
         files.extend(shards)
         items, users = items or items_here, users or users_here

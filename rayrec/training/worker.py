@@ -159,8 +159,8 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     epochs_this_run = 0
 
     def on_step(progress: StepProgress) -> None:
-        # When training really began (after reading, preparing and restoring), for metrics.json.
-        state.setdefault("first_step_at", time.time())
+        if "first_step_at" not in state:  # when training really began (after reading and restoring)
+            state["first_step_at"] = time.time()
         if context.rank == 0 and (progress.step == progress.steps_in_epoch or progress.step % 50 == 0):
             log(f"epoch {progress.epoch + 1}/{epochs} step {progress.step}/{progress.steps_in_epoch} "
                 f"loss {progress.loss:.4f} {progress.samples_per_second * context.world_size:,.0f} samples/s")

@@ -161,11 +161,11 @@ class TextSearch:
         if self.ann is not None and len(self.vectors) > self._covered:
             # New rows join a graph built here, an insertion each, not a rebuild.
             fresh = self._covered + np.flatnonzero(self.searchable[self._covered:])
-            if len(fresh) and self._graph_grows:
+            if not self._graph_grows:  # the mapped graph: new rows are scored exactly beside it, as changed ones are
+                self._unindexed.update(fresh.tolist())
+            elif len(fresh):
                 self.ann.add(self.vectors[fresh])
                 self._graph_rows = appended(self._graph_rows, fresh)
-            else:  # the mapped graph: new rows are scored exactly beside it, as changed ones are
-                self._unindexed.update(fresh.tolist())
         self._covered = len(self.vectors)
 
     # -- queries ----------------------------------------------------------------------------
