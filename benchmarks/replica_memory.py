@@ -1,17 +1,18 @@
 """Memory of 1 and 2 scorer replicas on one node over a big catalogue: the item vectors and the
-exported HNSW graph memory-mapped from the model directory (what serving does) against the graph
-read into each replica's memory (what it did before).
+exported HNSW graph memory-mapped from the model directory and the item ids read from the
+model's vocabulary (what serving does), against the ids copied into the index (what it did
+before) and against the graph read into each replica's memory too (before that).
 
     python benchmarks/replica_memory.py [--items 1000000] [--dim 64] [--ef-construction 40] [--queries 200]
 
-A model directory's item files are written once: ``item_embeddings.npy`` (clustered vectors,
-float32) and ``item_index.faiss`` (the inner-product HNSW graph export writes, M 32; built with
+A model directory's item files are written once: ``item_vocab.json``, ``item_embeddings.npy``
+(clustered vectors, float32) and ``item_index.faiss`` (the inner-product HNSW graph export writes, M 32; built with
 ``--ef-construction``, lower than export's scaled 240 to save minutes: memory depends on M and
 the vectors, not on the build breadth), recorded in the config as export records it.
 
 Each replica is a fresh process that loads them as a scorer replica does (``np.load`` with
-``mmap_mode="r"``, :func:`rayrec.models.ann.read_index`, :class:`ItemIndex` with that graph and
-a million item ids), answers ``--queries`` top-10 searches, and waits. With every replica of a
+``mmap_mode="r"``, the vocabulary as the model loads it, :func:`rayrec.models.ann.read_index`,
+:class:`ItemIndex` with that graph and vocabulary), answers ``--queries`` top-10 searches, and waits. With every replica of a
 variant running, the benchmark sums their PSS (``/proc/PID/smaps_rollup``: each shared page
 counted once across the processes that map it) and their RSS. Not Ray Serve replicas: the
 measurement is of the item index a scorer replica holds, without Ray's own per-process memory
@@ -40,16 +41,22 @@ import sys, time
 import numpy as np
 from pathlib import Path
 from rayrec.models import ann
+from rayrec.schema import Vocabulary
 from rayrec.serving.stages.index import ItemIndex
-model_dir, mapped, queries = Path(sys.argv[1]), sys.argv[2] == "mapped", int(sys.argv[3])
+model_dir, graph_mode, ids_mode, queries = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 vectors = np.load(model_dir / "item_embeddings.npy", mmap_mode="r")
+vocabulary = Vocabulary.load(model_dir / "item_vocab.json")  # as the model loads it
 record = {"item_index": {"file": "item_index.faiss", "rows": len(vectors), "m": 32}}
-if mapped:
+if graph_mode == "mapped":
     graph = ann.read_index(model_dir, record, len(vectors), 32)
 else:
     import faiss
     graph = faiss.read_index(str(model_dir / "item_index.faiss"))
-index = ItemIndex([f"item-{i}" for i in range(len(vectors))], vectors, exact_max_items=250_000, ann_index=graph)
+if ids_mode == "read":  # what the scorer does: the index reads the model's vocabulary
+    index, trained_items = ItemIndex(vocabulary, vectors, exact_max_items=250_000, ann_index=graph), None
+else:  # what it did before: the index's own list and dict of the ids, and a set of them
+    index = ItemIndex(list(vocabulary.ids), vectors, exact_max_items=250_000, ann_index=graph)
+    trained_items = set(vocabulary.ids)
 assert index.loaded
 rng = np.random.default_rng(1)
 allowed = index.allowed_mask([])
@@ -58,7 +65,6 @@ for row in rng.integers(0, len(vectors), queries):
 print("ready", flush=True)
 time.sleep(3600)
 """
-
 
 def memory_mb(pid: int) -> tuple[float, float]:
     """(PSS, RSS) of a process in MB."""
@@ -70,12 +76,20 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return fields["Pss"], fields["Rss"]
 
 
-def replicas(model_dir: Path, count: int, mapped: bool, queries: int) -> tuple[float, float, float]:
+#: (label, how the graph is read, how the item ids are held), serving's way first.
+VARIANTS = [
+    ("serving: mapped, ids read", "mapped", "read"),
+    ("mapped, ids copied (before)", "mapped", "copied"),
+    ("graph and ids copied", "copied", "copied"),
+]
+
+
+def replicas(model_dir: Path, count: int, graph_mode: str, ids_mode: str, queries: int) -> tuple[float, float, float]:
     """Start ``count`` replicas, wait until each answered its queries, sum their PSS and RSS;
     returns (PSS MB, RSS MB, seconds to ready of the slowest)."""
     started = time.perf_counter()
-    processes = [subprocess.Popen([sys.executable, "-c", REPLICA, str(model_dir), "mapped" if mapped else "copied",
-                                   str(queries)], stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    processes = [subprocess.Popen([sys.executable, "-c", REPLICA, str(model_dir), graph_mode, ids_mode, str(queries)],
+                                  stdout=subprocess.PIPE, text=True) for _ in range(count)]
     try:
         for process in processes:
             if process.stdout.readline().strip() != "ready":
@@ -93,7 +107,10 @@ def write_model_files(model_dir: Path, items: int, dim: int, ef_construction: in
     import faiss
 
     from rayrec.models.ann import build_hnsw
+    from rayrec.schema import Vocabulary
 
+    if not (model_dir / "item_vocab.json").exists():
+        Vocabulary(f"item-{i}" for i in range(items)).save(model_dir / "item_vocab.json")
     if (model_dir / "item_index.faiss").exists():
         return
     rng = np.random.default_rng(0)
@@ -121,18 +138,15 @@ def main() -> None:
         sizes = {name: (model_dir / name).stat().st_size / 2**20 for name in ("item_embeddings.npy", "item_index.faiss")}
         print(f"{args.items:,} items x {args.dim} dims: item_embeddings.npy {sizes['item_embeddings.npy']:,.0f} MB, "
               f"item_index.faiss {sizes['item_index.faiss']:,.0f} MB")
-        print(f"\n{'graph':<28}{'replicas':>9}{'PSS MB':>10}{'RSS MB':>10}{'ready s':>9}")
+        print(f"\n{'variant':<30}{'replicas':>9}{'PSS MB':>10}{'RSS MB':>10}{'ready s':>9}")
         results = {}
-        for mapped in (True, False):
+        for label, graph_mode, ids_mode in VARIANTS:
             for count in (1, 2):
-                pss, rss, ready = replicas(model_dir, count, mapped, args.queries)
-                results[mapped, count] = pss
-                label = "mapped (serving)" if mapped else "read into each replica"
-                print(f"{label:<28}{count:>9}{pss:>10,.0f}{rss:>10,.0f}{ready:>9.1f}", flush=True)
-        for mapped in (True, False):
-            label = "mapped (serving)" if mapped else "read into each replica"
-            print(f"{label}: 2 replicas / 1 = {results[mapped, 2] / results[mapped, 1]:.2f} (target <= 1.3)")
-
+                pss, rss, ready = replicas(model_dir, count, graph_mode, ids_mode, args.queries)
+                results[label, count] = pss
+                print(f"{label:<30}{count:>9}{pss:>10,.0f}{rss:>10,.0f}{ready:>9.1f}", flush=True)
+        for label, _, _ in VARIANTS:
+            print(f"{label}: 2 replicas / 1 = {results[label, 2] / results[label, 1]:.2f} (target <= 1.3)")
 
 if __name__ == "__main__":
     main()

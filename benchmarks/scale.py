@@ -86,13 +86,18 @@ SIZES = {
 def run_train(args: list[str], work: Path, name: str) -> dict:
     """One ``rayrec train`` process: its wall time, driver peak RSS and metrics.json."""
     rss_file, out = work / f"rss-{name}.json", work / f"model-{name}"
-    started_at = time.time()
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", DRIVER, str(rss_file), "train", *args, "--out", str(out)],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"rayrec train {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    run_file = work / f"run-{name}.json"
+    if run_file.exists():  # finished in an earlier run of this benchmark with the same --work-dir
+        started_at, wall = json.loads(run_file.read_text())
+    else:
+        started_at = time.time()
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", DRIVER, str(rss_file), "train", *args, "--out", str(out)],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise SystemExit(f"rayrec train {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+        run_file.write_text(json.dumps([started_at, wall]))
     metrics = json.loads((out / "metrics.json").read_text())
     first_step = metrics.get("first_step_at")
     return {"wall_s": wall, "driver_rss_mb": json.loads(rss_file.read_text())["max_rss_mb"], "metrics": metrics,
@@ -205,6 +210,7 @@ def retrain(work: Path, config: Path | None = None) -> None:
 
     data = work / "retrain-data"
     # ml-latest-small's shape twice over: ~610 users' worth of events per half, 9,000 items.
+    # (The same seed writes the same data, so a rerun with the same --work-dir reuses finished runs.)
     subprocess.run(rayrec_command() + ["synthetic", "--out", str(data), "--users", "1600", "--items", "9000",
                                        "--events-per-user", "125"], check=True, capture_output=True)
     events = pa_csv.read_csv(data / "interactions.csv", convert_options=pa_csv.ConvertOptions(
@@ -255,10 +261,13 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="Only the retrain.")
     parser.add_argument("--retrain-config", type=Path, default=None,
                         help="A training config (YAML) for the retrain's three runs (default: the defaults).")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="Keep the models and run records here; a rerun skips the runs that finished.")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rayrec-scale-") as scratch:
-        work = Path(scratch)
+        work = args.work_dir or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
         if not args.skip_scale:
             root = args.data_root or work
             root.mkdir(parents=True, exist_ok=True)

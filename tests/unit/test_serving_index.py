@@ -315,3 +315,35 @@ def test_an_added_item_is_similar_to_its_twin_through_the_graph(kind):
     assert path == "hnsw" and index.row_ids[rows[0]] == "twin-of-42"
     rows, _, path = index.similar(index.row_of["twin-of-42"], 5, index.allowed_mask(["twin-of-42"]))
     assert path == "hnsw" and index.row_ids[rows[0]] == "i42"
+
+
+def test_the_index_reads_the_model_vocabulary_instead_of_copying_every_item_id():
+    import tracemalloc
+
+    from rayrec.schema import Vocabulary
+
+    vocabulary = Vocabulary(f"item-{i}" for i in range(200_000))
+    vectors = clustered(200_000, 8)
+    tracemalloc.start()
+    index = ItemIndex(vocabulary, vectors, exact_max_items=1_000_000)
+    allocated, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # A list, dict and set of 200k ids cost ~25 MB; liveness and popularity ~1 MB.
+    assert allocated < 4 * 2**20
+    assert index.row_ids[123] == "item-123" and index.row_of["item-123"] == 123 and "item-9" in index
+
+
+def test_a_trained_item_put_again_moves_to_its_new_row_and_the_old_row_is_gone():
+    from rayrec.schema import Vocabulary
+
+    vectors = clustered(500, 16)
+    index = ItemIndex(Vocabulary(f"i{i}" for i in range(500)), vectors, exact_max_items=10_000)
+    index.upsert(["i7", "brand-new"], np.stack([vectors[3] * 5, vectors[4] * 5]))
+    assert index.row_of["i7"] == 500 and index.row_of["brand-new"] == 501
+    assert index.row_ids[500] == "i7" and index.row_ids[-1] == "brand-new" and len(index.row_ids) == 502
+    assert list(index.row_ids)[498:] == ["i498", "i499", "i7", "brand-new"]
+    assert len(index) == 501 and "brand-new" in index.row_of and "never" not in index.row_of
+    rows, _ = index.search(vectors[3], 3, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "i7" and 7 not in rows  # its trained row is dead
+    index.delete("i7")
+    assert "i7" not in index and index.row_of.get("never") is None

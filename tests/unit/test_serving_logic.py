@@ -524,6 +524,31 @@ def test_candidate_sources_widen_the_pool_the_rerankers_see(model, store):
     assert "new-drama" not in plain
 
 
+class UntrainedItems:
+    """A third-party source written against CatalogView's list and set: every catalogue item
+    the model was not trained on, with the catalogue's last row first."""
+
+    name = "untrained"
+
+    def candidates(self, context, k):
+        catalog = context.catalog
+        untrained = set(catalog.item_ids) - catalog.trained_items
+        assert catalog.trained_items & {"a0", "zz"} == {"a0"} and len(catalog.trained_items) == 30
+        assert catalog.item_ids[:2] == ["a0", "a1"] and catalog.item_ids.index("b0") == 10
+        ordered = [item_id for item_id in reversed(catalog.item_ids) if item_id in untrained]
+        return [Candidate(item_id=item_id, score=0.0) for item_id in ordered[:k]]
+
+
+def test_a_candidate_source_reads_the_catalogue_ids_as_a_list_and_the_trained_ones_as_a_set(model, store):
+    writer = Pipeline(model, store)
+    writer.scorer.put_item("new-drama", ItemIn(title="Fresh", categories=["Drama"]))
+    writer.scorer.put_item("a4", ItemIn(title="a4 again", categories=["Comedy"]))  # trained: not "untrained"
+    answer = Pipeline(model, store, scorers=[BoostNew()], candidate_sources=[UntrainedItems()]).recommend(
+        user_id="alice", k=3)
+    assert answer["items"][0]["item_id"] == "new-drama"
+    assert answer["items"][0]["explanation"]["source"] == "untrained"
+
+
 def test_requests_answered_together_get_what_each_would_get_alone(model, store):
     """The pipeline answers requests that queued together in one pass (one user-tower batch,
     one product with the item matrix); each answer must be exactly its own, bad ones included."""

@@ -23,7 +23,9 @@ from rayrec.models.ann import (PQ_MIN_ITEMS, VECTOR_KINDS, build_codes, build_hn
                                hnsw_parameters, search_hnsw)
 from rayrec.models.arrays import FileRows, appended, release_pages
 from rayrec.models.new_items import NewItemCalibration
+from rayrec.schema import Vocabulary
 from rayrec.serving.stages.codes import CompressedRows
+from rayrec.serving.stages.item_rows import ItemRows, RowOf, as_vocabulary
 
 __all__ = ["ItemIndex", "faiss_available", "fetch_size"]
 
@@ -47,6 +49,9 @@ class ItemIndex:
     None takes :func:`~rayrec.models.ann.scaled_hnsw_parameters` for the catalogue's size. ``new_item_calibration``: applied to the scores
     of rows added later (the index's first rows are the trained items).
 
+    ``item_ids``: the trained rows' ids, best the model's :class:`~rayrec.schema.Vocabulary`
+    (``row_ids`` and ``row_of`` read it instead of copying it).
+
     ``vectors`` is kept as given (a memory-mapped model file stays shared between the replicas
     of a node); rows added later live in a growable block of their own, so an added item costs
     O(D), not a copy of the catalogue.
@@ -62,7 +67,7 @@ class ItemIndex:
 
     def __init__(
         self,
-        item_ids: list[str],
+        item_ids: Vocabulary | list[str],
         vectors: np.ndarray,
         popularity: np.ndarray | None = None,
         exact_max_items: int = 250_000,
@@ -80,10 +85,11 @@ class ItemIndex:
             raise ValueError(f"retrieval.vectors must be one of {', '.join(VECTOR_KINDS)}, got {vector_kind!r}")
         if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self.row_ids: list[str] = list(item_ids)
+        vocabulary = as_vocabulary(item_ids)  # the model's own: read, not copied (item_rows says why)
+        self.row_ids = ItemRows(vocabulary)
         self.trained_rows = len(self.row_ids)
         self.calibration = new_item_calibration
-        self.row_of: dict[str, int] = {item_id: row for row, item_id in enumerate(self.row_ids)}
+        self.row_of = RowOf(vocabulary)
         self.trained_vectors = vectors
         self._added = np.zeros((0, vectors.shape[1]), dtype=np.float32)  # rows added later (see appended)
         self.alive = np.ones(len(self.row_ids), dtype=bool)

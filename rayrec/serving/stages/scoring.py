@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Set
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ from rayrec.serving.experiments.live import RunningExperiment, arm_scorers
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.index import ItemIndex
+from rayrec.serving.stages.item_rows import TrainedItems, as_vocabulary
 from rayrec.serving.stages.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore
 
@@ -43,13 +45,14 @@ class CatalogView:
     ``item_ids[i]`` has popularity ``popularity[i]`` (training interactions; 0 for new items);
     ``records`` holds item metadata by id; ``trained_items`` are the ids the model was trained on;
     ``added_items`` are those added later through ``PUT /items``, oldest first (deleted ones
-    included: the scorer drops whatever is not allowed).
+    included: the scorer drops whatever is not allowed). ``item_ids`` and ``trained_items`` are
+    read-only views of the model's vocabulary (a sequence and a set), not copies of it.
     """
 
-    item_ids: list[str]
+    item_ids: Sequence[str]
     popularity: np.ndarray
     records: dict[str, dict[str, Any]]
-    trained_items: set[str]
+    trained_items: Set[str]
     added_items: Sequence[str] = ()
 
 
@@ -154,8 +157,9 @@ class RetrievalLogic:
                                                      ann.get("ef_construction"))
         # A loaded graph is searched as broadly as export chose for it, unless configured.
         recorded = ((getattr(model, "config", None) or {}).get("item_index") or {}) if saved_ann is not None else {}
+        vocabulary = as_vocabulary(getattr(model, "item_vocab", None) or model.item_ids)
         self.index = ItemIndex(
-            list(model.item_ids),
+            vocabulary,
             model.item_embeddings,
             model.item_popularity,
             exact_max_items=exact_search_max_items,
@@ -170,7 +174,7 @@ class RetrievalLogic:
             codes_index=saved_codes,
         )
         self.records: dict[str, dict[str, Any]] = dict(item_records or {})
-        self.trained_items = set(model.item_ids)
+        self.trained_items = TrainedItems(vocabulary)
         # Items added after training, oldest first: kept here so candidate sources need not
         # scan the whole catalogue per request (100k records cost ~10 ms in Python).
         self.added_items: dict[str, None] = {}
