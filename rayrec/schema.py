@@ -181,6 +181,11 @@ class Vocabulary:
         for value in ids:
             self.add(value)
 
+    @classmethod
+    def of(cls, ids: "Vocabulary | Iterable[str]") -> "Vocabulary":
+        """``ids`` itself when it is a vocabulary already, else a vocabulary of them."""
+        return ids if isinstance(ids, Vocabulary) else cls(ids)
+
     def add(self, value: str) -> int:
         value = str(value)
         index = self._index.get(value)

@@ -6,6 +6,9 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     weights.pt             state dict of the two-tower model
     user_vocab.json        user ids, index order
     item_vocab.json        item ids, index order
+    user_vocab.ids.npy     the user ids again as fixed-width UTF-8 arrays: in index order,
+    user_vocab.sorted.npy  sorted, and each sorted id's index; memory-mapped by serving where
+    user_vocab.rows.npy    present (rayrec.models.vocabulary_files)
     item_embeddings.npy    (N, D) float32 item vectors from the item tower
     item_popularity.npy    (N,) float32 training interaction counts
     history_items.npy      every training user's items, one user after another (for recommend/serving;

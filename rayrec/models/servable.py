@@ -28,6 +28,7 @@ import numpy as np
 
 from rayrec.errors import ModelError
 from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE, Histories
+from rayrec.models.vocabulary_files import read_vocabulary
 from rayrec.schema import Vocabulary
 
 if TYPE_CHECKING:
@@ -81,8 +82,8 @@ def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFil
         raise ModelError(f"{model_dir}: not a complete rayrec model directory; missing {', '.join(missing)}")
     try:
         config = json.loads((model_dir / "config.json").read_text())
-        user_vocab = Vocabulary.load(model_dir / "user_vocab.json")
-        item_vocab = Vocabulary.load(model_dir / "item_vocab.json")
+        user_vocab = read_vocabulary(model_dir, "user_vocab")  # memory-mapped where export wrote the arrays
+        item_vocab = Vocabulary.load(model_dir / "item_vocab.json")  # vocabulary_files says why not mapped
         # Memory-mapped, read-only: every replica on a node reads the same page-cache copy.
         item_embeddings = np.load(model_dir / "item_embeddings.npy", mmap_mode="r")
         if item_embeddings.dtype != np.float32:

@@ -19,6 +19,7 @@ import numpy as np
 import rayrec
 from rayrec.models.ann import write_index
 from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE
+from rayrec.models.vocabulary_files import write_vocabulary
 from rayrec.training.prepare import PreparedData
 
 #: An order-free model reads at most this many recent events per request, or the longest
@@ -80,7 +81,8 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
     np.save(out_dir / "item_embeddings.npy", item_embeddings)
     popularity = write_histories(out_dir, data)
     np.save(out_dir / "item_popularity.npy", popularity.astype(np.float32))
-    data.user_vocab.save(out_dir / "user_vocab.json")
+    # The users also as arrays that serving maps, shared by a node's replicas (vocabulary_files says why).
+    write_vocabulary(data.user_vocab, out_dir, "user_vocab")
     data.item_vocab.save(out_dir / "item_vocab.json")
     if data.items is not None:
         with open(out_dir / "items.jsonl", "w") as handle:

@@ -76,6 +76,9 @@ def test_training_histories_are_memory_mapped_not_held_per_user(trained_dir):
     model_dir, data = trained_dir
     model = load_model_dir(model_dir)
     assert isinstance(model._histories.items, np.memmap)
+    from rayrec.models.vocabulary_files import MappedVocabulary
+
+    assert isinstance(model.user_vocab, MappedVocabulary)  # and so are the user ids
     from rayrec.training.prepare import prepare
 
     prepared = prepare(data)
@@ -99,6 +102,13 @@ def test_a_model_directory_with_the_older_histories_file_still_loads(trained_dir
     assert len(old_model._histories) == len(new_model._histories)
     for user in range(len(new_model._histories)):
         np.testing.assert_array_equal(old_model._histories[user], new_model._histories[user])
+    # A directory from before the user ids were also written as arrays reads them from the JSON.
+    for path in old.glob("user_vocab.*.npy"):
+        path.unlink()
+    older = load_model_dir(old)
+    assert type(older.user_vocab).__name__ == "Vocabulary" and older.user_vocab.ids == new_model.user_vocab.ids
+    assert [older.training_history(u) for u in older.user_vocab.ids] == \
+        [new_model.training_history(u) for u in new_model.user_vocab.ids]
     (old / "histories.npz").unlink()
     with pytest.raises(ModelError, match="missing history_items.npy and history_offsets.npy"):
         load_model_dir(old)

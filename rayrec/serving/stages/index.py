@@ -25,7 +25,7 @@ from rayrec.models.arrays import FileRows, appended, release_pages
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.schema import Vocabulary
 from rayrec.serving.stages.codes import CompressedRows
-from rayrec.serving.stages.item_rows import ItemRows, RowOf, as_vocabulary
+from rayrec.serving.stages.item_rows import ItemRows, RowOf
 
 __all__ = ["ItemIndex", "faiss_available", "fetch_size"]
 
@@ -85,7 +85,7 @@ class ItemIndex:
             raise ValueError(f"retrieval.vectors must be one of {', '.join(VECTOR_KINDS)}, got {vector_kind!r}")
         if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        vocabulary = as_vocabulary(item_ids)  # the model's own: read, not copied (item_rows says why)
+        vocabulary = Vocabulary.of(item_ids)  # the model's own: read, not copied (item_rows says why)
         self.row_ids = ItemRows(vocabulary)
         self.trained_rows = len(self.row_ids)
         self.calibration = new_item_calibration

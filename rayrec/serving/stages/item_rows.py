@@ -10,17 +10,20 @@ of the vocabulary's: at a million items that is about 100 MB more per replica
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from itertools import chain
+from typing import Any
 
 from rayrec.schema import Vocabulary
 
-__all__ = ["ItemRows", "RowOf", "TrainedItems", "as_vocabulary"]
+__all__ = ["ItemRows", "RowOf", "TrainedItems", "item_vocabulary"]
 
 
-def as_vocabulary(item_ids: Vocabulary | Iterable[str]) -> Vocabulary:
-    """The model's vocabulary as it is, or one built from a plain list of ids (a model without one)."""
-    return item_ids if isinstance(item_ids, Vocabulary) else Vocabulary(item_ids)
+def item_vocabulary(model: Any) -> Vocabulary:
+    """The model's item vocabulary (a model directory's ``item_vocab``), or one built from its
+    ``item_ids`` for a model that has no vocabulary (a plugin's, a test's)."""
+    vocabulary = getattr(model, "item_vocab", None)
+    return vocabulary if isinstance(vocabulary, Vocabulary) else Vocabulary(model.item_ids)
 
 
 class ItemRows(Sequence[str]):

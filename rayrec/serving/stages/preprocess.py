@@ -8,7 +8,9 @@ import numpy as np
 
 from rayrec.components import FeatureExtractor
 from rayrec.models.bundle import RecommenderModel
+from rayrec.schema import UNKNOWN_INDEX
 from rayrec.serving.schemas import PreparedRequest, RecommendRequest
+from rayrec.serving.stages.item_rows import item_vocabulary
 from rayrec.state.base import BaseStateStore, UserState
 
 
@@ -35,7 +37,8 @@ class PreprocessorLogic:
         self.event_weights = dict(event_weights)
         self.generation = generation
         self.feature_extractors = [e for e in feature_extractors if e.target == "user"]
-        self.item_index = {item_id: i for i, item_id in enumerate(model.item_ids)}
+        # The model's own vocabulary, not a dict copied from it (item_rows says what that costs).
+        self.item_vocab = item_vocabulary(model)
         self.max_history = int(model.max_history)
 
     def prepare(self, request: RecommendRequest) -> PreparedRequest:
@@ -58,13 +61,10 @@ class PreprocessorLogic:
             sequence = [item for item in sequence if item not in disliked]
         sequence = sequence[-self.max_history :] if self.max_history > 0 else []
 
-        history_ids: list[str] = []
-        history_indices: list[int] = []
-        for item_id in sequence:
-            index = self.item_index.get(item_id)
-            if index is not None:  # items the model does not know cannot enter the tower
-                history_ids.append(item_id)
-                history_indices.append(index)
+        # Items the model does not know cannot enter the tower.
+        indices = self.item_vocab.encode(sequence, unknown="mark").tolist()
+        history_ids = [item_id for item_id, index in zip(sequence, indices) if index != UNKNOWN_INDEX]
+        history_indices = [index for index in indices if index != UNKNOWN_INDEX]
 
         if state.recent or training:
             source = "history"

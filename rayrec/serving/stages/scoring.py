@@ -21,7 +21,7 @@ from rayrec.serving.experiments.live import RunningExperiment, arm_scorers
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.index import ItemIndex
-from rayrec.serving.stages.item_rows import TrainedItems, as_vocabulary
+from rayrec.serving.stages.item_rows import TrainedItems, item_vocabulary
 from rayrec.serving.stages.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore
 
@@ -157,7 +157,7 @@ class RetrievalLogic:
                                                      ann.get("ef_construction"))
         # A loaded graph is searched as broadly as export chose for it, unless configured.
         recorded = ((getattr(model, "config", None) or {}).get("item_index") or {}) if saved_ann is not None else {}
-        vocabulary = as_vocabulary(getattr(model, "item_vocab", None) or model.item_ids)
+        vocabulary = item_vocabulary(model)
         self.index = ItemIndex(
             vocabulary,
             model.item_embeddings,
