@@ -186,7 +186,10 @@ def growth(results: list[tuple[Size, str, dict]]) -> None:
     what it predicts for a cluster."""
     points = [(shard["interactions"], mb) for _, label, run in results if not label.startswith("plain")
               for shard, mb in zip(run["metrics"].get("worker_shards") or [], run["worker_rss_mb"])]
-    if len({x for x, _ in points}) < 2:
+    shard_sizes = [x for x, _ in points]
+    # Shards of nearly one size (one run's workers) give a line that is all noise: no fit.
+    if len(shard_sizes) < 2 or max(shard_sizes) < 1.5 * min(shard_sizes):
+        print("\nworker peak RSS: too little spread in shard sizes to fit a line (run two sizes, or 1 and 2 workers)")
         return
     xs, ys = [x / 1e6 for x, _ in points], [y for _, y in points]
     mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from rayrec.errors import ModelError
+from rayrec.models.item_records import ItemRecords
 from rayrec.models.new_items import NewItemCalibration
 from rayrec.models.servable import COMMON_FILES, ServableModel, read_model_files
 
@@ -102,8 +103,8 @@ class BlendModel(ServableModel):
         if getattr(first, "new_item_calibration", None) is None or first.new_item_calibration() is None:
             return None
         if self._calibration is None:
-            records = self.items or [{"item_id": item_id} for item_id in self.item_ids]
-            by_id = {str(record.get("item_id")): record for record in records}
+            by_id = self.items.by_id if isinstance(self.items, ItemRecords) else {
+                str(record.get("item_id")): record for record in self.items or []}
             ordered = [by_id.get(item_id, {"item_id": item_id}) for item_id in self.item_ids]
             from_content = first.trained_items_from_content()
             blocks = [from_content] + [weight * part.encode_items(ordered) for part, weight in self.parts[1:]]

@@ -28,6 +28,7 @@ import numpy as np
 
 from rayrec.errors import ModelError
 from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE, Histories
+from rayrec.models.item_records import ItemRecords, read_item_records
 from rayrec.models.vocabulary_files import read_vocabulary
 from rayrec.schema import Vocabulary
 
@@ -55,8 +56,9 @@ class ModelFiles:
     """The parts of a model directory every kind has, read and checked for consistency.
 
     ``item_embeddings: (N, D)`` and ``item_popularity: (N,)`` float32; ``histories[u]``: user
-    u's training items as 0-based int64 indices, oldest first; ``items``: the rows of
-    ``items.jsonl``, or None without it.
+    u's training items as 0-based int64 indices, oldest first; ``items``: the records of
+    ``items.jsonl`` in row order, read on demand where export wrote their offsets
+    (:class:`~rayrec.models.item_records.ItemRecords`), else a list; None without the file.
     """
 
     model_dir: Path
@@ -66,7 +68,7 @@ class ModelFiles:
     item_embeddings: np.ndarray
     item_popularity: np.ndarray
     histories: Histories
-    items: list[dict] | None
+    items: ItemRecords | list[dict] | None
 
 
 def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFiles:
@@ -98,9 +100,10 @@ def read_model_files(model_dir: str | Path, required: Sequence[str]) -> ModelFil
                          f"expected ({num_items}, {config.get('dim')})")
     if len(item_popularity) != num_items or len(histories) != len(user_vocab):
         raise ModelError(f"{model_dir}: vocabularies, popularity and histories disagree in size")
-    items = None
-    if (model_dir / "items.jsonl").exists():
-        items = [json.loads(line) for line in (model_dir / "items.jsonl").read_text().splitlines() if line]
+    try:
+        items = read_item_records(model_dir, item_vocab)  # mapped, not loaded, where export allows
+    except Exception as exc:
+        raise ModelError(f"{model_dir}: cannot read items.jsonl ({type(exc).__name__}: {exc})") from None
     return ModelFiles(model_dir, config, user_vocab, item_vocab, item_embeddings, item_popularity, histories, items)
 
 
@@ -111,7 +114,7 @@ class ServableModel:
 
     def __init__(self, model_dir: Path, config: dict, user_vocab: Vocabulary, item_vocab: Vocabulary,
                  item_embeddings: np.ndarray, item_popularity: np.ndarray, histories: Sequence[np.ndarray],
-                 items: list[dict] | None) -> None:
+                 items: ItemRecords | list[dict] | None) -> None:
         self.model_dir = model_dir
         self.config = config
         self.user_vocab = user_vocab

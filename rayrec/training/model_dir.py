@@ -19,6 +19,7 @@ import numpy as np
 import rayrec
 from rayrec.models.ann import write_index
 from rayrec.models.histories import ITEMS_FILE, OFFSETS_FILE
+from rayrec.models.item_records import write_item_records
 from rayrec.models.vocabulary_files import write_vocabulary
 from rayrec.training.prepare import PreparedData
 
@@ -88,10 +89,8 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
     # The users also as arrays that serving maps, shared by a node's replicas (vocabulary_files says why).
     write_vocabulary(data.user_vocab, out_dir, "user_vocab")
     data.item_vocab.save(out_dir / "item_vocab.json")
-    if data.items is not None:
-        with open(out_dir / "items.jsonl", "w") as handle:
-            for record in data.items.records():
-                handle.write(json.dumps(record) + "\n")
+    if data.items is not None:  # with the offsets that let serving map them (item_records says why)
+        write_item_records(out_dir, (data.items.record(i) for i in range(len(data.items))), data.item_vocab.ids)
     # Big catalogues: the ANN graph is built here once, not in every scorer replica at start.
     item_index = write_index(out_dir, item_embeddings) if model_kind != "ease" else None
     version = new_model_version()

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rayrec.models.item_records import ItemRecords
 from rayrec.models.servable import load_model_dir
 
 
@@ -20,14 +22,17 @@ def load_model(model_dir: str | Path):
     return load_model_dir(model_dir)
 
 
-def item_records(model: Any, model_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Item metadata (title, text, categories) by item id: from the model, else ``items.jsonl``."""
+def item_records(model: Any, model_dir: str | Path | None = None) -> Mapping[str, dict[str, Any]]:
+    """Item metadata (title, text, categories) by item id: from the model (a trained model's
+    mapped ``items.jsonl``, rayrec.models.item_records), else ``items.jsonl`` read here."""
     records = getattr(model, "item_records", None)
     if callable(records):
         records = records()
     if records is None:
         records = getattr(model, "items", None)  # trained models: the rows of items.jsonl
-    if isinstance(records, dict):
+    if isinstance(records, ItemRecords):
+        return records.by_id
+    if isinstance(records, Mapping):
         return records
     if isinstance(records, list):
         return {str(r["item_id"]): r for r in records}

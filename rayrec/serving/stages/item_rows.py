@@ -10,13 +10,16 @@ of the vocabulary's: at a million items that is about 100 MB more per replica
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence, Set
 from itertools import chain
 from typing import Any
 
+import numpy as np
+
+from rayrec.models.item_records import ItemRecordsById, record_matches
 from rayrec.schema import Vocabulary
 
-__all__ = ["ItemRows", "RowOf", "TrainedItems", "item_vocabulary"]
+__all__ = ["CatalogRecords", "ItemRows", "RowOf", "TrainedItems", "item_vocabulary"]
 
 
 def item_vocabulary(model: Any) -> Vocabulary:
@@ -107,3 +110,76 @@ class TrainedItems(Set):
 
     def __len__(self) -> int:
         return len(self.trained)
+
+
+class CatalogRecords(MutableMapping[str, dict]):
+    """Item metadata by id as a scorer sees it: the model's records (for a model directory,
+    :class:`~rayrec.models.item_records.ItemRecordsById`, read from a mapped file on demand) under
+    the records the catalogue changed since (``PUT /items``), which are the only ones held here.
+    A replica used to copy every record into a dict of its own: about 1 KB an item."""
+
+    def __init__(self, model_records: Mapping[str, dict] | None = None) -> None:
+        self.model_records: Mapping[str, dict] = model_records if model_records is not None else {}
+        self.changed: dict[str, dict] = {}
+        self._removed: set[str] = set()
+
+    def __getitem__(self, item_id: str) -> dict:
+        if item_id in self.changed:
+            return self.changed[item_id]
+        if item_id in self._removed:
+            raise KeyError(item_id)
+        return self.model_records[item_id]
+
+    def __setitem__(self, item_id: str, record: dict) -> None:
+        self.changed[item_id] = record
+        self._removed.discard(item_id)
+
+    def __delitem__(self, item_id: str) -> None:
+        if item_id not in self:
+            raise KeyError(item_id)
+        self.changed.pop(item_id, None)
+        if item_id in self.model_records:
+            self._removed.add(item_id)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.changed or (item_id not in self._removed and item_id in self.model_records)
+
+    def __iter__(self) -> Iterator[str]:
+        hidden = self.changed.keys() | self._removed
+        yield from (item_id for item_id in self.model_records if item_id not in hidden)
+        yield from self.changed
+
+    def __len__(self) -> int:
+        hidden = sum(1 for item_id in self.changed.keys() | self._removed if item_id in self.model_records)
+        return len(self.model_records) - hidden + len(self.changed)
+
+    def attribute_names(self) -> set[str]:
+        """Every attribute some record has, but ``item_id``: the names a request may filter on."""
+        if isinstance(self.model_records, ItemRecordsById):
+            names = set(self.model_records.attribute_names())
+        else:
+            names = {key for record in self.model_records.values() for key in record}
+        names.update(key for record in self.changed.values() for key in record)
+        return names - {"item_id"}
+
+    def matching_mask(self, key: str, value: str, row_of: Mapping[str, int], num_rows: int) -> np.ndarray:
+        """(num_rows,) bool: the index rows whose record passes the filter ``{key: value}``. A
+        mapped model's matches are found once per filter (its rows are the index's trained rows);
+        the changed records are checked each time, so they override the model's."""
+        mask = np.zeros(num_rows, dtype=bool)
+        if isinstance(self.model_records, ItemRecordsById):
+            rows = self.model_records.matching_rows(key, value)
+            mask[rows[rows < num_rows]] = True
+            for item_id in self.changed.keys() | self._removed:  # these rows answer below, or not at all
+                row = self.model_records.vocabulary.index_of(item_id)
+                if row is not None and row < num_rows:
+                    mask[row] = False
+            overrides: Mapping[str, dict] = self.changed
+        else:
+            overrides = self
+        for item_id, record in overrides.items():
+            if record_matches(record, key, value):
+                row = row_of.get(item_id)
+                if row is not None:
+                    mask[row] = True
+        return mask

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from collections.abc import Set
+from collections.abc import Mapping, Set
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -21,7 +21,7 @@ from rayrec.serving.experiments.live import RunningExperiment, arm_scorers
 from rayrec.serving.schemas import ItemIn, PreparedRequest, SearchRequest
 from rayrec.serving.stages.errors import NotFoundError, RequestError
 from rayrec.serving.stages.index import ItemIndex
-from rayrec.serving.stages.item_rows import TrainedItems, item_vocabulary
+from rayrec.serving.stages.item_rows import CatalogRecords, TrainedItems, item_vocabulary
 from rayrec.serving.stages.search import SEARCH_OFF_MESSAGE, TextSearch
 from rayrec.state.base import BaseStateStore
 
@@ -51,7 +51,7 @@ class CatalogView:
 
     item_ids: Sequence[str]
     popularity: np.ndarray
-    records: dict[str, dict[str, Any]]
+    records: Mapping[str, dict[str, Any]]
     trained_items: Set[str]
     added_items: Sequence[str] = ()
 
@@ -122,7 +122,7 @@ class RetrievalLogic:
         self,
         model: RecommenderModel,
         store: BaseStateStore,
-        item_records: dict[str, dict[str, Any]] | None = None,
+        item_records: Mapping[str, dict[str, Any]] | None = None,
         scorers: Sequence[Scorer] = (),
         candidate_filters: Sequence[CandidateFilter] = (),
         exact_search_max_items: int = 250_000,
@@ -173,7 +173,7 @@ class RetrievalLogic:
             pq_rerank=pq.get("rerank", 1000),
             codes_index=saved_codes,
         )
-        self.records: dict[str, dict[str, Any]] = dict(item_records or {})
+        self.records = CatalogRecords(item_records)
         self.trained_items = TrainedItems(vocabulary)
         # Items added after training, oldest first: kept here so candidate sources need not
         # scan the whole catalogue per request (100k records cost ~10 ms in Python).
@@ -308,7 +308,7 @@ class RetrievalLogic:
         if not filters:
             return None
         if self._attribute_names is None:
-            self._attribute_names = {key for record in self.records.values() for key in record} - {"item_id"}
+            self._attribute_names = self.records.attribute_names()
         mask = None
         for key, wanted in filters.items():
             if key not in self._attribute_names:
@@ -325,16 +325,7 @@ class RetrievalLogic:
         cached = self._attribute_masks.get((key, value))
         if cached is not None and len(cached) == len(self.index.row_ids):
             return cached
-        mask = np.zeros(len(self.index.row_ids), dtype=bool)
-        row_of = self.index.row_of
-        for item_id, record in self.records.items():
-            have = record.get(key)
-            if have is None:
-                continue
-            if (value in have) if isinstance(have, (list, tuple, set)) else (str(have) == value):
-                row = row_of.get(item_id)
-                if row is not None:
-                    mask[row] = True
+        mask = self.records.matching_mask(key, value, self.index.row_of, len(self.index.row_ids))
         self._attribute_masks[(key, value)] = mask
         return mask
 
