@@ -9,6 +9,7 @@ vocabularies, histories, popularity, item metadata, version and metrics the same
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -26,6 +27,9 @@ from rayrec.training.prepare import PreparedData
 #: An order-free model reads at most this many recent events per request, or the longest
 #: training history if that is longer.
 MIN_MAX_HISTORY = 500
+
+logger = logging.getLogger(__name__)
+
 
 def new_model_version() -> str:
     """A model version: when it was written, and a random suffix that tells two apart."""
@@ -91,10 +95,8 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
     data.item_vocab.save(out_dir / "item_vocab.json")
     if data.items is not None:  # with the offsets that let serving map them (item_records says why)
         write_item_records(out_dir, (data.items.record(i) for i in range(len(data.items))), data.item_vocab.ids)
-    # Big catalogues: the ANN graph is built here once, not in every scorer replica at start.
-    item_index = write_index(out_dir, item_embeddings) if model_kind != "ease" else None
     version = new_model_version()
-    (out_dir / "config.json").write_text(json.dumps({
+    shared = {
         "format": int(model_format),
         "model_kind": model_kind,
         "rayrec_version": rayrec.__version__,
@@ -104,9 +106,8 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
         "num_interactions": data.num_interactions,
         "dim": int(item_embeddings.shape[1]),
         "dataset": data.name,
-        **({"item_index": item_index} if item_index else {}),
-        **config,
-    }, indent=2))
+    }
+    (out_dir / "config.json").write_text(json.dumps({**shared, **config}, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({
         "model_version": version,
         "model_kind": model_kind,
@@ -114,4 +115,28 @@ def write_model_dir(out_dir: str | Path, data: PreparedData, *, model_kind: str,
         "best_val_hr@10": None,
         **metrics,
     }, indent=2))
+    # Big catalogues: the ANN graph is built here once, not in every scorer replica at start,
+    # of the kind that finds more of the true top 10 for this model's own users (ann says why).
+    item_index = write_index(out_dir, item_embeddings, lambda: sample_user_vectors(out_dir)) \
+        if model_kind != "ease" else None
+    if item_index:
+        (out_dir / "config.json").write_text(json.dumps({**shared, "item_index": item_index, **config}, indent=2))
     return version
+
+
+def sample_user_vectors(model_dir: Path, count: int = 200) -> np.ndarray | None:
+    """The user vectors of up to ``count`` training users spread over the vocabulary, from the
+    model directory as serving loads it (any kind); None, with a log line, where it cannot."""
+    from rayrec.models.servable import load_model_dir
+
+    try:
+        model = load_model_dir(model_dir)
+        users = [u for u in np.linspace(0, len(model.user_vocab) - 1, num=min(count, len(model.user_vocab)),
+                                        dtype=np.int64).tolist() if len(model.training_history_indices(u))]
+        if not users:
+            return None
+        return np.asarray(model.user_vectors([model.training_history_indices(u) for u in users], users),
+                          dtype=np.float32)
+    except Exception:
+        logger.exception("%s: no user vectors to choose the item graph with; it is the inner-product one", model_dir)
+        return None

@@ -90,6 +90,61 @@ def test_hnsw_index_follows_catalogue_changes():
     assert "new" not in {index.row_ids[r] for r in rows}
 
 
+def long_tailed(n=20_000, dim=32, seed=0):
+    """Item vectors whose lengths spread over a long tail, and user-like queries (far longer,
+    pointing into the clusters): the case where the inner-product graph is the better one."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(64, dim)).astype(np.float32)
+    items = centers[rng.integers(0, 64, n)] + 0.7 * rng.normal(size=(n, dim))
+    items *= rng.lognormal(mean=-2.0, sigma=0.6, size=(n, 1)) / np.linalg.norm(items, axis=1, keepdims=True)
+    queries = 15 * (centers[rng.integers(0, 64, 100)] + 0.5 * rng.normal(size=(100, dim)))
+    return items.astype(np.float32), queries.astype(np.float32)
+
+
+def test_export_keeps_the_graph_kind_that_finds_more_of_its_users_top_10():
+    pytest.importorskip("faiss")
+    from rayrec.models.ann import CHOICE_MARGIN, HnswParameters, choose_item_graph
+
+    items, queries = long_tailed()
+    choice = choose_item_graph(items, queries, HnswParameters(32, 80, 256))
+    recalls = choice["sample_recall_at_10"]
+    assert set(recalls) == {"inner_product", "l2_lengthened"} and choice["queries"] == 100
+    assert recalls["inner_product"] >= 0.95 and choice["metric"] == "inner_product"
+    assert (choice["metric"] == "l2_lengthened") == (recalls["l2_lengthened"] >= recalls["inner_product"] + CHOICE_MARGIN)
+
+
+def test_a_lengthened_item_graph_loads_from_the_model_directory_and_ranks_by_inner_product(tmp_path):
+    """The other kind export may save (rayrec.models.ann.LengthenedGraph): an L2 graph over
+    vectors lengthened to one norm, loaded by what config.json records, searched with exact
+    inner products; items added later are scored beside it."""
+    pytest.importorskip("faiss")
+    import faiss
+
+    from rayrec.models.ann import LengthenedGraph, read_index
+
+    vectors = clustered(3000, 16)
+    graph = LengthenedGraph.build(vectors, 32, 80)
+    faiss.write_index(graph.index, str(tmp_path / "item_index.faiss"))
+    config = {"item_index": {"file": "item_index.faiss", "kind": "hnsw", "metric": "l2_lengthened",
+                             "max_norm": graph.max_norm, "m": 32, "ef_construction": 80, "ef_search": 256, "rows": 3000}}
+    loaded = read_index(tmp_path, config, 3000, 32)
+    assert isinstance(loaded, LengthenedGraph) and loaded.ntotal == 3000 and loaded.max_norm == graph.max_norm
+    with pytest.raises(TypeError, match="scored exactly beside it"):
+        loaded.add(vectors[:1])
+    index = ItemIndex([f"i{i}" for i in range(3000)], vectors, exact_max_items=100, ann_index=loaded)
+    assert index.loaded and index.ann is loaded
+    everything = index.allowed_mask([])
+    hits = 0
+    for query in vectors[:50] * 10:
+        rows, scores = index.search(query, 10, everything)
+        np.testing.assert_allclose(scores, vectors[rows] @ query, rtol=1e-4)  # inner products, not distances
+        hits += len(set(rows) & set(exact_top(vectors, query, 10, everything)))
+    assert hits / 500 >= 0.9
+    index.upsert(["new"], vectors[42] * 5)  # far longer than any trained item: exact beside the graph
+    rows, _ = index.search(vectors[42], 3, index.allowed_mask([]))
+    assert index.row_ids[rows[0]] == "new"
+
+
 def test_new_items_get_calibrated_scores_in_exact_and_hnsw_search_alike():
     pytest.importorskip("faiss")
     vectors = clustered(3000, 16)
