@@ -13,6 +13,7 @@ import torch
 from rayrec.evaluation.metrics import hit_rate_at_k, mask_history, ndcg_at_k, target_ranks
 from rayrec.models.losses import full_softmax_loss, sampled_softmax_loss
 from rayrec.models.two_tower import TwoTowerModel
+from rayrec.training.optimizer import TrainingOptimizer, clip_gradients
 from rayrec.training.batches import left_pad, length_bucketed_batches, next_item_batch
 
 
@@ -76,7 +77,7 @@ class NextItemLoss(torch.nn.Module):
 
 def train_one_epoch(
     model: TwoTowerModel,
-    optimizer: torch.optim.Optimizer,
+    optimizer: TrainingOptimizer,
     sequences: list[np.ndarray],
     users: np.ndarray,
     *,
@@ -125,7 +126,7 @@ def train_one_epoch(
         loss, supervised = loss_module(inputs_t, labels_t, features_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        clip_gradients(model.parameters(), 5.0)
         optimizer.step()
         positions = int(supervised)
         loss_value = loss.item()

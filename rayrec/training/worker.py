@@ -21,6 +21,7 @@ from rayrec.models.config import ModelConfig
 from rayrec.models.factory import ItemInputs, build_two_tower
 from rayrec.training.checkpoints import CHECKPOINT_FILE, CheckpointError, load_training_state  # noqa: F401
 from rayrec.training.batches import AUTO_BATCH_POSITIONS, auto_batch_size
+from rayrec.training.optimizer import build_optimizer, row_wise_item_updates_apply
 from rayrec.training.loop import NextItemLoss, StepProgress, next_item_metrics, train_one_epoch
 from rayrec.training.prepare import MAX_VALIDATION_USERS, MIN_SEQUENCE, sequences_from_payload, validation_split
 
@@ -78,11 +79,15 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     ).to(device)
     # User features reach the model only when it was built to use them.
     user_features = payload.get("user_features") if model.user_feature_embedding is not None else None
-    # beta2 0.98 (not 0.999): item embeddings get sparse, bursty gradients, and the shorter
-    # second-moment memory trains them faster (the SASRec recipe).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=loop_config["learning_rate"], betas=(0.9, 0.98),
-                                  weight_decay=loop_config["weight_decay"])
     loss_kind = model_config.resolved_loss(payload["num_items"])
+    row_wise, why_not = row_wise_item_updates_apply(
+        model, loss_kind=loss_kind, wanted=bool(loop_config.get("sparse_item_updates", True)),
+        weight_decay=loop_config["weight_decay"], device=torch.device(device), world_size=context.world_size)
+    if context.rank == 0 and loss_kind == "sampled":
+        log("item table: updated row by row (the rows each batch touches)" if row_wise
+            else f"item table: updated densely ({why_not})")
+    optimizer = build_optimizer(model, learning_rate=loop_config["learning_rate"],
+                                weight_decay=loop_config["weight_decay"], item_rows_row_wise=row_wise)
     counts = np.bincount(np.concatenate(train_sequences) if train_sequences else np.zeros(0, np.int64),
                          minlength=payload["num_items"] + 1).astype(np.float64)
     if sharded:  # the popularity of the whole data, as every worker sees it unsharded
@@ -94,7 +99,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     saved = context.restore_training_state(log if context.rank == 0 else (lambda line: None))
     if saved is not None:
         model.load_state_dict({k: v.to(device) for k, v in saved["model"].items()})
-        optimizer.load_state_dict(saved["optimizer"])
+        optimizer.load_state_dict(saved["optimizer"], log=log if context.rank == 0 else (lambda line: None))
         state = saved["state"]
         if context.rank == 0:
             log(f"resumed from checkpoint after epoch {state['epoch']} (best validation NDCG@10 "
@@ -140,6 +145,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             log(f"batches of {batch_size} users (about {AUTO_BATCH_POSITIONS:,} next-item positions; "
                 f"a user's history gives {total / max(1.0, count):.0f} on average)")
     state["batch_size"] = batch_size
+    state["item_table_updates"] = "row_wise" if row_wise else "dense"
     local_batch = max(1, batch_size // context.world_size)
     shard, steps_per_epoch = shard_of(train_sequences)
     validation_users = np.flatnonzero(validation_targets > 0)

@@ -106,9 +106,12 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path, synthetic_csv):
     assert epochs == sorted(set(epochs)) and epochs[-1] == 30  # no epoch trained twice in the record
 
 
-def test_two_workers_on_two_cpus_learn_the_known_structure(tmp_path, synthetic_csv):
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_two_workers_on_two_cpus_learn_the_known_structure(tmp_path, synthetic_csv, loss):
     """DDP over 2 workers x 1 CPU on a 2-CPU local Ray reaches a validation NDCG far above
-    popularity's on the same split (the synthetic users walk their cluster in order)."""
+    popularity's on the same split (the synthetic users walk their cluster in order). Under
+    the sampled softmax DDP all-reduces the item table's sparse gradients (rows updated row by
+    row)."""
     import ray
 
     from rayrec.evaluation.baselines import PopularityBaseline
@@ -118,7 +121,8 @@ def test_two_workers_on_two_cpus_learn_the_known_structure(tmp_path, synthetic_c
     from rayrec.training.trainer import train_distributed
 
     config = TrainConfig(epochs=12, eval_every=4, patience=100, learning_rate=3e-3, num_workers=2,
-                         cpus_per_worker=1, model={"dim": 32, "max_len": 50})
+                         cpus_per_worker=1, model={"dim": 32, "max_len": 50, "loss": loss,
+                                                   "num_uniform_negatives": 50})
     data = load_training_data(str(synthetic_csv), None, None, config, echo=lambda line: None)
     train, targets = validation_split(data.sequences, zero_based=True)
     popularity = PopularityBaseline().fit(train, data.num_items)
@@ -133,6 +137,7 @@ def test_two_workers_on_two_cpus_learn_the_known_structure(tmp_path, synthetic_c
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["num_workers"] == 2 and metrics["threads_per_worker"] == 1
     assert metrics["best_val_ndcg@10"] > 3 * popularity_ndcg, (metrics["best_val_ndcg@10"], popularity_ndcg)
+    assert metrics["item_table_updates"] == ("row_wise" if loss == "sampled" else "dense")
 
 
 def test_a_killed_driver_resumes_from_its_named_run(tmp_path, synthetic_csv):
