@@ -63,8 +63,9 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate (betas 0.9, 0.98).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     sparse_item_updates: bool = Field(
-        True, description="Under the sampled softmax, update only the item rows each batch touches (lazy Adam, "
-        "torch's SparseAdam) instead of the whole table every step; not with weight_decay or several GPU workers.")
+        True, description="Under the sampled softmax, update only the item rows each batch touches (AdamW "
+        "with the steps a row missed caught up when it next takes part) instead of the whole table every step; "
+        "not with several GPU workers (NCCL has no sparse all-reduce).")
     patience: int = Field(
         10, ge=1, description="Stop after this many evaluations without a better trend of validation NDCG@10 "
         "(the mean of the last stopping_window evaluations).")

@@ -1,6 +1,6 @@
 """Under the sampled softmax the item id table is updated row by row (rayrec.training.optimizer):
-a step leaves the items it did not touch where they were, the run still learns, and its
-optimizer state survives a checkpoint."""
+each step touches only its rows, the table still follows dense AdamW, and the optimizer state
+survives a checkpoint."""
 
 import copy
 
@@ -9,7 +9,8 @@ import torch
 
 from rayrec.models.config import ModelConfig
 from rayrec.models.factory import build_two_tower
-from rayrec.training.optimizer import build_optimizer, clip_gradients, row_wise_item_updates_apply
+from rayrec.training.optimizer import (BETAS, RowWiseAdamW, build_optimizer, clip_gradients,
+                                       row_wise_item_updates_apply)
 
 NUM_ITEMS = 50
 
@@ -32,18 +33,44 @@ def item_rows(model) -> torch.Tensor:
     return model.item_tower.id_embedding.weight.detach().clone()
 
 
-def test_items_a_step_does_not_touch_keep_their_vectors_row_wise_but_drift_densely():
-    for row_wise, first_items_move_again in ((True, False), (False, True)):
-        model, optimizer = model_and_optimizer(row_wise)
-        step_on(model, optimizer, [1, 2, 3])
-        after_first = item_rows(model)
-        step_on(model, optimizer, [10, 11])
-        after_second = item_rows(model)
-        # The second step's items moved either way.
-        assert not torch.allclose(after_first[[10, 11]], after_second[[10, 11]])
-        # The first step's items: dense AdamW's momentum moves them again; row by row it does not.
-        assert torch.equal(after_first[[1, 2, 3]], after_second[[1, 2, 3]]) is not first_items_move_again
-        assert torch.equal(after_first[20:], after_second[20:])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_row_wise_steps_follow_dense_adamw_though_each_touches_only_its_rows(weight_decay):
+    """300 steps, each on a random tenth of the rows: the table ends where dense AdamW takes
+    it (within 3% of how far it moved; the closed-form catch-up takes Adam's bias correction at
+    the step it runs), not where "lazy" Adam (torch's SparseAdam, which skips the movement of
+    the steps a row missed) does."""
+    torch.manual_seed(0)
+    start = torch.randn(200, 8)
+    tables = {name: torch.nn.Parameter(start.clone()) for name in ("dense", "row_wise", "lazy")}
+    optimizers = {
+        "dense": torch.optim.AdamW([tables["dense"]], lr=0.01, betas=BETAS, weight_decay=weight_decay),
+        "row_wise": RowWiseAdamW([tables["row_wise"]], lr=0.01, betas=BETAS, weight_decay=weight_decay),
+        "lazy": torch.optim.SparseAdam([tables["lazy"]], lr=0.01, betas=BETAS),
+    }
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        rows = torch.unique(torch.randint(0, 200, (20,), generator=generator))
+        target = torch.randn(len(rows), 8, generator=generator)
+        for name, table in tables.items():
+            optimizers[name].zero_grad()
+            vectors = torch.nn.functional.embedding(rows, table, sparse=name != "dense")
+            ((vectors - target) ** 2).sum().backward()
+            optimizers[name].step()
+    untouched_before_flush = tables["row_wise"].detach().clone()
+    optimizers["row_wise"].flush()
+    assert not torch.equal(untouched_before_flush, tables["row_wise"])  # the rows the last steps missed moved
+    moved = (tables["dense"] - start).norm()
+    assert (tables["row_wise"] - tables["dense"]).norm() < 0.03 * moved
+    assert (tables["lazy"] - tables["dense"]).norm() > 0.2 * moved
+
+
+def test_the_training_optimizer_updates_the_id_table_row_wise_and_the_rest_densely():
+    model, optimizer = model_and_optimizer(row_wise=True)
+    assert isinstance(optimizer.item_rows, RowWiseAdamW)
+    assert optimizer.item_rows.param_groups[0]["params"] == [model.item_tower.id_embedding.weight]
+    assert all(p is not model.item_tower.id_embedding.weight for p in optimizer.dense.param_groups[0]["params"])
+    step_on(model, optimizer, [1, 2, 3])
+    assert model.item_tower.id_embedding.weight.grad.is_sparse
 
 
 def test_sparse_gradients_are_clipped_like_their_dense_equivalent():
@@ -79,7 +106,6 @@ def test_the_optimizer_state_survives_a_checkpoint_and_a_state_of_the_other_kind
 
 @pytest.mark.parametrize("change,reason", [
     ({"loss_kind": "full"}, "full softmax"),
-    ({"weight_decay": 0.01}, "weight decay"),
     ({"device": torch.device("cuda"), "world_size": 2}, "NCCL"),
     ({"wanted": False}, "sparse_item_updates is off"),
 ])
@@ -90,3 +116,17 @@ def test_row_wise_updates_apply_only_where_they_can(change, reason):
     assert row_wise_item_updates_apply(model, **settings) == (True, "")
     applies, why_not = row_wise_item_updates_apply(model, **{**settings, **change})
     assert not applies and reason in why_not
+
+
+def test_a_dense_gradient_on_the_table_is_still_stepped_row_by_row():
+    """A plugin tower that reads the whole table (``id_embedding.weight``) hands the optimizer a
+    dense gradient; the rows with a gradient move as they would with a sparse one."""
+    torch.manual_seed(0)
+    start = torch.randn(20, 4)
+    tables = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    optimizers = [RowWiseAdamW([table], lr=0.1) for table in tables]
+    for table, optimizer, sparse in zip(tables, optimizers, (True, False)):
+        torch.nn.functional.embedding(torch.tensor([3, 5]), table, sparse=sparse).sum().backward()
+        optimizer.step()
+    torch.testing.assert_close(tables[0], tables[1])
+    assert not torch.equal(tables[0][[3, 5]], start[[3, 5]]) and torch.equal(tables[0][:3], start[:3])
