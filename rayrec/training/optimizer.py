@@ -30,6 +30,10 @@ from rayrec.models.two_tower import TwoTowerModel
 BETAS = (0.9, 0.98)
 
 
+#: Rows :meth:`RowWiseAdamW.flush` brings up to date at a time.
+FLUSH_ROWS = 65_536
+
+
 class RowWiseAdamW(torch.optim.Optimizer):
     """AdamW for one embedding table with sparse gradients; the rows a step leaves out catch
     up, in closed form, on the steps they missed when they next take part (or at :meth:`flush`).
@@ -107,15 +111,15 @@ class RowWiseAdamW(torch.optim.Optimizer):
                 if not state:
                     continue
                 step = int(state["step"])
-                stale = (state["row_step"] < step).nonzero().squeeze(1)
-                if len(stale) == 0:
-                    continue
-                values, exp_avg, exp_avg_sq = self._catch_up(
-                    group, state, stale, step, parameter[stale], state["exp_avg"][stale], state["exp_avg_sq"][stale])
-                parameter[stale] = values
-                state["exp_avg"][stale] = exp_avg
-                state["exp_avg_sq"][stale] = exp_avg_sq
-                state["row_step"][stale] = step
+                # In slices: the rows' copies of a whole million-row table would take gigabytes.
+                for stale in (state["row_step"] < step).nonzero().squeeze(1).split(FLUSH_ROWS):
+                    values, exp_avg, exp_avg_sq = self._catch_up(
+                        group, state, stale, step, parameter[stale], state["exp_avg"][stale],
+                        state["exp_avg_sq"][stale])
+                    parameter[stale] = values
+                    state["exp_avg"][stale] = exp_avg
+                    state["exp_avg_sq"][stale] = exp_avg_sq
+                    state["row_step"][stale] = step
 
 
 class TrainingOptimizer:
