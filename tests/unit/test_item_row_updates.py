@@ -104,6 +104,19 @@ def test_the_optimizer_state_survives_a_checkpoint_and_a_state_of_the_other_kind
     assert lines and "start afresh" in lines[0]
 
 
+def test_a_checkpoint_of_one_adamw_as_written_before_still_resumes_a_dense_run():
+    model, optimizer = model_and_optimizer(row_wise=False)
+    step_on(model, optimizer, [1, 2, 3])
+    restored_model, restored = model_and_optimizer(row_wise=False)
+    restored_model.load_state_dict(model.state_dict())
+    lines: list[str] = []
+    restored.load_state_dict(copy.deepcopy(optimizer.dense.state_dict()), log=lines.append)
+    assert lines == []
+    step_on(model, optimizer, [2, 5])
+    step_on(restored_model, restored, [2, 5])
+    torch.testing.assert_close(item_rows(model), item_rows(restored_model))
+
+
 @pytest.mark.parametrize("change,reason", [
     ({"loss_kind": "full"}, "full softmax"),
     ({"device": torch.device("cuda"), "world_size": 2}, "NCCL"),
@@ -111,8 +124,7 @@ def test_the_optimizer_state_survives_a_checkpoint_and_a_state_of_the_other_kind
 ])
 def test_row_wise_updates_apply_only_where_they_can(change, reason):
     model, _ = model_and_optimizer(row_wise=False)
-    settings = {"loss_kind": "sampled", "wanted": True, "weight_decay": 0.0, "device": torch.device("cpu"),
-                "world_size": 2}
+    settings = {"loss_kind": "sampled", "wanted": True, "device": torch.device("cpu"), "world_size": 2}
     assert row_wise_item_updates_apply(model, **settings) == (True, "")
     applies, why_not = row_wise_item_updates_apply(model, **{**settings, **change})
     assert not applies and reason in why_not
