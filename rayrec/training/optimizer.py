@@ -58,10 +58,11 @@ class RowWiseAdamW(torch.optim.Optimizer):
         return state
 
     @staticmethod
-    def _catch_up(group, state, rows: torch.Tensor, until: int, values, exp_avg, exp_avg_sq):
-        """Rows' parameters and moments advanced over the steps after their last update up to
-        ``until`` (inclusive), with no gradient in them."""
+    def _caught_up(group, state, parameter: torch.Tensor, rows: torch.Tensor, until: int):
+        """``rows``' parameters and moments advanced over the steps after their last update up
+        to ``until`` (inclusive), with no gradient in them: (values, exp_avg, exp_avg_sq)."""
         beta1, beta2 = group["betas"]
+        values, exp_avg, exp_avg_sq = parameter[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows]
         missed = (until - state["row_step"][rows]).clamp(min=0).to(values.dtype)[:, None]  # (R, 1)
         decay = 1.0 - group["lr"] * group["weight_decay"]
         step = max(1, until)
@@ -71,6 +72,14 @@ class RowWiseAdamW(torch.optim.Optimizer):
         series = decay ** missed * ratio * (1 - ratio ** missed) / (1 - ratio)
         values = decay ** missed * values - group["lr"] * correction * series * direction
         return values, exp_avg * beta1 ** missed, exp_avg_sq * beta2 ** missed
+
+    @staticmethod
+    def _store(state, parameter: torch.Tensor, rows: torch.Tensor, step: int, values, exp_avg, exp_avg_sq) -> None:
+        """Write ``rows``' parameters and moments back, as updated through ``step``."""
+        parameter[rows] = values
+        state["exp_avg"][rows] = exp_avg
+        state["exp_avg_sq"][rows] = exp_avg_sq
+        state["row_step"][rows] = step
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -87,18 +96,14 @@ class RowWiseAdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 step = int(state["step"])
                 rows, grads = gradient.indices()[0], gradient.values()
-                values, exp_avg, exp_avg_sq = self._catch_up(
-                    group, state, rows, step - 1, parameter[rows], state["exp_avg"][rows], state["exp_avg_sq"][rows])
+                values, exp_avg, exp_avg_sq = self._caught_up(group, state, parameter, rows, step - 1)
                 # This step, as AdamW takes it.
                 values = values * (1.0 - group["lr"] * group["weight_decay"])
                 exp_avg = exp_avg * beta1 + (1 - beta1) * grads
                 exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grads * grads
                 denominator = exp_avg_sq.sqrt() / (1 - beta2 ** step) ** 0.5 + group["eps"]
                 values = values - group["lr"] / (1 - beta1 ** step) * exp_avg / denominator
-                parameter[rows] = values
-                state["exp_avg"][rows] = exp_avg
-                state["exp_avg_sq"][rows] = exp_avg_sq
-                state["row_step"][rows] = step
+                self._store(state, parameter, rows, step, values, exp_avg, exp_avg_sq)
         return None
 
     @torch.no_grad()
@@ -113,13 +118,7 @@ class RowWiseAdamW(torch.optim.Optimizer):
                 step = int(state["step"])
                 # In slices: the rows' copies of a whole million-row table would take gigabytes.
                 for stale in (state["row_step"] < step).nonzero().squeeze(1).split(FLUSH_ROWS):
-                    values, exp_avg, exp_avg_sq = self._catch_up(
-                        group, state, stale, step, parameter[stale], state["exp_avg"][stale],
-                        state["exp_avg_sq"][stale])
-                    parameter[stale] = values
-                    state["exp_avg"][stale] = exp_avg
-                    state["exp_avg_sq"][stale] = exp_avg_sq
-                    state["row_step"][stale] = step
+                    self._store(state, parameter, stale, step, *self._caught_up(group, state, parameter, stale, step))
 
 
 class TrainingOptimizer:
@@ -154,8 +153,9 @@ class TrainingOptimizer:
         return state
 
     def load_state_dict(self, state: dict[str, Any], log: Callable[[str], None] = print) -> None:
-        """Restore a checkpoint's optimizer state. A checkpoint written with the other kind of
-        item-table update (or before there were two) restores nothing: the moments then start
+        """Restore a checkpoint's optimizer state; one AdamW's state (as checkpoints held before
+        the item table could be updated row by row) restores a dense run. A checkpoint written
+        with the other kind of item-table update restores nothing: the moments then start
         afresh, which costs a few steps, not the run."""
         if self.item_rows is None and set(state) == {"state", "param_groups"}:
             self.dense.load_state_dict(state)  # one AdamW's state, as checkpoints held before

@@ -82,7 +82,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
     loss_kind = model_config.resolved_loss(payload["num_items"])
     row_wise, why_not = row_wise_item_updates_apply(
         model, loss_kind=loss_kind, wanted=bool(loop_config.get("sparse_item_updates", True)),
-        device=torch.device(device), world_size=context.world_size)
+        device=device, world_size=context.world_size)
     if context.rank == 0 and loss_kind == "sampled":
         log("item table: updated row by row (the rows each batch touches)" if row_wise
             else f"item table: updated densely ({why_not})")
