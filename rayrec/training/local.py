@@ -32,8 +32,11 @@ class LocalContext:
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         return list(values)
 
-    def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:  # one worker: no DDP
+    def prepare_model(self, module: torch.nn.Module, apart=()) -> torch.nn.Module:  # one worker: no DDP
         return module.to(self.device)
+
+    def average_row_gradient(self, parameter: torch.nn.Parameter) -> None:  # one worker: its own
+        return None
 
     def restore_training_state(self, log: Callable[[str], None]) -> dict[str, Any] | None:
         latest = self.checkpoint_root / "latest"

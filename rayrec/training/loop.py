@@ -95,6 +95,7 @@ def train_one_epoch(
     loss_module: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
     user_features: np.ndarray | None = None,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[float, int]:
     """One pass over ``users`` (this worker's shard) in shuffled batches.
 
@@ -103,7 +104,8 @@ def train_one_epoch(
     ``num_steps`` pads the pass with repeated batches so all data-parallel workers take the
     same number of steps (DDP's gradient all-reduce needs every worker in every step).
     ``loss_module``: the :class:`NextItemLoss` of ``model`` to step, e.g. wrapped in
-    ``DistributedDataParallel``; unset, a plain one.
+    ``DistributedDataParallel``; unset, a plain one. ``after_backward``: called after each
+    backward pass, before clipping (the workers' averaging of what DDP does not average).
     Returns (mean loss, supervised positions seen).
     """
     model.train()
@@ -126,6 +128,8 @@ def train_one_epoch(
         loss, supervised = loss_module(inputs_t, labels_t, features_t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward()
         clip_gradients(model.parameters(), 5.0)
         optimizer.step()
         positions = int(supervised)

@@ -12,7 +12,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -34,9 +34,13 @@ class WorkerContext(Protocol):
 
     def all_reduce_sum(self, values: list[float]) -> list[float]: ...
 
-    def prepare_model(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prepare_model(self, module: torch.nn.Module, apart: Sequence[torch.nn.Parameter] = ()) -> torch.nn.Module:
         """``module`` ready to train data-parallel (on Ray Train: wrapped in DDP when
-        ``world_size > 1``), or itself."""
+        ``world_size > 1``, but for the ``apart`` parameters), or itself."""
+        ...
+
+    def average_row_gradient(self, parameter: torch.nn.Parameter) -> None:
+        """Average an ``apart`` parameter's sparse gradient over the workers (a collective)."""
         ...
 
     def restore_training_state(self, log: Callable[[str], None]) -> dict[str, Any] | None:
@@ -110,9 +114,13 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
         model.load_state_dict({k: v.to(device) for k, v in payload["initial_weights"].items()})
         if context.rank == 0:
             log("warm start: weights from the previous model")
+    # Several workers average the id table's sparse gradient themselves, not through DDP
+    # (rayrec.training.optimizer.average_row_gradient says why).
+    apart = [model.item_tower.id_embedding.weight] if row_wise and context.world_size > 1 else []
     loss_module = context.prepare_model(NextItemLoss(
         model, loss_kind=loss_kind, log_q=log_q, num_uniform_negatives=model_config.num_uniform_negatives,
-        temperature=model_config.temperature))
+        temperature=model_config.temperature), apart=apart)
+    after_backward = (lambda: context.average_row_gradient(apart[0])) if apart else None
 
     # Users with at least one next-item example; each worker trains on its own shard.
     def shard_of(user_sequences: list[np.ndarray]) -> tuple[np.ndarray, int | None]:
@@ -182,6 +190,7 @@ def run_worker(loop_config: dict[str, Any], payload: dict[str, Any], context: Wo
             num_uniform_negatives=model_config.num_uniform_negatives, temperature=model_config.temperature,
             rng=rng, crop_probability=loop_config["crop_probability"], epoch=epoch, on_step=progress,
             num_steps=steps, device=device, user_features=user_features, loss_module=loss_module,
+            after_backward=after_backward,
         )
 
     for epoch in range(state["epoch"], epochs):

@@ -142,3 +142,40 @@ def test_a_dense_gradient_on_the_table_is_still_stepped_row_by_row():
         optimizer.step()
     torch.testing.assert_close(tables[0], tables[1])
     assert not torch.equal(tables[0][[3, 5]], start[[3, 5]]) and torch.equal(tables[0][:3], start[:3])
+
+
+#: Each worker's rows of a (12, 3) table's gradient, listed with repeats as an embedding's
+#: backward pass lists them: overlapping, and one worker with none at all.
+WORKER_ROWS = {2: [[1, 4, 4, 7], [4, 9, 1, 1, 11]], 3: [[0, 5], [], [5, 5, 2]]}
+
+
+def _average_on_worker(rank: int, world_size: int, store_path: str, results: str) -> None:
+    import torch.distributed as dist
+
+    from rayrec.training.optimizer import average_row_gradient
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
+    try:
+        rows = WORKER_ROWS[world_size][rank]
+        gradient = None if not rows else torch.sparse_coo_tensor(
+            torch.tensor([rows]), torch.arange(len(rows) * 3, dtype=torch.float32).reshape(-1, 3) + rank, (12, 3))
+        torch.save(average_row_gradient(gradient, torch.Size((12, 3)), world_size).to_dense(), f"{results}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_workers_average_the_tables_sparse_gradient_as_ddp_would_the_dense_one(tmp_path, world_size):
+    """Several workers average the id table's sparse gradients themselves (DDP leaves the table
+    alone): every worker ends with the mean of the workers' dense gradients."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_average_on_worker, args=(world_size, str(tmp_path / "store"), str(tmp_path)), nprocs=world_size)
+    expected = torch.zeros(12, 3)
+    for rank, rows in enumerate(WORKER_ROWS[world_size]):
+        if rows:
+            expected += torch.sparse_coo_tensor(torch.tensor([rows]), torch.arange(len(rows) * 3, dtype=torch.float32)
+                                                .reshape(-1, 3) + rank, (12, 3)).to_dense()
+    expected /= world_size
+    for rank in range(world_size):
+        assert torch.allclose(torch.load(tmp_path / f"{rank}.pt"), expected), rank
