@@ -22,6 +22,34 @@ REQUIRED_FILES = ("config.json", "weights.pt", "user_vocab.json", "item_vocab.js
                   "item_popularity.npy")
 
 
+def _network_of(model_config: ModelConfig, num_items: int, inputs: ItemInputs, num_user_feature_values: int,
+                weights: dict[str, torch.Tensor], model_dir: Path) -> torch.nn.Module:
+    """The network with ``weights`` as its tensors (``assign``: no copy of the mapped file).
+    Built on the meta device, so that no random initialisation is allocated or computed
+    (seconds and the id table's size at a million items) only to be replaced; a tower that
+    cannot be built there, or that keeps a tensor the weights do not hold (a non-persistent
+    buffer), is built on the CPU instead."""
+    def build() -> torch.nn.Module:
+        return build_two_tower(model_config, num_items, inputs, num_user_feature_values=num_user_feature_values)
+
+    def load(network: torch.nn.Module) -> torch.nn.Module:
+        try:
+            network.load_state_dict(weights, assign=True)
+        except (RuntimeError, KeyError) as exc:
+            raise ModelError(f"{model_dir}: weights.pt does not match config.json ({exc})") from None
+        return network
+
+    try:
+        with torch.device("meta"):
+            network = build()
+    except Exception:  # a plugin tower that computes with its tensors while it is built
+        return load(build())
+    network = load(network)
+    if any(tensor.is_meta for tensor in (*network.parameters(), *network.buffers())):
+        return load(build())
+    return network
+
+
 class TrainedModel(ServableModel):
     """A trained two-tower model loaded from its directory (see :mod:`rayrec.models.bundle`)."""
 
@@ -52,19 +80,16 @@ class TrainedModel(ServableModel):
             if (model_dir / "item_features.npz").exists():
                 with np.load(model_dir / "item_features.npz") as packed:
                     features = {key: packed[key] for key in packed.files}
-            weights = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True)
+            # Mapped, not read: the network's tensors are the file's pages (below), shared by a
+            # node's replicas and resident only where read. Serving reads the id table's rows
+            # from item_embeddings.npy instead (_history_inputs), so at a million items of dim
+            # 128 a replica no longer holds a 480 MB copy of it.
+            weights = torch.load(model_dir / "weights.pt", map_location="cpu", weights_only=True, mmap=True)
         except Exception as exc:  # corrupt or truncated files of any kind
             raise ModelError(f"{model_dir}: cannot read model files ({type(exc).__name__}: {exc})") from None
-        num_items = len(files.item_vocab)
-        network = build_two_tower(
-            model_config, num_items,
-            ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content")),
-            num_user_feature_values=len(config.get("user_feature_vocab", [])),
-        )
-        try:
-            network.load_state_dict(weights)
-        except (RuntimeError, KeyError) as exc:
-            raise ModelError(f"{model_dir}: weights.pt does not match config.json ({exc})") from None
+        inputs = ItemInputs(features.get("category_ids"), int(config.get("num_categories", 0)), features.get("content"))
+        network = _network_of(model_config, len(files.item_vocab), inputs, len(config.get("user_feature_vocab", [])),
+                              weights, model_dir)
         network.eval()
         user_features = None
         if network.user_feature_embedding is not None and (model_dir / "user_features.npy").exists():
