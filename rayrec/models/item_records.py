@@ -8,12 +8,21 @@ kernel's page cache, shared by a node's processes) and parses a record when it i
 keeping the most recently used ones. A model's ``items`` is then an :class:`ItemRecords`, a
 sequence of records like the list it was; its ``by_id`` is what a scorer reads.
 
+Request filters (``{"categories": ["Comedy"]}``) ask which records match a value. Export answers
+that once for every attribute with at most :data:`MAX_INDEXED_VALUES` distinct values
+(categories, brands, languages; not titles): ``items.filters.json`` holds the attribute names and,
+per attribute and value, a span of ``items.filter_rows.npy``, the matching rows, which serving
+maps. Without it a filter's first use of each value parses every record: seconds at a million
+items, on the request that asked (``benchmarks/filters.py``). Attributes not indexed are still
+scanned, once per value.
+
 Directories without the offsets (older ones, the tests' ToyModel) load the records as a list,
 as before.
 """
 
 from __future__ import annotations
 
+import array
 import json
 import mmap
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,10 +34,16 @@ import numpy as np
 
 from rayrec.schema import Vocabulary
 
-__all__ = ["ItemRecords", "ItemRecordsById", "read_item_records", "record_matches", "write_item_records"]
+__all__ = ["ItemRecords", "ItemRecordsById", "matching_values", "read_item_records", "record_matches",
+           "write_item_records"]
 
 RECORDS_FILE = "items.jsonl"
 OFFSETS_FILE = "items.offsets.npy"
+FILTERS_FILE = "items.filters.json"
+FILTER_ROWS_FILE = "items.filter_rows.npy"
+#: An attribute with more distinct values than this is not indexed at export (a title, a
+#: description: nobody filters on them, and their index would be as big as the catalogue).
+MAX_INDEXED_VALUES = 4_096
 #: Parsed records kept per process: a request reads the metadata of its candidates, which
 #: repeat across requests (popular items), so a small cache saves most of the parsing.
 CACHED_RECORDS = 16_384
@@ -43,23 +58,78 @@ def record_matches(record: Mapping[str, Any], key: str, value: str) -> bool:
     return (value in have) if isinstance(have, (list, tuple, set)) else str(have) == value
 
 
+def matching_values(have: Any) -> Iterator[str]:
+    """The filter values an attribute's value ``have`` matches, by :func:`record_matches`'s rule:
+    a list's string elements, a scalar as a string, nothing for None."""
+    if have is None:
+        return
+    if isinstance(have, (list, tuple, set)):
+        yield from (element for element in have if isinstance(element, str))
+    else:
+        yield str(have)
+
+
+class _FilterIndexBuilder:
+    """The rows matching each value of each attribute, collected as export writes the records."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+        self.rows: dict[str, dict[str, array.array] | None] = {}  # None: too many values to index
+
+    def add(self, row: int, record: Mapping[str, Any]) -> None:
+        for key, have in record.items():
+            if key == "item_id":
+                continue
+            self.names.add(key)
+            if key not in self.rows:
+                self.rows[key] = {}
+            values = self.rows[key]
+            if values is None:
+                continue
+            for value in dict.fromkeys(matching_values(have)):  # a value listed twice is one match
+                values.setdefault(value, array.array("q")).append(row)
+            if len(values) > MAX_INDEXED_VALUES:
+                self.rows[key] = None
+
+    def write(self, out_dir: Path, records_bytes: int) -> None:
+        spans: dict[str, dict[str, list[int]]] = {}
+        parts, start = [], 0
+        for key, values in self.rows.items():
+            if values is None:
+                continue
+            spans[key] = {}
+            for value, rows in values.items():
+                spans[key][value] = [start, start + len(rows)]
+                parts.append(np.frombuffer(rows, dtype=np.int64))
+                start += len(rows)
+        np.save(out_dir / FILTER_ROWS_FILE, np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
+        (out_dir / FILTERS_FILE).write_text(json.dumps(
+            {"records_bytes": records_bytes, "attribute_names": sorted(self.names), "values": spans}))
+
+
 def write_item_records(out_dir: str | Path, records: Iterable[dict], item_ids: Iterable[str]) -> None:
     """``items.jsonl``, one record per line, and, when the records are the vocabulary's items in
-    its order (as training writes them), ``items.offsets.npy`` for :class:`ItemRecords`."""
+    its order (as training writes them), ``items.offsets.npy`` for :class:`ItemRecords` and the
+    filter index (module docstring)."""
     out_dir = Path(out_dir)
     offsets, aligned = [0], True
     expected = iter(item_ids)
+    filters = _FilterIndexBuilder()
     with open(out_dir / RECORDS_FILE, "wb") as handle:
-        for record in records:
+        for row, record in enumerate(records):
             line = (json.dumps(record) + "\n").encode("utf-8")
             handle.write(line)
             offsets.append(offsets[-1] + len(line))
             aligned = aligned and str(record.get("item_id")) == next(expected, None)
+            if aligned:
+                filters.add(row, record)
     aligned = aligned and next(expected, None) is None
     if aligned:
         np.save(out_dir / OFFSETS_FILE, np.asarray(offsets, dtype=np.int64))
+        filters.write(out_dir, offsets[-1])
     else:
-        (out_dir / OFFSETS_FILE).unlink(missing_ok=True)
+        for name in (OFFSETS_FILE, FILTERS_FILE, FILTER_ROWS_FILE):
+            (out_dir / name).unlink(missing_ok=True)
 
 
 def read_item_records(model_dir: str | Path, item_vocab: Vocabulary) -> "ItemRecords | list[dict] | None":
@@ -146,6 +216,22 @@ class ItemRecordsById(Mapping[str, dict]):
         self.vocabulary = records.vocabulary
         self._attribute_names: frozenset[str] | None = None
         self._matching: dict[tuple[str, str], np.ndarray] = {}
+        self._indexed: dict[str, dict[str, list[int]]] = {}
+        self._indexed_rows = np.zeros(0, dtype=np.int64)
+        self._read_filter_index()
+
+    def _read_filter_index(self) -> None:
+        """Export's filter index (module docstring), where it was written with these records."""
+        directory = self.records.path.parent
+        try:
+            index = json.loads((directory / FILTERS_FILE).read_text())
+            if index.get("records_bytes") != self.records.path.stat().st_size:
+                return  # written for another items.jsonl
+            rows = np.load(directory / FILTER_ROWS_FILE, mmap_mode="r")
+        except (OSError, ValueError):  # none (an older directory) or unreadable: scan instead
+            return
+        self._attribute_names = frozenset(index["attribute_names"])
+        self._indexed, self._indexed_rows = index["values"], rows
 
     def __getitem__(self, item_id: str) -> dict:
         row = self.vocabulary.index_of(item_id) if isinstance(item_id, str) else None
@@ -169,7 +255,11 @@ class ItemRecordsById(Mapping[str, dict]):
         return self._attribute_names
 
     def matching_rows(self, key: str, value: str) -> np.ndarray:
-        """(M,) int64: the rows whose record passes the filter ``{key: value}`` (computed once)."""
+        """(M,) int64: the rows whose record passes the filter ``{key: value}``: read from export's
+        filter index where it holds the attribute, else computed once by a scan."""
+        if key in self._indexed:
+            start, end = self._indexed[key].get(value, (0, 0))
+            return np.asarray(self._indexed_rows[start:end])
         rows = self._matching.get((key, value))
         if rows is None:
             rows = np.fromiter((row for row, record in enumerate(self.records) if record_matches(record, key, value)),

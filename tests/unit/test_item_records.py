@@ -9,7 +9,9 @@ import tracemalloc
 
 import pytest
 
-from rayrec.models.item_records import OFFSETS_FILE, ItemRecords, read_item_records, write_item_records
+from rayrec.models import item_records as item_records_module
+from rayrec.models.item_records import (FILTERS_FILE, OFFSETS_FILE, ItemRecords, read_item_records, record_matches,
+                                        write_item_records)
 from rayrec.models.servable import load_model_dir
 from rayrec.schema import Vocabulary
 from rayrec.serving.graph.model_loading import item_records
@@ -90,6 +92,49 @@ def test_records_not_in_the_vocabularys_order_are_loaded_as_a_list(tmp_path):
     write_item_records(tmp_path, some[:4], [r["item_id"] for r in some])  # fewer records than items
     assert not (tmp_path / OFFSETS_FILE).exists()
     assert read_item_records(tmp_path / "elsewhere", Vocabulary()) is None  # no items.jsonl: no metadata
+
+
+def mixed_records(count: int) -> list[dict]:
+    """Attributes of every shape a filter meets: a list (with a repeat and a number in it), a
+    string, a number, a flag, a missing and a null value, and a title unique to each item."""
+    return [{"item_id": f"item-{i}", "title": f"Title {i}", "categories": [f"genre-{i % 3}", "all", "all", 7],
+             "brand": f"brand-{i % 4}", "year": 1990 + i % 5, "in_stock": i % 2 == 0,
+             **({"colour": None} if i % 3 == 0 else {"colour": ["red", "blue"][i % 2]})} for i in range(count)]
+
+
+def test_filters_are_answered_from_the_exported_index_as_a_scan_answers_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(item_records_module, "MAX_INDEXED_VALUES", 8)  # so the titles (20 values) are not indexed
+    many = mixed_records(20)
+    vocabulary = Vocabulary(r["item_id"] for r in many)
+    write_item_records(tmp_path, many, vocabulary.ids)
+    by_id = read_item_records(tmp_path, vocabulary).by_id
+    assert set(by_id._indexed) == {"categories", "brand", "year", "in_stock", "colour"}  # read, not scanned
+    assert by_id.attribute_names() == {"title", "categories", "brand", "year", "in_stock", "colour"}
+    asked = [(key, value) for key in ("categories", "brand", "year", "in_stock", "colour", "title")
+             for value in {str(v) for r in many for v in (r.get(key) if isinstance(r.get(key), list) else [r.get(key)])}
+             | {"no-such-value", "7", "None"}]
+    for key, value in asked:
+        scanned = [row for row, record in enumerate(many) if record_matches(record, key, value)]
+        assert by_id.matching_rows(key, value).tolist() == scanned, (key, value)
+    assert by_id.matching_rows("categories", "all").tolist() == list(range(20))  # "all" listed twice: once
+    assert by_id.matching_rows("year", "1992").tolist() == [2, 7, 12, 17]
+    assert by_id.matching_rows("in_stock", "True").tolist() == list(range(0, 20, 2))
+    assert by_id.matching_rows("title", "Title 3").tolist() == [3]  # not indexed: found by a scan
+
+
+def test_a_filter_index_written_for_other_records_is_not_used(tmp_path):
+    many = mixed_records(6)
+    vocabulary = Vocabulary(r["item_id"] for r in many)
+    write_item_records(tmp_path, many, vocabulary.ids)
+    index = (tmp_path / FILTERS_FILE).read_text()
+    changed = [{**record, "brand": "other"} for record in many]
+    write_item_records(tmp_path, changed, vocabulary.ids)
+    (tmp_path / FILTERS_FILE).write_text(index)  # the old records' index beside the new records
+    by_id = read_item_records(tmp_path, vocabulary).by_id
+    assert by_id.matching_rows("brand", "other").tolist() == list(range(6))
+    assert by_id.matching_rows("brand", "brand-1").tolist() == []
+    write_item_records(tmp_path, many, list(reversed(vocabulary.ids)))  # not in row order: no index either
+    assert not (tmp_path / FILTERS_FILE).exists()
 
 
 class MappedStandIn(StandInModel):
