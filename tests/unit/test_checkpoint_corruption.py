@@ -50,12 +50,14 @@ def test_the_latest_readable_checkpoint_is_restored(checkpoints, address):
     assert restore_training_state(None, log=lines.append) is None
 
 
-def test_a_truncated_checkpoint_is_an_error_naming_the_file(checkpoints):
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped (export)"])
+def test_a_truncated_checkpoint_is_an_error_naming_the_file(checkpoints, mmap):
     _, dirs = checkpoints
+    assert load_training_state(dirs[-1], mmap=mmap)["state"]["epoch"] == 3
     truncate(dirs[-1] / CHECKPOINT_FILE)
     with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint_2025-01-03_10-00-00.000000/training_state.pt "
                                               r"is corrupt or truncated"):
-        load_training_state(dirs[-1])
+        load_training_state(dirs[-1], mmap=mmap)
 
 
 @pytest.mark.parametrize("address", ADDRESSES)
