@@ -46,9 +46,17 @@ MB = 2**20
 
 @pytest.mark.parametrize("topology", ["split", "fused", "ingress"])
 def test_every_deployment_reserves_memory_for_the_model_it_loads(tmp_path, topology):
+    """What a replica reads into its own memory, twice (a reload holds two generations); not the
+    files it maps (shared by the node's replicas), nor a run's checkpoints in the directory."""
+    from rayrec.serving.graph.builder import MAPPED_FILES
+
     model = write_toy_model(tmp_path / "model", num_items=2000, dim=32)
-    model_mb = sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) / MB
-    assert model_mb > 0.1
+    (model / ".checkpoints").mkdir()
+    (model / ".checkpoints" / "training_state.pt").write_bytes(b"0" * 4 * MB)
+    objects = {"item_vocab.json": 12, "user_vocab.json": 12}  # read as a list and dict of the ids
+    model_mb = sum(objects.get(f.name, 1) * f.stat().st_size for f in model.iterdir()
+                   if f.is_file() and f.name not in MAPPED_FILES) / MB
+    assert model_mb > 0.1 and (model / "item_embeddings.npy").stat().st_size > 0.1 * MB  # mapped: not counted
     args = AppArgs(model_dir=str(model), topology=topology)
     loads_model = {"preprocessor", "user_encoder", "scorer", "pipeline"} | ({"ingress"} if topology == "ingress" else set())
     for name in args.deployed_stages():

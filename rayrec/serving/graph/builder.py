@@ -29,17 +29,43 @@ BASE_MEMORY_MB = 300
 MODEL_STAGES = ("preprocessor", "user_encoder", "scorer", "pipeline")
 
 
+#: Model files a replica memory-maps instead of reading: their pages are the kernel's page
+#: cache, shared by a node's replicas and reclaimable, so no replica reserves them
+#: (rayrec.models: trained, histories, vocabulary_files, item_records, ann).
+MAPPED_FILES = frozenset({
+    "weights.pt", "item_embeddings.npy", "history_items.npy", "items.jsonl", "items.offsets.npy",
+    "items.filter_rows.npy", "item_index.faiss", "text_index.faiss",
+    "user_vocab.ids.npy", "user_vocab.sorted.npy", "user_vocab.rows.npy",
+})
+
+
+#: A vocabulary file read as a Python list and dict of its ids takes about this many times its
+#: size in memory (a million ids: a 10 MB file, 121 MB of objects).
+VOCABULARY_OBJECTS_PER_BYTE = 12
+
+
 def model_dir_mb(model_dir: str | Path) -> float:
-    """Size of the files in ``model_dir`` in MB (0 when it does not exist)."""
+    """What a replica reads of ``model_dir`` into its own memory, in MB (0 when it does not
+    exist): its files but the :data:`MAPPED_FILES` and what hidden folders hold (a run's
+    ``.checkpoints``, which serving never reads), the vocabularies it reads as objects counted
+    as those objects."""
     path = Path(model_dir)
     if not path.is_dir():
         return 0.0
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+    mapped_users = (path / "user_vocab.ids.npy").exists()
+    total = 0.0
+    for file in path.iterdir():
+        if not file.is_file() or file.name in MAPPED_FILES or (file.name == "user_vocab.json" and mapped_users):
+            continue
+        factor = VOCABULARY_OBJECTS_PER_BYTE if file.name in ("item_vocab.json", "user_vocab.json") else 1
+        total += factor * file.stat().st_size
+    return total / 2**20
 
 
 def memory_mb(name: str, args: AppArgs) -> int:
-    """The configured ``memory_mb`` of stage ``name``, else the estimate: a model stage holds the
-    model once loaded and briefly a second copy while a reload builds the next generation."""
+    """The configured ``memory_mb`` of stage ``name``, else the estimate: a model stage holds
+    what it reads of the model once loaded, and briefly a second copy while a reload builds
+    the next generation."""
     configured = getattr(args.stages, name).memory_mb
     if configured is not None:
         return configured
