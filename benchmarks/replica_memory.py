@@ -17,11 +17,19 @@ variant running, the benchmark sums their PSS (``/proc/PID/smaps_rollup``: each 
 counted once across the processes that map it) and their RSS. Not Ray Serve replicas: the
 measurement is of the item index a scorer replica holds, without Ray's own per-process memory
 (about the same in every variant). A benchmark, not a test: nothing is asserted.
+
+**Whole Ray Serve replicas** (``--model DIR``, a trained model directory): ``rayrec serve --model
+DIR --topology split`` (the topology with a scorer deployment of its own) with 1 and then 2
+Retriever replicas (``stages.scorer.num_replicas`` in a ``--config`` file), each after ``--queries`` ``/recommend`` requests of the model's training
+users spread over the replicas. Memory is the summed PSS and RSS of the Serve replica processes
+(found by their process title, ``ray::ServeReplica:APP:DEPLOYMENT``), per deployment: Ray's own
+per-process memory, the libraries, the model and the index, all of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -103,6 +111,66 @@ def replicas(model_dir: Path, count: int, graph_mode: str, ids_mode: str, querie
             process.wait()
 
 
+def serve_replica_processes() -> dict[str, list[int]]:
+    """The PIDs of this machine's Ray Serve replica processes, by deployment name (their process
+    title is ``ray::ServeReplica:APP:DEPLOYMENT``)."""
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().split(b"\0")[0].decode("utf-8", "replace")
+        except OSError:  # ended meanwhile
+            continue
+        if title.startswith("ray::ServeReplica:"):  # "...:Retriever.<method>" while it runs one
+            found.setdefault(title.split()[0].rsplit(":", 1)[-1].split(".")[0], []).append(int(entry.name))
+    return found
+
+
+def serve_replicas(model_dir: Path, scorers: int, queries: int, scorer_memory_mb: int | None,
+                   workdir: Path) -> dict[str, list[tuple[float, float]]]:
+    """(PSS, RSS) MB of each Serve replica process, by deployment, of ``rayrec serve --model
+    DIR --topology split`` with ``scorers`` Retriever replicas, after ``queries`` requests."""
+    import httpx
+    from _common import training_users
+    from serving import Server
+
+    config = workdir / f"scorers-{scorers}.yaml"
+    memory = f"\n    memory_mb: {scorer_memory_mb}" if scorer_memory_mb else ""
+    config.write_text(f"stages:\n  scorer:\n    num_replicas: {scorers}{memory}\n")
+    users = training_users(model_dir)
+    server = Server(model_dir, workdir, os.cpu_count() or 2, ["--topology", "split", "--config", str(config)])
+    try:
+        server.wait_first_answer(users[0])
+        deadline = time.perf_counter() + 300
+        while len(serve_replica_processes().get("Retriever", [])) < scorers:
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"{scorers} Retriever replicas did not start:\n" + "".join(server.lines)[-3000:])
+            time.sleep(1)
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            for number in range(queries):  # Serve's router spreads them over the replicas
+                client.post("/recommend", json={"user_id": users[number % len(users)], "k": 10}).raise_for_status()
+        return {name: [memory_mb(pid) for pid in pids] for name, pids in serve_replica_processes().items()}
+    finally:
+        server.stop()
+
+
+def serve_replica_memory(model_dir: Path, queries: int, scorer_memory_mb: int | None) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    print(f"{model_dir}: {config['num_items']:,} items x {config['dim']} dims, "
+          f"item index: {(config.get('item_index') or {}).get('metric', 'none (exact search)')}")
+    print(f"\n{'scorer replicas':<16}{'deployment':<20}{'processes':>10}{'PSS MB':>10}{'RSS MB':>10}")
+    scorer_pss = {}
+    with tempfile.TemporaryDirectory(prefix="rayrec-replica-memory-") as workdir:
+        for scorers in (1, 2):
+            replicas = serve_replicas(model_dir, scorers, queries, scorer_memory_mb, Path(workdir))
+            for name, processes in sorted(replicas.items()):
+                pss, rss = sum(p for p, _ in processes), sum(r for _, r in processes)
+                print(f"{scorers:<16}{name:<20}{len(processes):>10}{pss:>10,.0f}{rss:>10,.0f}", flush=True)
+            scorer_pss[scorers] = sum(p for p, _ in replicas.get("Retriever", []))
+    print(f"\nwhole Retriever replicas: 2 / 1 = {scorer_pss[2] / scorer_pss[1]:.2f} by PSS (target <= 1.3)")
+
+
 def write_model_files(model_dir: Path, items: int, dim: int, ef_construction: int) -> None:
     import faiss
 
@@ -130,7 +198,14 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=40)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep (and reuse) the model files here.")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="A trained model directory: measure whole `rayrec serve` replicas over it instead.")
+    parser.add_argument("--scorer-memory-mb", type=int, default=None,
+                        help="--model: the memory each scorer replica declares (default: serving's estimate).")
     args = parser.parse_args()
+    if args.model is not None:
+        serve_replica_memory(args.model, args.queries, args.scorer_memory_mb)
+        return
     with tempfile.TemporaryDirectory(prefix="rayrec-replica-memory-") as scratch:
         model_dir = args.workdir or Path(scratch)
         model_dir.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,17 @@ class PreparedData:
         }
 
 
+def user_ordered_chunks(sequence_dataset) -> Iterator[list[np.ndarray]]:
+    """Every user's sequence in a :class:`~rayrec.data.ray_data.SequenceDataset`, in user
+    order, a batch of users at a time."""
+    next_user = 0
+    for users, lengths, flat in sequence_dataset.iter_in_user_order():
+        if len(users) and (users[0] != next_user or users[-1] != next_user + len(users) - 1):
+            raise AssertionError(f"the sequence dataset skips users near user {next_user}")
+        next_user += len(users)
+        yield np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
 @dataclass
 class DatasetBackedData(PreparedData):
     """:class:`PreparedData` whose sequences stay in a Ray Dataset (``sequences`` is empty):
@@ -85,12 +96,7 @@ class DatasetBackedData(PreparedData):
         return self.interaction_count
 
     def sequence_chunks(self) -> Iterator[list[np.ndarray]]:
-        next_user = 0
-        for users, lengths, flat in self.sequence_dataset.iter_in_user_order():
-            if len(users) and (users[0] != next_user or users[-1] != next_user + len(users) - 1):
-                raise AssertionError(f"the sequence dataset skips users near user {next_user}")
-            next_user += len(users)
-            yield np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+        return user_ordered_chunks(self.sequence_dataset)
 
     def in_memory(self) -> PreparedData:
         """A :class:`PreparedData` with every sequence read into this process: what a model
