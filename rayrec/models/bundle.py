@@ -3,7 +3,7 @@
 Layout of a model directory (written by training, read by ``rayrec recommend`` and serving)::
 
     config.json            model config, component names and options, version, data summary
-    weights.pt             state dict of the two-tower model
+    weights.pt             state dict of the two-tower model (memory-mapped: rayrec.models.trained)
     user_vocab.json        user ids, index order
     item_vocab.json        item ids, index order
     user_vocab.ids.npy     the user ids again as fixed-width UTF-8 arrays: in index order,
@@ -13,7 +13,10 @@ Layout of a model directory (written by training, read by ``rayrec recommend`` a
     item_popularity.npy    (N,) float32 training interaction counts
     history_items.npy      every training user's items, one user after another (for recommend/serving;
     history_offsets.npy    (U + 1,) where each user's starts; both memory-mapped: rayrec.models.histories)
-    items.jsonl            item metadata (title, text, categories) where known
+    items.jsonl            item metadata (title, text, categories) where known, and
+    items.offsets.npy      where each record's line starts, mapped (rayrec.models.item_records)
+    items.filters.json     the attribute names and, for attributes of up to 4,096 values, each
+    items.filter_rows.npy  value's matching rows: request filters read them (item_records)
     item_features.npz      content/categorical inputs of the item tower, where used
     category_factors.npy   (C, D) mean item vector per category (config.json's category_vocab),
                            where the data had categories: new items with categories, no text
